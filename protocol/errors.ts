@@ -1,0 +1,159 @@
+/**
+ * Every error agentmesh reports carries a stable `MESH_ERR_*` code. The code travels on the wire (in
+ * `error` frames and per-recipient failures), to CLI output and to SDK callers; `docs/errors.md` lists
+ * each one and a test keeps the two in step.
+ */
+
+/** The catalog: each code, whether retrying the same request can ever succeed, and a one-line summary. */
+export const ERROR_CODES = {
+  MESH_ERR_MALFORMED_FRAME: { permanent: true, summary: 'bytes are not a valid frame or fail its schema' },
+  MESH_ERR_UNKNOWN_FRAME_TYPE: {
+    permanent: true,
+    summary: 'the frame type `t` is not one this protocol knows',
+  },
+  MESH_ERR_FRAME_TOO_LARGE: { permanent: true, summary: 'a frame is larger than 72 KiB' },
+  MESH_ERR_INVALID_ENVELOPE: {
+    permanent: true,
+    summary: 'an envelope breaks a channel rule or a field limit',
+  },
+  MESH_ERR_ENVELOPE_TOO_LARGE: { permanent: true, summary: 'an encoded envelope is larger than 64 KiB' },
+  MESH_ERR_PAYLOAD_TOO_LARGE: { permanent: true, summary: 'a payload is larger than 60 KiB; use a stream' },
+  MESH_ERR_INVALID_MESSAGE_ID: { permanent: true, summary: 'a clientMessageId is not a ULID' },
+  MESH_ERR_MALFORMED_KEY: {
+    permanent: true,
+    summary: 'a key is not 32 bytes (64 hex characters) or not a valid point',
+  },
+  MESH_ERR_BAD_SIGNATURE: {
+    permanent: true,
+    summary: 'a signature does not verify over the carried bytes (tampered)',
+  },
+  MESH_ERR_WRONG_SIGNER: {
+    permanent: true,
+    summary: 'a valid signature by a key other than the one required',
+  },
+  MESH_ERR_EXPIRED: { permanent: true, summary: 'an attestation, invite or signed offer is past its expiry' },
+  MESH_ERR_TTL_TOO_LONG: {
+    permanent: true,
+    summary: 'an attestation expires further ahead than the cap allows',
+  },
+  MESH_ERR_WRONG_CHALLENGE: {
+    permanent: true,
+    summary: 'a hello or admin request signs another challenge nonce',
+  },
+  MESH_ERR_WRONG_MESH: { permanent: true, summary: 'a signed record names another mesh' },
+  MESH_ERR_FIELD_MISMATCH: {
+    permanent: true,
+    summary: "a frame's outer fields differ from the fields it signed",
+  },
+  MESH_ERR_HEADER_MISMATCH: {
+    permanent: true,
+    summary: "an envelope's outer header differs from its sealed header",
+  },
+  MESH_ERR_UNDECRYPTABLE: { permanent: true, summary: 'a body does not open with the keys at hand' },
+  MESH_ERR_NOT_AUTHORIZED: {
+    permanent: true,
+    summary: 'the signer lacks the role this record or request needs',
+  },
+  MESH_ERR_ROSTER_CONFLICT: {
+    permanent: true,
+    summary: 'a roster change contradicts the roster (adds a member twice, changes a non-member)',
+  },
+  MESH_ERR_OUT_OF_ORDER: {
+    permanent: false,
+    summary: 'a record arrived out of sequence; details give `expected` and `got`',
+  },
+  MESH_ERR_INVITE_EXHAUSTED: {
+    permanent: true,
+    summary: 'an invite has been used as many times as it allows',
+  },
+  MESH_ERR_UNSUPPORTED_VERSION: {
+    permanent: true,
+    summary: 'no protocol version in common; details list the supported range',
+  },
+  MESH_ERR_FROM_MISMATCH: {
+    permanent: true,
+    summary: "an envelope's `from` is not the key the connection authenticated",
+  },
+  MESH_ERR_STALE_ROSTER: {
+    permanent: false,
+    summary: 'a group envelope is sealed to another member set; details say who changed',
+  },
+  MESH_ERR_IDEMPOTENCY_CONFLICT: {
+    permanent: true,
+    summary: 'a clientMessageId was reused with a different envelope',
+  },
+  MESH_ERR_RATE_LIMITED: { permanent: false, summary: 'over the rate limit; retry after `retryAfterMs`' },
+  MESH_ERR_QUEUE_FULL: {
+    permanent: false,
+    summary: "the recipient's offline queue is full; retry after `retryAfterMs`",
+  },
+  MESH_ERR_SESSION_REPLACED: {
+    permanent: true,
+    summary: 'a newer connection of the same key replaced this one (close 4003)',
+  },
+  MESH_ERR_KEY_FILE: {
+    permanent: true,
+    summary: 'a key file is unreadable, malformed or readable by others',
+  },
+  MESH_ERR_CRYPTO_NOT_READY: { permanent: false, summary: 'crypto was used before `initCrypto()` resolved' },
+} as const satisfies Record<string, { permanent: boolean; summary: string }>
+
+/** A stable error code. */
+export type MeshErrorCode = keyof typeof ERROR_CODES
+
+/** Extra facts an error carries on the wire (for example `retryAfterMs`, `supported`, `added`). */
+export type ErrorDetails = Record<string, unknown>
+
+/** The shape of an error as it travels inside an `error` frame. */
+export interface WireError {
+  code: string
+  message: string
+  permanent: boolean
+  details?: ErrorDetails
+}
+
+/** The base of every agentmesh error: a message for people and a stable code for programs. */
+export class MeshError extends Error {
+  override readonly name: string = 'MeshError'
+  readonly code: MeshErrorCode
+  readonly details: ErrorDetails | undefined
+
+  constructor(
+    code: MeshErrorCode,
+    message: string,
+    options: { details?: ErrorDetails; cause?: unknown } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.code = code
+    this.details = options.details
+  }
+
+  /** True when repeating the same request can never succeed. */
+  get permanent(): boolean {
+    return ERROR_CODES[this.code].permanent
+  }
+
+  /** The error as an `error` frame carries it. */
+  toWire(): WireError {
+    const wire: WireError = { code: this.code, message: this.message, permanent: this.permanent }
+    if (this.details !== undefined) wire.details = this.details
+    return wire
+  }
+
+  /** Rebuilds an error received on the wire; an unknown code (from a newer peer) keeps its text. */
+  static fromWire(wire: WireError): MeshError {
+    const code = isMeshErrorCode(wire.code) ? wire.code : 'MESH_ERR_MALFORMED_FRAME'
+    const message = code === wire.code ? wire.message : `${wire.code}: ${wire.message}`
+    return new MeshError(code, message, wire.details === undefined ? {} : { details: wire.details })
+  }
+}
+
+/** Narrows a string to a known code. */
+export function isMeshErrorCode(code: string): code is MeshErrorCode {
+  return Object.prototype.hasOwnProperty.call(ERROR_CODES, code)
+}
+
+/** True when `err` is a MeshError, optionally with the given code. */
+export function isMeshError(err: unknown, code?: MeshErrorCode): err is MeshError {
+  return err instanceof MeshError && (code === undefined || err.code === code)
+}
