@@ -1,0 +1,39 @@
+/**
+ * `npm run bench -- <scenario> [...]`: runs benchmark scenarios and prints one JSON line per figure on
+ * stdout (a readable summary goes to stderr). With no name it lists the scenarios.
+ */
+import { codecScenario } from './scenarios/codec.js'
+
+type Scenario = (opts: { quick: boolean }) => Promise<void>
+
+const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
+  codec: {
+    describe: 'msgpack beside JSON, crypto_box one-shot beside precomputed keys, Ed25519 sign and verify',
+    run: codecScenario,
+  },
+}
+
+async function main(argv: string[]): Promise<number> {
+  const quick = argv.includes('--quick')
+  const names = argv.filter((a) => !a.startsWith('--'))
+  if (names.length === 0) {
+    process.stderr.write('usage: npm run bench -- <scenario> [--quick]\n\nscenarios:\n')
+    for (const [name, s] of Object.entries(SCENARIOS))
+      process.stderr.write(`  ${name.padEnd(10)} ${s.describe}\n`)
+    return 2
+  }
+  for (const name of names) {
+    const scenario = SCENARIOS[name]
+    if (scenario === undefined) {
+      process.stderr.write(
+        `unknown scenario ${JSON.stringify(name)}; known: ${Object.keys(SCENARIOS).join(', ')}\n`,
+      )
+      return 2
+    }
+    process.stderr.write(`${name}: ${scenario.describe}\n`)
+    await scenario.run({ quick })
+  }
+  return 0
+}
+
+process.exitCode = await main(process.argv.slice(2))
