@@ -6,7 +6,8 @@
  * ```ts
  * await initCrypto()
  * const alice = createIdentity('session'), bob = createIdentity('session')
- * const env = sealDirect({ mesh: 'demo', channel: 'dm', from: alice, to: bob.publicKey, clientMessageId: newId(), payload: 'hi' })
+ * const nextId = ulidFactory()
+ * const env = sealDirect({ mesh: 'demo', channel: 'dm', from: alice, to: bob.publicKey, clientMessageId: nextId(), payload: 'hi' })
  * const opened = openEnvelope(decodeEnvelope(encodeEnvelope(env)), bob)
  * ```
  * @packageDocumentation

@@ -414,6 +414,33 @@ describe('system envelopes', () => {
     )
     expectFailure(openEnvelope(env, bob), 'rejected', 'MESH_ERR_WRONG_SIGNER')
   })
+
+  it('carries an event without a body as nil, and the envelope survives the wire', () => {
+    const env = sealSystemEnvelope({
+      mesh: MESH,
+      coordinator,
+      clientMessageId: nextId(),
+      version: 3,
+      prevVersion: 2,
+      kind: 'snapshot_requested',
+      body: undefined,
+    })
+    const [, version, prevVersion, kind, eventBody] = openSystemEnvelope(wire(env), coordinator.publicKey)
+    expect([version, prevVersion, kind, eventBody]).toEqual([3, 2, 'snapshot_requested', null])
+  })
+
+  it('refuses to sign, and refuses to open, an event whose version does not advance', () => {
+    const input = { mesh: MESH, coordinator, kind: 'member_removed', body: null }
+    expect(() =>
+      sealSystemEnvelope({ ...input, clientMessageId: nextId(), version: 7, prevVersion: 7 }),
+    ).toThrow(expect.objectContaining({ code: 'MESH_ERR_MALFORMED_FRAME' }))
+    // A coordinator bug that signs a backwards event by hand is still caught by every receiver.
+    const signed = signFields('system-event', [MESH, 5, 9, 'member_removed', null], coordinator.secretKey)
+    const env = { ...wire(event(coordinator)), body: signed.signed, sig: signed.sig }
+    expect(() => openSystemEnvelope(env, coordinator.publicKey)).toThrow(
+      expect.objectContaining({ code: 'MESH_ERR_MALFORMED_FRAME' }),
+    )
+  })
 })
 
 describe('limits at seal time', () => {

@@ -39,6 +39,7 @@ import { keySchema, meshIdSchema, nonceSchema, ulidSchema } from './ids.js'
 import type { Identity } from './keys.js'
 import { any, bin, oneOf, str, tuple, uint } from './schema.js'
 import { decodeFields, signFields, verifySigned, type Signed } from './signing.js'
+import { assertAdvances, signSystemEvent } from './system-event.js'
 
 /** Options of every seal function. */
 export interface SealOptions {
@@ -231,8 +232,9 @@ export function sealSystemEnvelope(input: {
   body: unknown
   meta?: Meta
 }): Envelope {
-  const fields = [input.mesh, input.version, input.prevVersion, input.kind, input.body]
-  const { signed, sig } = ownSigned(signFields('system-event', fields, input.coordinator.secretKey))
+  // One signer for the event, so the envelope's bytes equal a `signSystemEvent` record (an undefined
+  // body is carried as nil, and a version that does not advance is refused before signing).
+  const { signed, sig } = ownSigned(signSystemEvent(input))
   const meta = normalizeMeta(input.meta)
   return validateEnvelope({
     ...outer(input, 'system', input.coordinator.publicKey, '*', meta),
@@ -261,6 +263,7 @@ export function openSystemEnvelope(env: Envelope, coordinatorPk: Uint8Array): Sy
     )
   }
   const event = decodeFields('system-event', env.body, systemEventSchema)
+  assertAdvances(event[1], event[2])
   if (event[0] !== env.mesh) {
     throw new MeshError('MESH_ERR_FIELD_MISMATCH', 'system event names another mesh than its envelope', {
       details: { field: 'mesh' },

@@ -28,7 +28,7 @@ export interface SystemEventFields {
 
 /** Options of `signSystemEvent`. */
 export interface SignSystemEvent {
-  coordinator: Identity
+  coordinator: Pick<Identity, 'secretKey'>
   mesh: string
   version: number
   prevVersion: number
@@ -37,7 +37,8 @@ export interface SignSystemEvent {
   body: unknown
 }
 
-function assertAdvances(version: number, prevVersion: number): void {
+/** Throws `MESH_ERR_MALFORMED_FRAME` unless `version` is above `prevVersion`. */
+export function assertAdvances(version: number, prevVersion: number): void {
   if (version <= prevVersion) {
     throw new MeshError(
       'MESH_ERR_MALFORMED_FRAME',
