@@ -23,7 +23,9 @@ export const LAYERS: Readonly<Record<string, readonly string[] | 'everything'>> 
 
 /**
  * Where Node-only code may live (DESIGN.md §1). `protocol/node/` (key files on disk) is a documented
- * departure: it sits beside the formats it writes and no browser entry reaches it.
+ * departure: it sits beside the formats it writes and no browser entry reaches it. `protocol/vectors/`
+ * holds the golden-vector builder, a tool that reads and writes the JSON files beside it; no layer
+ * imports it (only `protocol/vectors.test.ts` does).
  */
 const NODE_ONLY_PLACES: readonly RegExp[] = [
   /^coordinator\//,
@@ -34,6 +36,7 @@ const NODE_ONLY_PLACES: readonly RegExp[] = [
   /^bench\//,
   /^scripts\//,
   /^protocol\/node\//,
+  /^protocol\/vectors\//,
 ]
 
 /** Packages only Node can run, or that belong to the coordinator, kept out of browser-shareable code. */
