@@ -96,6 +96,51 @@ export const ERROR_CODES = {
     summary: 'a key file is unreadable, malformed or readable by others',
   },
   MESH_ERR_CRYPTO_NOT_READY: { permanent: false, summary: 'crypto was used before `initCrypto()` resolved' },
+  MESH_ERR_UNKNOWN_MESH: { permanent: true, summary: 'no mesh with this id exists on the coordinator' },
+  MESH_ERR_MESH_EXISTS: { permanent: true, summary: 'a mesh with this id already exists' },
+  MESH_ERR_UNKNOWN_KEY: {
+    permanent: true,
+    summary: 'the key is not a member of the mesh, nor a session or service of one',
+  },
+  MESH_ERR_REVOKED: { permanent: true, summary: 'the key, or the member behind it, was revoked' },
+  MESH_ERR_HELLO_REQUIRED: {
+    permanent: true,
+    summary: 'a frame other than `hello` arrived before the hello was accepted',
+  },
+  MESH_ERR_HELLO_TIMEOUT: {
+    permanent: true,
+    summary: 'no valid hello arrived within the hello deadline (10 s)',
+  },
+  MESH_ERR_UNAUTHENTICATED: { permanent: true, summary: 'an HTTP request lacks a valid bearer token' },
+  MESH_ERR_UNKNOWN_GROUP: {
+    permanent: true,
+    summary: 'the group named by a send does not exist in the mesh',
+  },
+  MESH_ERR_UNKNOWN_TOPIC: { permanent: true, summary: 'the topic does not exist in the mesh' },
+  MESH_ERR_PEER_UNREACHABLE: {
+    permanent: false,
+    summary: 'the signaling peer is not online or does not advertise p2p',
+  },
+  MESH_ERR_SIGNAL_LIMIT: {
+    permanent: false,
+    summary: 'over the signaling limits (offers per minute, candidates per signaling id)',
+  },
+  MESH_ERR_PLAINTEXT_FORBIDDEN: {
+    permanent: true,
+    summary: "the mesh's policy forbids messages that are not end-to-end encrypted",
+  },
+  MESH_ERR_SHUTTING_DOWN: { permanent: false, summary: 'the coordinator is shutting down' },
+  MESH_ERR_STORE_UNAVAILABLE: { permanent: false, summary: "the coordinator's store did not answer" },
+  MESH_ERR_STORE_CLOSED: { permanent: false, summary: 'the store was used after it was closed' },
+  MESH_ERR_STORE_LOCKED: {
+    permanent: true,
+    summary: 'the data directory is locked by another running coordinator',
+  },
+  MESH_ERR_SCHEMA_TOO_NEW: {
+    permanent: true,
+    summary: 'the database schema is newer than this coordinator knows',
+  },
+  MESH_ERR_INTERNAL: { permanent: false, summary: 'an unexpected coordinator failure' },
 } as const satisfies Record<string, { permanent: boolean; summary: string }>
 
 /** A stable error code. */

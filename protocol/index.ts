@@ -15,6 +15,7 @@
 export * from './admin.js'
 export * from './attestation.js'
 export * from './box-key-cache.js'
+export * from './clock.js'
 export * from './codec.js'
 export * from './crypto.js'
 export * from './encoding.js'

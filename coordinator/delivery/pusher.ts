@@ -1,0 +1,277 @@
+/**
+ * Pushes, claims and acks. Every push is claimed by the connection it went to; an ack from the
+ * recipient key settles it (a fast-path push resolves its waiting sender, a stored one deletes its row
+ * and sends the sender a receipt). A connection that goes away releases its claims at once; a claim
+ * that outlives its lease makes the delivery claimable again. A delivery is never pushed to two open
+ * connections, because one key has one live connection and a push needs that connection's claim.
+ */
+import { ulidFactory, type FrameOf } from '../../protocol/index.js'
+import type { Connection } from '../connection.js'
+import type { CoordinatorContext } from '../context.js'
+import type { QueueQuota } from './quota.js'
+
+export type AckStatus = FrameOf<'client_ack'>['status']
+type RecipientState = FrameOf<'delivery_receipt'>['status']
+
+interface Pending {
+  conn: Connection
+  size: number
+  mesh: string
+  recipientHex: string
+  /** fast: a sender waits in memory; committing: its row is being written; stored: its row exists. */
+  phase: 'fast' | 'committing' | 'stored'
+  settle?: (status: AckStatus | 'closed') => void
+  lateAck?: AckStatus
+}
+
+interface ClaimedRow {
+  id: string
+  envelope: Uint8Array
+  size: number
+  queued_at: number
+  attempts: number
+  claim_until: number
+  [k: string]: unknown
+}
+
+/** What a recipient's ack means to the sender. */
+export function recipientState(status: AckStatus): RecipientState {
+  return status === 'ok' || status === 'duplicate' ? 'delivered' : status
+}
+
+export class Pusher {
+  readonly #ctx: CoordinatorContext
+  readonly #pending = new Map<string, Pending>()
+  readonly #draining = new Map<Connection, { again: boolean }>()
+  readonly #quota: QueueQuota
+  readonly nextId: () => string
+
+  constructor(ctx: CoordinatorContext, quota: QueueQuota) {
+    this.#ctx = ctx
+    this.#quota = quota
+    this.nextId = ulidFactory(() => ctx.clock.now())
+  }
+
+  /** Room in the connection's push window for one more push of `size` bytes. */
+  fits(conn: Connection, size: number): boolean {
+    const l = this.#ctx.limits
+    return (
+      conn.inFlight < l.pushWindow && (conn.inFlight === 0 || conn.inFlightBytes + size <= l.pushWindowBytes)
+    )
+  }
+
+  /**
+   * The fast path: pushes a delivery that is not stored yet and resolves with the recipient's ack, or
+   * with 'timeout' after `ackWaitMs`, or 'closed' when the connection went away first. On 'timeout' the
+   * push stays claimed by the connection: the caller stores it (`committing` → `stored`).
+   */
+  pushFast(
+    conn: Connection,
+    deliveryId: string,
+    envelope: Uint8Array,
+    mesh: string,
+    recipientHex: string,
+  ): Promise<AckStatus | 'closed' | 'timeout'> {
+    return new Promise((resolve) => {
+      const entry: Pending = { conn, size: envelope.length, mesh, recipientHex, phase: 'fast' }
+      const timer = this.#ctx.clock.setTimeout(() => {
+        if (entry.phase !== 'fast') return
+        entry.phase = 'committing'
+        resolve('timeout')
+      }, this.#ctx.limits.ackWaitMs)
+      entry.settle = (status) => {
+        timer.cancel()
+        resolve(status)
+      }
+      this.#track(deliveryId, entry)
+      if (!conn.send({ t: 'push', deliveryId, envelope })) {
+        this.#untrack(deliveryId)
+        timer.cancel()
+        resolve('closed')
+      }
+    })
+  }
+
+  /**
+   * After a timed-out fast push was committed: an ack that came meanwhile settles the stored row now;
+   * otherwise the row is left to a later ack. Returns the ack that came during the commit, if any.
+   */
+  async committed(deliveryId: string): Promise<AckStatus | undefined> {
+    const entry = this.#pending.get(deliveryId)
+    if (entry === undefined) {
+      return undefined
+    }
+    entry.phase = 'stored'
+    const late = entry.lateAck
+    if (late !== undefined) {
+      this.#untrack(deliveryId)
+      await this.#settleStored(deliveryId, late, entry.conn)
+    }
+    return late
+  }
+
+  /** Forgets an in-memory push whose row could not be stored (the sender got an error, not an ack). */
+  abandon(deliveryId: string): void {
+    this.#untrack(deliveryId)
+  }
+
+  /** A `client_ack` from `conn`: scoped to the connection's own mesh and key. */
+  async ack(conn: Connection, deliveryId: string, status: AckStatus): Promise<void> {
+    // Topic pushes are acked with topic_ack and system events need none: no delivery row to settle.
+    if (deliveryId.startsWith('topic:') || deliveryId.startsWith('system-')) return
+    const p = conn.presence!
+    this.#ctx.metrics.deliveries.inc({ status })
+    const entry = this.#pending.get(deliveryId)
+    if (entry !== undefined && entry.mesh === p.mesh && entry.recipientHex === p.pkHex) {
+      if (entry.phase === 'fast') {
+        this.#untrack(deliveryId)
+        entry.settle?.(status)
+      } else if (entry.phase === 'committing') {
+        entry.lateAck = status
+        this.#release(entry)
+      } else {
+        this.#untrack(deliveryId)
+        await this.#settleStored(deliveryId, status, conn)
+      }
+    } else if (entry === undefined) {
+      await this.#settleStored(deliveryId, status, conn)
+    }
+    // An ack for another key's delivery changes nothing.
+    void this.drain(conn)
+  }
+
+  /** Deletes an acked row (scoped to the acking connection's mesh and key) and tells the sender. */
+  async #settleStored(deliveryId: string, status: AckStatus, conn: Connection): Promise<void> {
+    const p = conn.presence!
+    const rows = await this.#ctx.store.query<{ sender: Uint8Array; client_message_id: string; size: number }>(
+      `delete from delivery where id = $1 and mesh = $2 and recipient = $3
+       returning sender, client_message_id, size`,
+      [deliveryId, p.mesh, p.pk],
+    )
+    const row = rows[0]
+    if (row === undefined) return
+    this.#quota.released(p.mesh, p.pk, row.sender, row.size)
+    this.receipt(p.mesh, row.sender, row.client_message_id, p.pk, recipientState(status))
+  }
+
+  /** Sends a delivery_receipt to the sender's live connection, if it has one on this node. */
+  receipt(
+    mesh: string,
+    sender: Uint8Array,
+    clientMessageId: string,
+    recipient: Uint8Array,
+    status: RecipientState,
+  ): void {
+    const to = this.#ctx.connections.get(mesh, sender)
+    to?.send({ t: 'delivery_receipt', clientMessageId, recipient, status })
+  }
+
+  /** Pushes what the store holds for the connection's key, as far as its push window allows. */
+  async drain(conn: Connection): Promise<void> {
+    const running = this.#draining.get(conn)
+    if (running !== undefined) {
+      running.again = true
+      return
+    }
+    const flag = { again: true }
+    this.#draining.set(conn, flag)
+    try {
+      while (flag.again && conn.open && !this.#ctx.closing) {
+        flag.again = false
+        await this.#drainOnce(conn, flag)
+      }
+    } finally {
+      this.#draining.delete(conn)
+      // Claims taken by a drain that raced the close are given back too.
+      if (!conn.open) await this.releaseClaims(conn)
+    }
+  }
+
+  async #drainOnce(conn: Connection, flag: { again: boolean }): Promise<void> {
+    const p = conn.presence!
+    const l = this.#ctx.limits
+    const room = l.pushWindow - conn.inFlight
+    if (room <= 0) return
+    const now = this.#ctx.clock.now()
+    const rows = await this.#ctx.store.query<ClaimedRow>(
+      `update delivery set claim_owner = $3, claim_until = $4, attempts = attempts + 1
+       where id in (select id from delivery
+         where mesh = $1 and recipient = $2 and (claim_owner is null or claim_until < $5) and expires_at > $5
+         order by queued_at, id limit $6 for update skip locked)
+       returning id, envelope, size, queued_at, attempts, claim_until`,
+      [p.mesh, p.pk, p.presenceId, now + l.claimLeaseMs, now, room],
+    )
+    rows.sort((a, b) => a.queued_at - b.queued_at || (a.id < b.id ? -1 : 1))
+    for (const row of rows) {
+      if (!conn.open) return
+      const stale = this.#pending.get(row.id)
+      if (stale !== undefined) this.#untrack(row.id)
+      this.#track(row.id, { conn, size: row.size, mesh: p.mesh, recipientHex: p.pkHex, phase: 'stored' })
+      if (row.attempts > 1) this.#ctx.metrics.redeliveries.inc()
+      conn.send({
+        t: 'push',
+        deliveryId: row.id,
+        envelope: row.envelope,
+        claimUntil: row.claim_until,
+        queuedAt: row.queued_at,
+      })
+    }
+    if (rows.length === room) flag.again = true
+  }
+
+  /** Gives back every claim the connection holds and forgets its in-memory pushes. */
+  async releaseClaims(conn: Connection): Promise<void> {
+    const p = conn.presence
+    if (p === undefined) return
+    for (const [id, entry] of this.#pending) {
+      if (entry.conn !== conn) continue
+      if (entry.phase === 'fast') {
+        this.#untrack(id)
+        entry.settle?.('closed')
+      } else if (entry.phase === 'stored') this.#untrack(id)
+    }
+    await this.#ctx.store.query(
+      'update delivery set claim_owner = null, claim_until = null where claim_owner = $1',
+      [p.presenceId],
+    )
+  }
+
+  /** Claims whose lease ran out become claimable again; their recipients' live connections drain. */
+  async sweepClaims(): Promise<void> {
+    const now = this.#ctx.clock.now()
+    const rows = await this.#ctx.store.query<{ id: string; mesh: string; recipient: Uint8Array }>(
+      `update delivery set claim_owner = null, claim_until = null
+       where id in (select id from delivery where claim_until < $1 limit 1000)
+       returning id, mesh, recipient`,
+      [now],
+    )
+    const conns = new Set<Connection>()
+    for (const row of rows) {
+      const entry = this.#pending.get(row.id)
+      if (entry !== undefined && entry.phase === 'stored') this.#untrack(row.id)
+      const conn = this.#ctx.connections.get(row.mesh, row.recipient)
+      if (conn !== undefined) conns.add(conn)
+    }
+    for (const conn of conns) void this.drain(conn)
+  }
+
+  #track(id: string, entry: Pending): void {
+    this.#pending.set(id, entry)
+    entry.conn.inFlight++
+    entry.conn.inFlightBytes += entry.size
+  }
+
+  #untrack(id: string): void {
+    const entry = this.#pending.get(id)
+    if (entry === undefined) return
+    this.#pending.delete(id)
+    this.#release(entry)
+  }
+
+  #release(entry: Pending): void {
+    if (entry.size < 0) return
+    entry.conn.inFlight--
+    entry.conn.inFlightBytes -= entry.size
+    entry.size = -1
+  }
+}

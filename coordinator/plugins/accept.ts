@@ -1,0 +1,230 @@
+/**
+ * The accept path of DESIGN.md §4, in its order: the sender is whoever authenticated (a connection, or
+ * a service token over HTTP) → dedupe (a retry costs no rate budget) → revocation → schema and size →
+ * rate limit → route. Direct messages take the fast path when the recipient is online: pushed at once,
+ * acked within `ackWaitMs`, never stored; otherwise they are committed (group commit) before the sender
+ * hears `queued`, so nothing acknowledged is lost in a crash.
+ */
+import fp from 'fastify-plugin'
+import {
+  decodeEnvelope,
+  envelopeHash,
+  MeshError,
+  toHex,
+  type Envelope,
+  type FrameOf,
+} from '../../protocol/index.js'
+import type { CoordinatorContext } from '../context.js'
+import type { DedupeRow, DeliveryRow } from '../delivery/committer.js'
+import type { SendOutcome } from '../delivery/dedupe.js'
+import { recipientState } from '../delivery/pusher.js'
+import type { MeshState } from '../mesh-state.js'
+
+/** Who is sending: fixed by the connection's hello or the service token, never by the envelope. */
+export interface Sender {
+  mesh: string
+  pk: Uint8Array
+  pkHex: string
+  memberHex: string
+}
+
+/** What a send_ack reports. */
+export interface SendResult extends SendOutcome {
+  clientMessageId: string
+  duplicate?: boolean
+}
+
+/** A route for the channels other plugins own (group fan-out, topics). */
+export type ChannelRoute = (
+  sender: Sender,
+  env: Envelope,
+  bytes: Uint8Array,
+  state: MeshState,
+  hash: Uint8Array,
+) => Promise<SendOutcome>
+
+declare module '../context.js' {
+  interface CoordinatorContext {
+    routes: Partial<Record<'group' | 'topic', ChannelRoute>>
+  }
+}
+
+export const acceptPlugin = fp(
+  async (app) => {
+    const ctx = app.mesh
+    ctx.routes = {}
+    ctx.on('send', async (conn, frame: FrameOf<'send'>) => {
+      const p = conn.presence!
+      const result = await acceptSend(ctx, p, frame.envelope)
+      conn.send({ t: 'send_ack', reqId: frame.reqId, ...result })
+    })
+  },
+  { name: 'agentmesh-accept', dependencies: ['agentmesh-delivery'] },
+)
+
+/** Accepts one encoded envelope from `sender`; resolves when the outcome may be acknowledged. */
+export async function acceptSend(
+  ctx: CoordinatorContext,
+  sender: Sender,
+  bytes: Uint8Array,
+): Promise<SendResult> {
+  if (ctx.closing) throw new MeshError('MESH_ERR_SHUTTING_DOWN', 'the coordinator is shutting down')
+  const env = decodeEnvelope(bytes)
+  const clientMessageId = env.clientMessageId
+  if (toHex(env.from) !== sender.pkHex) {
+    throw new MeshError(
+      'MESH_ERR_FROM_MISMATCH',
+      "the envelope's from is not the key this connection authenticated",
+      {
+        details: { clientMessageId },
+      },
+    )
+  }
+  if (env.mesh !== sender.mesh) {
+    throw new MeshError('MESH_ERR_WRONG_MESH', `the envelope is for mesh ${env.mesh}, not ${sender.mesh}`, {
+      details: { expected: sender.mesh, got: env.mesh },
+    })
+  }
+  const d = ctx.delivery
+  const hash = envelopeHash(bytes)
+  const prior = await d.dedupe.lookup(ctx.store, sender.mesh, env.from, clientMessageId, hash)
+  if (prior !== undefined) return { ...prior, clientMessageId, duplicate: true }
+
+  const state = await ctx.meshes.require(sender.mesh)
+  if (state.revoked.has(sender.memberHex) || state.revoked.has(sender.pkHex)) {
+    throw new MeshError('MESH_ERR_REVOKED', 'the sender was revoked')
+  }
+  if (!(env.body instanceof Uint8Array) && !state.allowPlaintext) {
+    throw new MeshError('MESH_ERR_PLAINTEXT_FORBIDDEN', 'this mesh accepts only end-to-end encrypted bodies')
+  }
+  d.rate.take(sender.memberHex, bytes.length)
+
+  const outcome = route(ctx, sender, env, bytes, state, hash)
+  d.dedupe.begin(sender.mesh, env.from, clientMessageId, hash, outcome)
+  return { ...(await outcome), clientMessageId }
+}
+
+function route(
+  ctx: CoordinatorContext,
+  sender: Sender,
+  env: Envelope,
+  bytes: Uint8Array,
+  state: MeshState,
+  hash: Uint8Array,
+): Promise<SendOutcome> {
+  switch (env.channel) {
+    case 'dm':
+    case 'rpc':
+    case 'stream':
+      return routeDirect(ctx, sender, env, bytes, state, hash)
+    case 'group':
+    case 'topic': {
+      const r = ctx.routes[env.channel]
+      if (r === undefined) {
+        return Promise.reject(new MeshError('MESH_ERR_INVALID_ENVELOPE', `${env.channel} is not served here`))
+      }
+      return r(sender, env, bytes, state, hash)
+    }
+    case 'system':
+      return Promise.reject(
+        new MeshError('MESH_ERR_INVALID_ENVELOPE', 'only the coordinator sends system envelopes'),
+      )
+  }
+}
+
+/** Expiry of a queued copy: the queue TTL, or the envelope's own `expiresAt` when sooner. */
+export function expiryOf(ctx: CoordinatorContext, env: Envelope, now: number): number {
+  const ttl = now + ctx.limits.queueTtlMs
+  return env.meta.expiresAt === undefined ? ttl : Math.min(ttl, env.meta.expiresAt)
+}
+
+/** Throws unless `target` is a key the mesh knows: a member, a service, or a session that said hello. */
+export async function assertKnownTarget(
+  ctx: CoordinatorContext,
+  state: MeshState,
+  target: Uint8Array,
+): Promise<void> {
+  const hex = toHex(target)
+  if (state.revoked.has(hex)) throw new MeshError('MESH_ERR_REVOKED', 'the recipient was revoked')
+  if (state.isMember(target) || state.services.has(hex)) return
+  if (ctx.connections.get(state.id, target) !== undefined) return
+  const rows = await ctx.store.query<{ member_pk: Uint8Array }>(
+    'select member_pk from presence where mesh = $1 and pk = $2',
+    [state.id, target],
+  )
+  const row = rows[0]
+  if (row === undefined) {
+    throw new MeshError(
+      'MESH_ERR_UNKNOWN_KEY',
+      'the target is not a key of this mesh (a full key is required)',
+      {
+        details: { key: hex },
+      },
+    )
+  }
+  if (!state.isMember(row.member_pk)) throw new MeshError('MESH_ERR_REVOKED', 'the recipient was revoked')
+}
+
+async function routeDirect(
+  ctx: CoordinatorContext,
+  sender: Sender,
+  env: Envelope,
+  bytes: Uint8Array,
+  state: MeshState,
+  hash: Uint8Array,
+): Promise<SendOutcome> {
+  const d = ctx.delivery
+  const target = env.target as Uint8Array
+  const targetHex = toHex(target)
+  await assertKnownTarget(ctx, state, target)
+  const now = ctx.clock.now()
+  await d.quota.reserve(ctx.store, sender.mesh, target, env.from, bytes.length)
+  const row: DeliveryRow = {
+    id: d.pusher.nextId(),
+    mesh: sender.mesh,
+    recipient: target,
+    sender: env.from,
+    clientMessageId: env.clientMessageId,
+    envelope: bytes,
+    queuedAt: now,
+    expiresAt: expiryOf(ctx, env, now),
+    attempts: 0,
+  }
+  const dedupe: DedupeRow = {
+    mesh: sender.mesh,
+    sender: env.from,
+    clientMessageId: env.clientMessageId,
+    hash,
+    state: 'queued',
+    createdAt: now,
+    expiresAt: now + ctx.limits.dedupeTtlMs,
+  }
+  const live = ctx.connections.get(sender.mesh, target)
+  if (live !== undefined && live.open && d.pusher.fits(live, bytes.length)) {
+    const r = await d.pusher.pushFast(live, row.id, bytes, sender.mesh, targetHex)
+    if (r !== 'timeout' && r !== 'closed') {
+      d.quota.released(sender.mesh, target, env.from, bytes.length)
+      ctx.metrics.sends.inc({ path: 'fast' })
+      const outcome: SendOutcome = { state: 'delivered', recipientOnline: true }
+      if (r !== 'ok' && r !== 'duplicate') outcome.recipients = { [targetHex]: recipientState(r) }
+      return outcome
+    }
+    row.attempts = 1
+    if (r === 'timeout') {
+      row.claimOwner = live.presence!.presenceId
+      row.claimUntil = ctx.clock.now() + ctx.limits.claimLeaseMs
+    }
+  }
+  try {
+    await d.committer.commit([row], dedupe)
+  } catch (err) {
+    d.quota.released(sender.mesh, target, env.from, bytes.length)
+    d.pusher.abandon(row.id)
+    throw err
+  }
+  ctx.metrics.sends.inc({ path: 'queued' })
+  if (row.claimOwner !== undefined) await d.pusher.committed(row.id)
+  const now2 = ctx.connections.get(sender.mesh, target)
+  if (now2 !== undefined && row.claimOwner === undefined) void d.pusher.drain(now2)
+  return { state: 'queued', recipientOnline: now2 !== undefined }
+}

@@ -1,0 +1,135 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import { sealDirect, ulidFactory, type Identity, type ManualClock } from '../../protocol/index.js'
+import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { eventually } from '../../test/support/eventually.js'
+import type { MeshClient } from '../../test/support/mesh-client.js'
+import { storeLegs } from '../store/testing.js'
+
+const nextId = ulidFactory()
+
+function dm(world: World, from: Identity, to: Identity, payload: unknown = 'hi') {
+  return sealDirect({
+    mesh: world.mesh,
+    channel: 'dm',
+    from,
+    to: to.publicKey,
+    clientMessageId: nextId(),
+    payload,
+  })
+}
+
+async function queueFor(world: World, n: number) {
+  const s1 = world.session(await world.member())
+  const s2 = world.session(await world.member())
+  const a = await world.connectSession(s1)
+  await (await world.connectSession(s2)).close()
+  const ids: string[] = []
+  for (let i = 0; i < n; i++) {
+    const env = dm(world, s1.identity, s2.identity, i)
+    ids.push(env.clientMessageId)
+    expect((await a.sendEnvelope(env)).state).toBe('queued')
+  }
+  return { a, s1, s2, ids }
+}
+
+describe.each(storeLegs())('claims (%s)', (driver) => {
+  let world: World
+  afterEach(async () => {
+    await world?.close()
+  })
+
+  it('pushes again after the claim lease when no client_ack came', async () => {
+    world = await startWorld(driver)
+    const clock = world.clock as ManualClock
+    const { s2 } = await queueFor(world, 1)
+    const b = await world.connectSession(s2, { autoAck: false })
+    const first = await b.waitFor('push')
+    await clock.advance(29_000)
+    expect(b.frames('push')).toHaveLength(1)
+    await clock.advance(6_000)
+    const again = await b.waitFor('push')
+    expect(again.deliveryId).toBe(first.deliveryId)
+    b.send({ t: 'client_ack', deliveryId: again.deliveryId, status: 'ok' })
+    await clock.advance(60_000)
+    expect(b.frames('push')).toHaveLength(2)
+  })
+
+  it('closing a connection releases its claims at once for the reattached one', async () => {
+    world = await startWorld(driver)
+    const { s2 } = await queueFor(world, 3)
+    const b1 = await world.connectSession(s2, { autoAck: false })
+    for (let i = 0; i < 3; i++) await b1.waitFor('push')
+    await b1.terminate()
+    // No clock movement: the claims go back when the socket goes, not when their lease ends.
+    const b2 = await world.connectSession(s2)
+    for (let i = 0; i < 3; i++) await b2.waitFor('push')
+    expect(
+      b2
+        .frames('push')
+        .map((p) => p.deliveryId)
+        .sort(),
+    ).toEqual(
+      b1
+        .frames('push')
+        .map((p) => p.deliveryId)
+        .sort(),
+    )
+  })
+
+  it('an ack from another presence changes nothing', async () => {
+    world = await startWorld(driver)
+    const { a, s2 } = await queueFor(world, 1)
+    const b = await world.connectSession(s2, { autoAck: false })
+    const push = await b.waitFor('push')
+    a.send({ t: 'client_ack', deliveryId: push.deliveryId, status: 'ok' })
+    const intruder = await world.connectMember(await world.member())
+    intruder.send({ t: 'client_ack', deliveryId: push.deliveryId, status: 'ok' })
+    await intruder.request({ t: 'list_peers' })
+    await a.request({ t: 'list_peers' })
+    // Acks are handled as they come; the real one below is the control for these two.
+    const rows = await world.store.query('select id from delivery')
+    expect(rows.map((r) => r['id'])).toEqual([push.deliveryId])
+    expect(a.frames('delivery_receipt')).toHaveLength(0)
+    b.send({ t: 'client_ack', deliveryId: push.deliveryId, status: 'ok' })
+    await a.waitFor('delivery_receipt')
+    await eventually(async () => (await world.store.query('select id from delivery')).length === 0)
+  })
+
+  it('6 concurrent reconnects of a recipient never have one delivery on two open connections', async () => {
+    world = await startWorld(driver)
+    const n = 20
+    const { s2 } = await queueFor(world, n)
+    const settled = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) => world.connectSession(s2, { instanceId: `i${i}`, autoAck: false })),
+    )
+    const conns = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))
+    const replacedOf = (c: MeshClient) =>
+      c.frames('error').some((e) => e.code === 'MESH_ERR_SESSION_REPLACED')
+    // Every connection but one is told it was replaced, and then closed 4003.
+    const replaced = await Promise.all(
+      conns.map(async (c) => {
+        const closed = await Promise.race([c.closed, new Promise<undefined>((r) => setTimeout(r, 2_000))])
+        return closed?.code === 4003
+      }),
+    )
+    expect(replaced.filter(Boolean)).toHaveLength(conns.length - 1)
+    const survivor = conns[replaced.indexOf(false)]!
+    expect(replacedOf(survivor)).toBe(false)
+    for (const c of conns) {
+      // Within one socket, order is exact: nothing is pushed to a connection after it was replaced.
+      const log = c.frames()
+      const cut = log.findIndex((f) => f.t === 'error' && f.code === 'MESH_ERR_SESSION_REPLACED')
+      if (cut >= 0) expect(log.slice(cut).filter((f) => f.t === 'push')).toEqual([])
+      const ids = c.frames('push').map((p) => p.deliveryId)
+      expect(new Set(ids).size).toBe(ids.length)
+    }
+    // The survivor holds every delivery; acking them empties the queue.
+    const wanted = new Set<string>()
+    for (let i = 0; i < n; i++)
+      wanted.add((await survivor.waitFor('push', (p) => !wanted.has(p.deliveryId))).deliveryId)
+    for (const id of wanted) survivor.send({ t: 'client_ack', deliveryId: id, status: 'ok' })
+    await eventually(async () => (await world.store.query('select 1 from delivery')).length === 0, {
+      what: 'every delivery acked',
+    })
+  })
+})

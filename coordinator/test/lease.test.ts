@@ -1,0 +1,139 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import { sealDirect, toHex, ulidFactory, type Identity, type ManualClock } from '../../protocol/index.js'
+import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { MeshClient } from '../../test/support/mesh-client.js'
+import { storeLegs } from '../store/testing.js'
+
+const nextId = ulidFactory()
+
+function dm(world: World, from: Identity, to: Identity, payload: unknown = 'hi') {
+  return sealDirect({
+    mesh: world.mesh,
+    channel: 'dm',
+    from,
+    to: to.publicKey,
+    clientMessageId: nextId(),
+    payload,
+  })
+}
+
+/** Presence events about `pk` an observer has seen. */
+function eventsAbout(observer: MeshClient, pk: Uint8Array): string[] {
+  const hex = toHex(pk)
+  return observer
+    .frames('presence')
+    .filter((f) => toHex(f.peer.pk) === hex)
+    .map((f) => f.event)
+}
+
+describe.each(storeLegs())('presence lease (%s)', (driver) => {
+  const worlds: World[] = []
+  afterEach(async () => {
+    for (const w of worlds.reverse()) await w.close()
+    worlds.length = 0
+  })
+
+  it('a reconnect within 90 s is silent to other peers, and queued DMs drain', async () => {
+    const world = await startWorld(driver)
+    worlds.push(world)
+    const clock = world.clock as ManualClock
+    const sender = world.session(await world.member())
+    const roamer = world.session(await world.member())
+    const observer = await world.connectSession(sender)
+    const first = await world.connectSession(roamer)
+    await observer.waitFor('presence', (f) => f.event === 'joined')
+    await first.terminate()
+    await clock.advance(30_000)
+    expect((await observer.sendEnvelope(dm(world, sender.identity, roamer.identity))).state).toBe('queued')
+    await clock.advance(30_000)
+    const back = await world.connectSession(roamer)
+    await back.waitFor('push')
+    await clock.advance(120_000)
+    await observer.request({ t: 'list_peers' })
+    expect(eventsAbout(observer, roamer.identity.publicKey)).toEqual(['joined'])
+    const peers = await observer.request({ t: 'list_peers' })
+    expect(peers.peers.find((p) => toHex(p.pk) === toHex(roamer.identity.publicKey))?.online).toBe(true)
+  })
+
+  it('without a reconnect, exactly one peer_left at 90 s', async () => {
+    const world = await startWorld(driver)
+    worlds.push(world)
+    const clock = world.clock as ManualClock
+    const observer = await world.connectSession(world.session(await world.member()))
+    const leaver = world.session(await world.member())
+    await (await world.connectSession(leaver)).terminate()
+    await clock.advance(89_000)
+    expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual(['joined'])
+    await clock.advance(1_000)
+    const left = await observer.waitFor('presence', (f) => f.event === 'left')
+    expect(toHex(left.peer.pk)).toBe(toHex(leaver.identity.publicKey))
+    expect(left.peer.online).toBe(false)
+    await clock.advance(300_000)
+    await observer.request({ t: 'list_peers' })
+    expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual(['joined', 'left'])
+    const peers = await observer.request({ t: 'list_peers' })
+    expect(peers.peers.map((p) => toHex(p.pk))).not.toContain(toHex(leaver.identity.publicKey))
+    const all = await observer.request({ t: 'list_peers', includeOffline: true })
+    expect(all.peers.map((p) => toHex(p.pk))).toContain(toHex(leaver.identity.publicKey))
+  })
+
+  it('after a coordinator restart the lease still runs out, once', async () => {
+    const first = await startWorld(driver)
+    worlds.push(first)
+    const clock = first.clock as ManualClock
+    const watcherKey = first.session(await first.member())
+    const leaver = first.session(await first.member())
+    await first.connectSession(leaver)
+    await first.coordinator.close()
+
+    const second = await startWorld(driver, {
+      store: first.store,
+      clock,
+      coordinatorIdentity: first.coordinatorIdentity,
+      owner: first.owner,
+      mesh: first.mesh,
+    })
+    worlds.push(second)
+    const observer = await second.connectSession(watcherKey)
+    await clock.advance(89_000)
+    expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual([])
+    await clock.advance(2_000)
+    await observer.waitFor('presence', (f) => f.event === 'left')
+    await clock.advance(300_000)
+    await observer.request({ t: 'list_peers' })
+    expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual(['left'])
+  })
+
+  it('a crashed node’s presences get a fresh lease once its heartbeat is stale, then one peer_left', async () => {
+    const first = await startWorld(driver)
+    worlds.push(first)
+    const clock = first.clock as ManualClock
+    const watcherKey = first.session(await first.member())
+    const leaver = first.session(await first.member())
+    await first.connectSession(leaver)
+    await first.coordinator.close()
+    // What kill -9 leaves behind: the presence still marked connected on a node that stopped beating.
+    await first.store.query('update presence set connected = true, lease_until = null')
+    expect((await first.store.query('select id from node')).length).toBe(1)
+
+    const second = await startWorld(driver, {
+      store: first.store,
+      clock,
+      coordinatorIdentity: first.coordinatorIdentity,
+      owner: first.owner,
+      mesh: first.mesh,
+    })
+    worlds.push(second)
+    const observer = await second.connectSession(watcherKey)
+    const online = await observer.request({ t: 'list_peers' })
+    expect(online.peers.map((p) => toHex(p.pk))).toContain(toHex(leaver.identity.publicKey))
+    // Stale after 30 s (seen by the 5 s sweep), then a 90 s lease.
+    await clock.advance(30_000 + 85_000)
+    expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual([])
+    await clock.advance(15_000)
+    await observer.waitFor('presence', (f) => f.event === 'left')
+    await clock.advance(300_000)
+    await observer.request({ t: 'list_peers' })
+    expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual(['left'])
+  })
+})
