@@ -6,8 +6,10 @@ export default defineConfig({
     exclude: ['**/node_modules/**', '**/dist/**'],
     // Native addons (better-sqlite3, node-datachannel) are safest in child processes, not worker threads.
     pool: 'forks',
-    testTimeout: 20_000,
-    hookTimeout: 20_000,
+    // Bounds for hangs, not speed targets: the first PGlite of a test process compiles its WASM, which
+    // takes several seconds on a loaded 2-core machine.
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
     globalSetup: ['test/global-setup.ts'],
   },
 })

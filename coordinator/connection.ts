@@ -200,10 +200,13 @@ export class Connection {
       return
     }
     // Frames are handled concurrently (a send may wait for its ack); each failure answers its own frame.
-    handler(this, frame).catch((err: unknown) => {
-      if (this.state === 'closed') return
-      this.sendError(err, reqId)
-    })
+    // A handler that throws synchronously is answered the same way as one that rejects.
+    Promise.resolve()
+      .then(() => handler(this, frame))
+      .catch((err: unknown) => {
+        if (this.state === 'closed') return
+        this.sendError(err, reqId)
+      })
   }
 
   #schedulePing(): void {
