@@ -1,4 +1,5 @@
 import { Builtins, Cli, type BaseContext } from 'clipanion'
+import { CoordinatorUpCommand } from './commands/coordinator/up.js'
 import { version } from './version.js'
 
 /** Builds the agentmesh CLI with every command registered. */
@@ -11,6 +12,7 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   })
   cli.register(Builtins.HelpCommand)
   cli.register(Builtins.VersionCommand)
+  cli.register(CoordinatorUpCommand)
   return cli
 }
 
