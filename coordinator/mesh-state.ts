@@ -29,6 +29,8 @@ export interface MemberProof {
 }
 
 export interface TopicState {
+  /** The member (hex) that created the topic; it, the owner and admins may change it. */
+  creator: string | undefined
   /** Member keys (hex) allowed to subscribe and post; undefined = every member. */
   acl: Set<string> | undefined
   keyEpoch: number
@@ -126,7 +128,9 @@ export class MeshState {
         const acl = body['acl'] as Uint8Array[] | null | undefined
         const retentionMs = body['retentionMs'] as number | undefined
         const prev = this.topics.get(body['name'] as string)
+        const creator = body['creator']
         this.topics.set(body['name'] as string, {
+          creator: creator instanceof Uint8Array ? toHex(creator) : prev?.creator,
           acl: acl === null || acl === undefined ? undefined : new Set(acl.map(toHex)),
           keyEpoch: (body['keyEpoch'] as number | undefined) ?? prev?.keyEpoch ?? 1,
           retentionMs,

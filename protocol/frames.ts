@@ -77,6 +77,8 @@ export type PeerRecord = Infer<typeof peerRecordSchema>
 
 const sdp = str({ max: 16 * 1024 })
 const sigId = str({ min: 1, max: 64 })
+/** A delivery id: a coordinator ULID, or `topic:<name>:<offset>` / `system-<version>` (names ≤ 64). */
+const deliveryId = str({ min: 1, max: 128 })
 
 /** The schema of every frame body, keyed by its `t`. */
 export const FRAME_SCHEMAS = {
@@ -126,13 +128,13 @@ export const FRAME_SCHEMAS = {
     recipients: opt(record(oneOf(RECIPIENT_STATES), { maxKeys: 4096, key: /^[0-9a-f]{64}$/ })),
   }),
   push: obj({
-    deliveryId: str({ min: 1, max: 64 }),
+    deliveryId,
     envelope: envelopeBytes,
     claimUntil: opt(uint()),
     queuedAt: opt(uint()),
     topicOffset: opt(uint()),
   }),
-  client_ack: obj({ deliveryId: str({ min: 1, max: 64 }), status: oneOf(ACK_STATUSES) }),
+  client_ack: obj({ deliveryId, status: oneOf(ACK_STATUSES) }),
   delivery_receipt: obj({
     clientMessageId: ulidSchema,
     recipient: keySchema,

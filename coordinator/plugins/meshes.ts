@@ -24,6 +24,7 @@ import {
   str,
   toBase64Url,
   toHex,
+  fromHex,
   uint,
   encodeEnvelope,
   verifyAdminRequest,
@@ -184,15 +185,37 @@ const METHODS: Record<string, AdminMethod> = {
   },
   topic_create: {
     allowed: ANY_MEMBER,
-    async run(ctx, mesh, _signer, args) {
+    async run(ctx, mesh, signer, args) {
       const a = parse(topicArgs, args, 'MESH_ERR_MALFORMED_FRAME', 'topic args')
-      const { version } = await mutateAndAnnounce(ctx, mesh, async (_state, tx) => {
+      const { version } = await mutateAndAnnounce(ctx, mesh, async (state, tx) => {
+        // Any member may create a topic; changing one (its ACL above all) is for its creator, the owner
+        // or an admin, or a member could re-create a topic to let itself in.
+        const existing = state.topics.get(a.name)
+        const role = state.roleOf(signer)
+        if (
+          existing !== undefined &&
+          existing.creator !== toHex(signer) &&
+          role !== 'owner' &&
+          role !== 'admin'
+        ) {
+          throw new MeshError(
+            'MESH_ERR_NOT_AUTHORIZED',
+            `topic ${a.name} exists; only its creator or an admin changes it`,
+            {
+              details: { topic: a.name },
+            },
+          )
+        }
         await tx.query(
           `insert into topic (mesh, name, acl, retention_ms, changed_version) values ($1, $2, $3, $4, 0)
            on conflict (mesh, name) do update set acl = excluded.acl, retention_ms = excluded.retention_ms`,
           [mesh, a.name, a.acl ?? null, a.retentionMs ?? null],
         )
-        const body: Record<string, unknown> = { name: a.name, acl: a.acl ?? null }
+        const body: Record<string, unknown> = {
+          name: a.name,
+          acl: a.acl ?? null,
+          creator: existing?.creator === undefined ? signer : fromHex(existing.creator),
+        }
         if (a.retentionMs !== undefined) body['retentionMs'] = a.retentionMs
         return { kind: 'topic', body }
       })

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { sealDirect, toHex, ulidFactory, type Identity, type ManualClock } from '../../protocol/index.js'
 import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { eventually } from '../../test/support/eventually.js'
 import { MeshClient } from '../../test/support/mesh-client.js'
 import { storeLegs } from '../store/testing.js'
 
@@ -15,6 +16,20 @@ function dm(world: World, from: Identity, to: Identity, payload: unknown = 'hi')
     clientMessageId: nextId(),
     payload,
   })
+}
+
+/** Waits until the coordinator has seen the socket of `pk` go (its row is leased). */
+async function leased(world: World, pk: Uint8Array): Promise<void> {
+  await eventually(
+    async () => {
+      const rows = await world.store.query<{ connected: boolean }>(
+        'select connected from presence where pk = $1',
+        [pk],
+      )
+      return rows[0]?.connected === false
+    },
+    { what: 'the presence to be leased' },
+  )
 }
 
 /** Presence events about `pk` an observer has seen. */
@@ -43,6 +58,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
     const first = await world.connectSession(roamer)
     await observer.waitFor('presence', (f) => f.event === 'joined')
     await first.terminate()
+    await leased(world, roamer.identity.publicKey)
     await clock.advance(30_000)
     expect((await observer.sendEnvelope(dm(world, sender.identity, roamer.identity))).state).toBe('queued')
     await clock.advance(30_000)
@@ -62,6 +78,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
     const observer = await world.connectSession(world.session(await world.member()))
     const leaver = world.session(await world.member())
     await (await world.connectSession(leaver)).terminate()
+    await leased(world, leaver.identity.publicKey)
     await clock.advance(89_000)
     expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual(['joined'])
     await clock.advance(1_000)
