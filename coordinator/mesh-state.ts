@@ -248,7 +248,9 @@ export class MeshStates {
         )
         const row = rows[0]
         if (row === undefined) throw new MeshError('MESH_ERR_UNKNOWN_MESH', `no mesh ${mesh}`)
-        let state = await this.get(mesh)
+        // The cache only: loading through the store from inside its own transaction is not allowed.
+        const cached = this.#cache.get(mesh)
+        let state = cached === undefined ? undefined : await cached.catch(() => undefined)
         if (state === undefined || state.version !== row.state_version) {
           // Another node moved the mesh on: rebuild inside this transaction, under its lock.
           state = await this.#load(tx, mesh)

@@ -25,6 +25,11 @@ export function dedupeKey(mesh: string, from: Uint8Array, clientMessageId: strin
   return `${mesh}|${toHex(from)}|${clientMessageId}`
 }
 
+/** The right to send a claimed id; `settle` with the send's outcome (a rejection frees the id). */
+export interface DedupeTicket {
+  settle(outcome: Promise<SendOutcome>): void
+}
+
 export class Dedupe {
   readonly #inFlight = new Map<string, { hash: Uint8Array; outcome: Promise<SendOutcome> }>()
   readonly #recent = new Map<string, Accepted>()
@@ -35,64 +40,85 @@ export class Dedupe {
   }
 
   /**
-   * The earlier outcome of this message, or undefined when it is new. Waits for an identical send that
-   * is still in flight. Throws `MESH_ERR_IDEMPOTENCY_CONFLICT` when the id was used for other bytes.
+   * Claims a message id for one send. Either the id is known (a send of it is in flight on this node,
+   * remembered, or committed in the store) and `prior` is its outcome, or this caller holds the id and
+   * must `settle` its ticket with the send's outcome; sends of the same id meanwhile wait for it. Throws
+   * `MESH_ERR_IDEMPOTENCY_CONFLICT` when the id was used for other bytes.
    */
-  async lookup(
+  async claim(
     sql: Sql,
     mesh: string,
     from: Uint8Array,
     clientMessageId: string,
     hash: Uint8Array,
-  ): Promise<SendOutcome | undefined> {
+  ): Promise<{ prior: SendOutcome } | { ticket: DedupeTicket }> {
     const key = dedupeKey(mesh, from, clientMessageId)
+    for (;;) {
+      const known = this.#fromMemory(key, hash, clientMessageId)
+      if (known !== undefined) {
+        const prior = await known
+        if (prior !== undefined) return { prior }
+        continue // the earlier attempt failed without an ack: try to claim the id again
+      }
+      // Reserve the id before asking the store, so two sends of it never both miss.
+      let resolve!: (o: SendOutcome) => void
+      let reject!: (err: unknown) => void
+      const outcome = new Promise<SendOutcome>((res, rej) => ((resolve = res), (reject = rej)))
+      this.#track(key, hash, outcome)
+      try {
+        const rows = await sql.query<{
+          envelope_hash: Uint8Array
+          state: SendOutcome['state']
+          recipients: Uint8Array | null
+        }>(
+          'select envelope_hash, state, recipients from dedupe where mesh = $1 and sender = $2 and client_message_id = $3',
+          [mesh, from, clientMessageId],
+        )
+        const row = rows[0]
+        if (row === undefined) {
+          return { ticket: { settle: (p) => void p.then(resolve, reject) } }
+        }
+        assertSameHash(row.envelope_hash, hash, clientMessageId)
+        const stored: SendOutcome = { state: row.state }
+        if (row.recipients !== null)
+          stored.recipients = decode(row.recipients) as Record<string, RecipientState>
+        resolve(stored)
+        return { prior: stored }
+      } catch (err) {
+        reject(err)
+        throw err
+      }
+    }
+  }
+
+  /** What this node remembers of `key`: a send in flight (awaited) or a recent outcome; undefined if nothing. */
+  #fromMemory(
+    key: string,
+    hash: Uint8Array,
+    clientMessageId: string,
+  ): Promise<SendOutcome | undefined> | undefined {
     const flying = this.#inFlight.get(key)
     if (flying !== undefined) {
       assertSameHash(flying.hash, hash, clientMessageId)
-      try {
-        return await flying.outcome
-      } catch {
-        return undefined // the first attempt failed without an ack: this one is a fresh try
-      }
+      return flying.outcome.then(outcomeOnly, () => undefined)
     }
     const recent = this.#recent.get(key)
-    if (recent !== undefined) {
-      assertSameHash(recent.hash, hash, clientMessageId)
-      return recent
-    }
-    const rows = await sql.query<{
-      envelope_hash: Uint8Array
-      state: SendOutcome['state']
-      recipients: Uint8Array | null
-    }>(
-      'select envelope_hash, state, recipients from dedupe where mesh = $1 and sender = $2 and client_message_id = $3',
-      [mesh, from, clientMessageId],
-    )
-    const row = rows[0]
-    if (row === undefined) return undefined
-    assertSameHash(row.envelope_hash, hash, clientMessageId)
-    const outcome: SendOutcome = { state: row.state }
-    if (row.recipients !== null) outcome.recipients = decode(row.recipients) as Record<string, RecipientState>
-    return outcome
+    if (recent === undefined) return undefined
+    assertSameHash(recent.hash, hash, clientMessageId)
+    return Promise.resolve(outcomeOnly(recent))
   }
 
-  /** Registers a send in flight; resolves waiting retries with its outcome. */
-  begin(
-    mesh: string,
-    from: Uint8Array,
-    clientMessageId: string,
-    hash: Uint8Array,
-    outcome: Promise<SendOutcome>,
-  ): void {
-    const key = dedupeKey(mesh, from, clientMessageId)
-    this.#inFlight.set(key, { hash, outcome })
-    outcome.then(
-      (o) => {
-        this.#inFlight.delete(key)
-        this.#remember(key, { ...o, hash })
-      },
-      () => this.#inFlight.delete(key),
-    )
+  #track(key: string, hash: Uint8Array, outcome: Promise<SendOutcome>): void {
+    const entry = { hash, outcome }
+    this.#inFlight.set(key, entry)
+    // Only this send's own entry is cleared: a later try of the same id may have replaced it.
+    const settle = (): void => {
+      if (this.#inFlight.get(key) === entry) this.#inFlight.delete(key)
+    }
+    outcome.then((o) => {
+      settle()
+      this.#remember(key, { ...o, hash })
+    }, settle)
   }
 
   #remember(key: string, accepted: Accepted): void {
@@ -114,4 +140,12 @@ function assertSameHash(a: Uint8Array, b: Uint8Array, clientMessageId: string): 
       },
     )
   }
+}
+
+/** The outcome as a send_ack reports it (a remembered entry also holds its hash, which is not sent). */
+function outcomeOnly(o: SendOutcome): SendOutcome {
+  const out: SendOutcome = { state: o.state }
+  if (o.recipientOnline !== undefined) out.recipientOnline = o.recipientOnline
+  if (o.recipients !== undefined) out.recipients = o.recipients
+  return out
 }

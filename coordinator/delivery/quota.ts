@@ -52,7 +52,7 @@ export class QueueQuota {
     if (
       u.count + 1 > l.queueMaxMessages ||
       u.bytes + size > l.queueMaxBytes ||
-      mine + 1 > l.queueMaxMessages * SENDER_SHARE
+      mine + 1 > Math.max(1, Math.floor(l.queueMaxMessages * SENDER_SHARE))
     ) {
       throw new MeshError('MESH_ERR_QUEUE_FULL', "the recipient's offline queue is full", {
         details: { retryAfterMs: 30_000, queued: u.count, maxMessages: l.queueMaxMessages },

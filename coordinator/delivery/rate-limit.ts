@@ -35,7 +35,9 @@ export class RateLimiter {
     b.at = now
     this.#buckets.set(key, b)
     const needMessages = 1 - b.messages
-    const needBytes = size - b.bytes
+    // A message bigger than the byte burst passes on a full bucket and leaves it in debt; asking for
+    // more than the bucket can ever hold would refuse it forever with a retryAfterMs that lies.
+    const needBytes = Math.min(size, l.byteBurst) - b.bytes
     if (needMessages > 0 || needBytes > 0) {
       const waitMs = Math.max(
         needMessages > 0 ? (needMessages / l.messagesPerSecond) * 1000 : 0,

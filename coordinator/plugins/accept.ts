@@ -87,20 +87,25 @@ export async function acceptSend(
   }
   const d = ctx.delivery
   const hash = envelopeHash(bytes)
-  const prior = await d.dedupe.lookup(ctx.store, sender.mesh, env.from, clientMessageId, hash)
-  if (prior !== undefined) return { ...prior, clientMessageId, duplicate: true }
+  const claim = await d.dedupe.claim(ctx.store, sender.mesh, env.from, clientMessageId, hash)
+  if ('prior' in claim) return { ...claim.prior, clientMessageId, duplicate: true }
 
-  const state = await ctx.meshes.require(sender.mesh)
-  if (state.revoked.has(sender.memberHex) || state.revoked.has(sender.pkHex)) {
-    throw new MeshError('MESH_ERR_REVOKED', 'the sender was revoked')
-  }
-  if (!(env.body instanceof Uint8Array) && !state.allowPlaintext) {
-    throw new MeshError('MESH_ERR_PLAINTEXT_FORBIDDEN', 'this mesh accepts only end-to-end encrypted bodies')
-  }
-  d.rate.take(sender.memberHex, bytes.length)
-
-  const outcome = route(ctx, sender, env, bytes, state, hash)
-  d.dedupe.begin(sender.mesh, env.from, clientMessageId, hash, outcome)
+  const outcome = (async (): Promise<SendOutcome> => {
+    const state = await ctx.meshes.require(sender.mesh)
+    if (state.revoked.has(sender.memberHex) || state.revoked.has(sender.pkHex)) {
+      throw new MeshError('MESH_ERR_REVOKED', 'the sender was revoked')
+    }
+    if (!(env.body instanceof Uint8Array) && !state.allowPlaintext) {
+      throw new MeshError(
+        'MESH_ERR_PLAINTEXT_FORBIDDEN',
+        'this mesh accepts only end-to-end encrypted bodies',
+      )
+    }
+    // Buckets are per member and per mesh (one key may be a member of several meshes).
+    d.rate.take(`${sender.mesh}/${sender.memberHex}`, bytes.length)
+    return route(ctx, sender, env, bytes, state, hash)
+  })()
+  claim.ticket.settle(outcome)
   return { ...(await outcome), clientMessageId }
 }
 

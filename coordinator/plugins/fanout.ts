@@ -54,7 +54,10 @@ async function fanOut(
   expected.delete(sender.memberHex)
   const keys = env.keys ?? {}
   const sealedTo = new Set(Object.keys(keys))
+  // The sender may list itself (PROTOCOL.md §5.4): its sealing key, which for a session or a service is
+  // not its member's key. Neither is a recipient.
   sealedTo.delete(sender.memberHex)
+  sealedTo.delete(sender.pkHex)
   const added = [...expected].filter((hex) => !sealedTo.has(hex))
   const removed = [...sealedTo].filter((hex) => !expected.has(hex))
   if (added.length > 0 || removed.length > 0) {

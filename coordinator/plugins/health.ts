@@ -2,6 +2,10 @@
  * `GET /health` (is the store reachable: 200 or 503) and `GET /metrics` (Prometheus text).
  */
 import fp from 'fastify-plugin'
+import type { CoordinatorContext } from '../context.js'
+
+/** A store that has not answered `select 1` by then is reported unreachable (a probe must not hang). */
+export const HEALTH_PING_TIMEOUT_MS = 2_000
 
 export const healthPlugin = fp(
   async (app) => {
@@ -17,13 +21,19 @@ export const healthPlugin = fp(
         return out
       },
       async queueDepth() {
-        const rows = await ctx.store.query<{ n: number }>('select count(*)::bigint as n from delivery')
-        return rows[0]?.n ?? 0
+        // A store outage must not take /metrics down with it (that is when it is read most): NaN says unknown.
+        try {
+          const rows = await ctx.store.query<{ n: number }>('select count(*)::bigint as n from delivery')
+          return rows[0]?.n ?? 0
+        } catch (err) {
+          ctx.log.warn({ err }, 'queue depth unavailable')
+          return Number.NaN
+        }
       },
     })
 
     app.get('/health', async (_req, reply) => {
-      const store = await ctx.store.ping().catch(() => false)
+      const store = await pingWithin(ctx, HEALTH_PING_TIMEOUT_MS)
       const ok = store && !ctx.closing
       return reply.code(ok ? 200 : 503).send({
         ok,
@@ -42,3 +52,15 @@ export const healthPlugin = fp(
   },
   { name: 'agentmesh-health' },
 )
+
+/** The store's ping, false when it fails or does not answer within `ms`. */
+function pingWithin(ctx: CoordinatorContext, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = ctx.clock.setTimeout(() => resolve(false), ms)
+    const settle = (ok: boolean): void => {
+      timer.cancel()
+      resolve(ok)
+    }
+    ctx.store.ping().then(settle, () => settle(false))
+  })
+}
