@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest'
-import { sealDirect, ulidFactory, type Identity, type ManualClock } from '../../protocol/index.js'
+import { sealDirect, ulidFactory, type Identity } from '../../protocol/index.js'
 import { startWorld, type World } from '../../test/support/coordinator-world.js'
 import { eventually } from '../../test/support/eventually.js'
 import type { MeshClient } from '../../test/support/mesh-client.js'
@@ -40,7 +40,7 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
 
   it('pushes again after the claim lease when no client_ack came', async () => {
     world = await startWorld(driver)
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     const { s2 } = await queueFor(world, 1)
     const b = await world.connectSession(s2, { autoAck: false })
     const first = await b.waitFor('push')

@@ -1,11 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest'
-import {
-  openEnvelope,
-  sealDirect,
-  ulidFactory,
-  type Identity,
-  type ManualClock,
-} from '../../protocol/index.js'
+import { openEnvelope, sealDirect, ulidFactory, type Identity } from '../../protocol/index.js'
 import { startWorld, type World } from '../../test/support/coordinator-world.js'
 import { storeLegs } from '../store/testing.js'
 
@@ -59,7 +53,7 @@ describe.each(storeLegs())('direct messages (%s)', (driver) => {
 
   it('a receiver slower than ackWaitMs: the ack says queued, then a delivery_receipt follows', async () => {
     world = await startWorld(driver)
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     const s1 = world.session(await world.member())
     const s2 = world.session(await world.member())
     const a = await world.connectSession(s1)

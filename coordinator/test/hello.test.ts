@@ -4,7 +4,6 @@ import {
   decode,
   encode,
   isMeshError,
-  ManualClock,
   PROTOCOL_VERSION,
   randomBytes,
   signFields,
@@ -136,7 +135,7 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
 
   it('answers frames before the hello with HELLO_REQUIRED, and closes 1008 at the hello deadline', async () => {
     world = await startWorld(driver)
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     const client = await MeshClient.open(world.wsUrl)
     client.send({ t: 'list_peers', reqId: 5 })
     const early = await client.waitFor('error')
@@ -165,7 +164,7 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
 
   it('pings every 30 s and terminates a connection that stays silent for 75 s', async () => {
     world = await startWorld(driver)
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     const m = await world.member()
     const live = await world.connectMember(m)
     const mute = await MeshClient.connect(world.wsUrl, {

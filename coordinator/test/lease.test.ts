@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest'
-import { sealDirect, toHex, ulidFactory, type Identity, type ManualClock } from '../../protocol/index.js'
+import { sealDirect, toHex, ulidFactory, type Identity } from '../../protocol/index.js'
 import { startWorld, type World } from '../../test/support/coordinator-world.js'
 import { eventually } from '../../test/support/eventually.js'
 import { MeshClient } from '../../test/support/mesh-client.js'
@@ -51,7 +51,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
   it('a reconnect within 90 s is silent to other peers, and queued DMs drain', async () => {
     const world = await startWorld(driver)
     worlds.push(world)
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     const sender = world.session(await world.member())
     const roamer = world.session(await world.member())
     const observer = await world.connectSession(sender)
@@ -74,7 +74,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
   it('without a reconnect, exactly one peer_left at 90 s', async () => {
     const world = await startWorld(driver)
     worlds.push(world)
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     const observer = await world.connectSession(world.session(await world.member()))
     const leaver = world.session(await world.member())
     await (await world.connectSession(leaver)).terminate()
@@ -97,7 +97,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
   it('after a coordinator restart the lease still runs out, once', async () => {
     const first = await startWorld(driver)
     worlds.push(first)
-    const clock = first.clock as ManualClock
+    const clock = first.clock
     const watcherKey = first.session(await first.member())
     const leaver = first.session(await first.member())
     await first.connectSession(leaver)
@@ -124,7 +124,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
   it('a crashed node’s presences get a fresh lease once its heartbeat is stale, then one peer_left', async () => {
     const first = await startWorld(driver)
     worlds.push(first)
-    const clock = first.clock as ManualClock
+    const clock = first.clock
     const watcherKey = first.session(await first.member())
     const leaver = first.session(await first.member())
     await first.connectSession(leaver)

@@ -10,7 +10,6 @@ import {
   type Capabilities,
   type FrameOf,
   type Identity,
-  type ManualClock,
   type P2pRole,
 } from '../../protocol/index.js'
 import { MeshClient } from '../../test/support/mesh-client.js'
@@ -212,7 +211,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
 
   it('allows 10 offers in any rolling minute per presence', async () => {
     world = await startWorld(driver)
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     const { a, b, ka, kb } = await pair()
     const offer = async (sigId: string): Promise<void> => {
       a.send(description(world, 'offer', ka, kb, sigId))
@@ -283,7 +282,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
     expect(a.frames('error')).toHaveLength(1)
 
     // A signaling id's count is dropped once no signed offer could still be using it (5 min).
-    const clock = world.clock as ManualClock
+    const clock = world.clock
     for (let i = 0; i < 10; i++) {
       await clock.advance(30_000)
       await Promise.all([settled(a), settled(b)])
