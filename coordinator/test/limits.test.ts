@@ -146,6 +146,51 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     expect(await cb!.waitFor('push', undefined, wait())).toBeDefined()
   })
 
+  it('closes 1009 on a WebSocket message over 1 MiB', async () => {
+    world = await startWorld(driver)
+    const m = await world.member()
+    const client = await world.connectMember(m)
+    client.sendRaw(new Uint8Array(1024 * 1024 + 1))
+    expect((await client.closed).code).toBe(1009)
+  })
+
+  it('closes 1013 a consumer that stops reading once its buffered output passes the limit', async () => {
+    world = await startWorld(driver, {
+      limits: {
+        slowConsumerBytes: 256 * 1024,
+        pushWindow: 10_000,
+        pushWindowBytes: 1024 * 1024 * 1024,
+        rate: { messageBurst: 10_000, byteBurst: 1024 * 1024 * 1024 },
+      },
+    })
+    const a = await world.member()
+    const b = await world.member()
+    const sender = await world.connectMember(a)
+    const stalled = await world.connectMember(b, { autoAck: false })
+    stalled.pauseReading()
+    const big = 'x'.repeat(50 * 1024)
+    // 300 × 50 KiB pushed at a reader that reads nothing: more than loopback's socket buffers hold.
+    const acks = Array.from({ length: 300 }, () =>
+      sender.sendEnvelope(dm(world, a, b.publicKey, big), { timeoutMs: 30_000 }),
+    )
+    const leased = async (): Promise<boolean> => {
+      const rows = await world.store.query<{ connected: boolean }>(
+        'select connected from presence where pk = $1',
+        [b.publicKey],
+      )
+      return rows[0]?.connected === false
+    }
+    const start = world.clock.now()
+    for (let i = 0; i < 200 && !(await leased()); i++) await world.clock.advance(500)
+    expect(await leased()).toBe(true)
+    // Cut off for its buffer, long before the 75 s stale rule could have done it.
+    expect(world.clock.now() - start).toBeLessThan(30_000)
+    for (const ack of await Promise.all(acks)) expect(['delivered', 'queued']).toContain(ack.state)
+    // Nothing was lost: every message is still owed to b.
+    const rows = await world.store.query<{ n: number }>('select count(*)::int as n from delivery')
+    expect(rows[0]!.n).toBe(300)
+  })
+
   it('answers a text frame with MESH_ERR_MALFORMED_FRAME and the socket still says hello and sends', async () => {
     const { b, cb } = await pair()
     const c = await world.member('c')

@@ -424,6 +424,11 @@ export class MeshClient extends EventEmitter<MeshClientEvents> {
     return this.closed
   }
 
+  /** Stops reading from the socket (a stalled consumer): the sender's buffers fill up. */
+  pauseReading(): void {
+    this.#ws.pause()
+  }
+
   /** Drops the TCP connection without a close frame, as a crash would; the other side sees 1006. */
   terminate(): Promise<CloseInfo> {
     this.#ws.terminate()
