@@ -231,5 +231,7 @@ async function routeDirect(
   if (row.claimOwner !== undefined) await d.pusher.committed(row.id)
   const now2 = ctx.connections.get(sender.mesh, target)
   if (now2 !== undefined && row.claimOwner === undefined) void d.pusher.drain(now2)
+  // The recipient may be connected to another node of this store.
+  if (now2 === undefined) d.waker.wake(sender.mesh, targetHex)
   return { state: 'queued', recipientOnline: now2 !== undefined }
 }

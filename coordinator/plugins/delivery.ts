@@ -11,6 +11,7 @@ import { Dedupe } from '../delivery/dedupe.js'
 import { Pusher } from '../delivery/pusher.js'
 import { QueueQuota } from '../delivery/quota.js'
 import { RateLimiter } from '../delivery/rate-limit.js'
+import { Waker } from '../delivery/waker.js'
 import { every } from '../ticker.js'
 
 /** The delivery machinery other plugins (accept, fan-out, topics, HTTP send) use. */
@@ -20,6 +21,8 @@ export interface DeliveryServices {
   dedupe: Dedupe
   rate: RateLimiter
   quota: QueueQuota
+  /** Wakes the node holding a key's connection after a delivery was queued for it elsewhere. */
+  waker: Waker
 }
 
 declare module '../context.js' {
@@ -39,8 +42,13 @@ export const deliveryPlugin = fp(
       dedupe: new Dedupe(l.fastPathDedupeEntries),
       rate: new RateLimiter(ctx.clock, l.rate),
       quota,
+      waker: new Waker(ctx.store, (err) => ctx.log.warn({ err }, 'wake notify failed')),
     }
     ctx.delivery = services
+    const unlisten = await Waker.listen(ctx.store, (mesh, hex) => {
+      const conn = ctx.connections.get(mesh, hex)
+      if (conn !== undefined) void services.pusher.drain(conn)
+    })
     const { pusher } = services
 
     ctx.on('client_ack', async (conn, frame) => {
@@ -69,6 +77,7 @@ export const deliveryPlugin = fp(
     )
     ctx.sweeps.push(() => sweeper.runNow())
     app.addHook('onClose', async () => {
+      await unlisten()
       await sweeper.stop()
       await services.committer.drain()
     })

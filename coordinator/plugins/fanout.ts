@@ -153,6 +153,7 @@ async function fanOut(
     else {
       const live = ctx.connections.get(sender.mesh, c.hex)
       if (live !== undefined) void d.pusher.drain(live)
+      else d.waker.wake(sender.mesh, c.hex)
     }
   }
   return outcome
