@@ -4,6 +4,7 @@
  * when its rows are durable, so a `send_ack` never precedes the commit it reports.
  */
 import { encode } from '../../protocol/index.js'
+import { valuesPlaceholders } from '../store/placeholders.js'
 import type { Store } from '../store/types.js'
 
 /** One row of `delivery`. */
@@ -127,7 +128,7 @@ export class Committer {
         }
         await tx.query(
           `insert into delivery (id, mesh, recipient, sender, client_message_id, envelope, size, queued_at,
-             expires_at, claim_owner, claim_until, attempts) values ${placeholders(deliveries.length, DELIVERY_COLS)}`,
+             expires_at, claim_owner, claim_until, attempts) values ${valuesPlaceholders(deliveries.length, DELIVERY_COLS)}`,
           params,
         )
       }
@@ -147,21 +148,10 @@ export class Committer {
         }
         await tx.query(
           `insert into dedupe (mesh, sender, client_message_id, envelope_hash, state, recipients, created_at,
-             expires_at) values ${placeholders(dedupes.length, DEDUPE_COLS)} on conflict do nothing`,
+             expires_at) values ${valuesPlaceholders(dedupes.length, DEDUPE_COLS)} on conflict do nothing`,
           params,
         )
       }
     })
   }
-}
-
-/** `($1, $2), ($3, $4)` for `rows` rows of `cols` parameters. */
-function placeholders(rows: number, cols: number): string {
-  const out: string[] = []
-  for (let r = 0; r < rows; r++) {
-    const row: string[] = []
-    for (let c = 1; c <= cols; c++) row.push(`$${r * cols + c}`)
-    out.push(`(${row.join(', ')})`)
-  }
-  return out.join(', ')
 }

@@ -34,14 +34,19 @@ export interface SendResult extends SendOutcome {
   duplicate?: boolean
 }
 
+/** A send that passed the checks, on its way to a route. */
+export interface Accepting {
+  sender: Sender
+  env: Envelope
+  /** The envelope as the sender encoded it (what is stored and pushed). */
+  bytes: Uint8Array
+  state: MeshState
+  /** The envelope's BLAKE2b-256, kept for dedupe. */
+  hash: Uint8Array
+}
+
 /** A route for the channels other plugins own (group fan-out, topics). */
-export type ChannelRoute = (
-  sender: Sender,
-  env: Envelope,
-  bytes: Uint8Array,
-  state: MeshState,
-  hash: Uint8Array,
-) => Promise<SendOutcome>
+export type ChannelRoute = (a: Accepting) => Promise<SendOutcome>
 
 declare module '../context.js' {
   interface CoordinatorContext {
@@ -103,32 +108,27 @@ export async function acceptSend(
     }
     // Buckets are per member and per mesh (one key may be a member of several meshes).
     d.rate.take(`${sender.mesh}/${sender.memberHex}`, bytes.length)
-    return route(ctx, sender, env, bytes, state, hash)
+    return route(ctx, { sender, env, bytes, state, hash })
   })()
   claim.ticket.settle(outcome)
   return { ...(await outcome), clientMessageId }
 }
 
-function route(
-  ctx: CoordinatorContext,
-  sender: Sender,
-  env: Envelope,
-  bytes: Uint8Array,
-  state: MeshState,
-  hash: Uint8Array,
-): Promise<SendOutcome> {
-  switch (env.channel) {
+function route(ctx: CoordinatorContext, a: Accepting): Promise<SendOutcome> {
+  switch (a.env.channel) {
     case 'dm':
     case 'rpc':
     case 'stream':
-      return routeDirect(ctx, sender, env, bytes, state, hash)
+      return routeDirect(ctx, a)
     case 'group':
     case 'topic': {
-      const r = ctx.routes[env.channel]
+      const r = ctx.routes[a.env.channel]
       if (r === undefined) {
-        return Promise.reject(new MeshError('MESH_ERR_INVALID_ENVELOPE', `${env.channel} is not served here`))
+        return Promise.reject(
+          new MeshError('MESH_ERR_INVALID_ENVELOPE', `${a.env.channel} is not served here`),
+        )
       }
-      return r(sender, env, bytes, state, hash)
+      return r(a)
     }
     case 'system':
       return Promise.reject(
@@ -172,11 +172,7 @@ export async function assertKnownTarget(
 
 async function routeDirect(
   ctx: CoordinatorContext,
-  sender: Sender,
-  env: Envelope,
-  bytes: Uint8Array,
-  state: MeshState,
-  hash: Uint8Array,
+  { sender, env, bytes, state, hash }: Accepting,
 ): Promise<SendOutcome> {
   const d = ctx.delivery
   const target = env.target as Uint8Array

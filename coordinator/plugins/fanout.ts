@@ -5,19 +5,19 @@
  * otherwise `MESH_ERR_STALE_ROSTER {added, removed}` and nothing is delivered.
  */
 import fp from 'fastify-plugin'
-import { encodeEnvelope, MeshError, type Envelope } from '../../protocol/index.js'
+import { encodeEnvelope, MeshError } from '../../protocol/index.js'
 import type { Connection } from '../connection.js'
 import type { CoordinatorContext } from '../context.js'
 import type { DedupeRow, DeliveryRow } from '../delivery/committer.js'
 import type { RecipientState, SendOutcome } from '../delivery/dedupe.js'
 import { recipientState } from '../delivery/pusher.js'
 import type { MeshState } from '../mesh-state.js'
-import { expiryOf, type Sender } from './accept.js'
+import { expiryOf, type Accepting } from './accept.js'
 
 export const fanoutPlugin = fp(
   async (app) => {
     const ctx = app.mesh
-    ctx.routes.group = (sender, env, _bytes, state, hash) => fanOut(ctx, sender, env, state, hash)
+    ctx.routes.group = (a) => fanOut(ctx, a)
   },
   { name: 'agentmesh-fanout', dependencies: ['agentmesh-accept'] },
 )
@@ -44,10 +44,7 @@ interface Copy {
 
 async function fanOut(
   ctx: CoordinatorContext,
-  sender: Sender,
-  env: Envelope,
-  state: MeshState,
-  hash: Uint8Array,
+  { sender, env, state, hash }: Accepting,
 ): Promise<SendOutcome> {
   const d = ctx.delivery
   const expected = groupMembers(state, env.target as string)

@@ -7,13 +7,13 @@
  * is kept until the addressee subscribes. The coordinator never opens a topic post.
  */
 import fp from 'fastify-plugin'
-import { MeshError, toHex, type Envelope, type FrameOf } from '../../protocol/index.js'
+import { MeshError, toHex, type FrameOf } from '../../protocol/index.js'
 import type { Connection } from '../connection.js'
 import type { CoordinatorContext } from '../context.js'
 import type { SendOutcome } from '../delivery/dedupe.js'
 import type { MeshState, TopicState } from '../mesh-state.js'
 import { every } from '../ticker.js'
-import type { Sender } from './accept.js'
+import type { Accepting } from './accept.js'
 
 /** The most messages one store read of a pump returns. */
 const BATCH = 256
@@ -22,7 +22,7 @@ export const topicsPlugin = fp(
   (app, _opts, done) => {
     const ctx = app.mesh
     const topics = new Topics(ctx)
-    ctx.routes.topic = (sender, env, bytes, state, hash) => topics.post(sender, env, bytes, state, hash)
+    ctx.routes.topic = (a) => topics.post(a)
     ctx.on('subscribe', (conn, frame) => topics.subscribe(conn, frame))
     ctx.on('unsubscribe', (conn, frame) => topics.unsubscribe(conn, frame))
     ctx.on('topic_ack', (conn, frame) => Promise.resolve(topics.ack(conn, frame)))
@@ -86,13 +86,7 @@ class Topics {
    * Stores a post under the next offset: the `topic` row stays locked from the offset's update to the
    * commit, so posts commit in offset order and a reader never sees offset n+1 without n.
    */
-  async post(
-    sender: Sender,
-    env: Envelope,
-    bytes: Uint8Array,
-    state: MeshState,
-    hash: Uint8Array,
-  ): Promise<SendOutcome> {
+  async post({ sender, env, bytes, state, hash }: Accepting): Promise<SendOutcome> {
     const name = (env.target as string).slice(1)
     assertAllowed(state, requireTopic(state, name), name, sender.memberHex)
     const ctx = this.#ctx
