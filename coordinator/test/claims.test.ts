@@ -1,22 +1,8 @@
-import { afterEach, describe, expect, it } from 'vitest'
-import { sealDirect, ulidFactory, type Identity } from '../../protocol/index.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { describe, expect, it } from 'vitest'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { eventually } from '../../test/support/eventually.js'
 import type { MeshClient } from '../../test/support/mesh-client.js'
 import { storeLegs } from '../store/testing.js'
-
-const nextId = ulidFactory()
-
-function dm(world: World, from: Identity, to: Identity, payload: unknown = 'hi') {
-  return sealDirect({
-    mesh: world.mesh,
-    channel: 'dm',
-    from,
-    to: to.publicKey,
-    clientMessageId: nextId(),
-    payload,
-  })
-}
 
 async function queueFor(world: World, n: number) {
   const s1 = world.session(await world.member())
@@ -25,7 +11,7 @@ async function queueFor(world: World, n: number) {
   await (await world.connectSession(s2)).close()
   const ids: string[] = []
   for (let i = 0; i < n; i++) {
-    const env = dm(world, s1.identity, s2.identity, i)
+    const env = world.dm(s1.identity, s2.identity, i)
     ids.push(env.clientMessageId)
     expect((await a.sendEnvelope(env)).state).toBe('queued')
   }
@@ -33,13 +19,10 @@ async function queueFor(world: World, n: number) {
 }
 
 describe.each(storeLegs())('claims (%s)', (driver) => {
-  let world: World
-  afterEach(async () => {
-    await world?.close()
-  })
+  const start = worldsPerTest(driver)
 
   it('pushes again after the claim lease when no client_ack came', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const clock = world.clock
     const { s2 } = await queueFor(world, 1)
     const b = await world.connectSession(s2, { autoAck: false })
@@ -55,7 +38,7 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
   })
 
   it('closing a connection releases its claims at once for the reattached one', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const { s2 } = await queueFor(world, 3)
     const b1 = await world.connectSession(s2, { autoAck: false })
     for (let i = 0; i < 3; i++) await b1.waitFor('push')
@@ -77,7 +60,7 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
   })
 
   it('an ack from another presence changes nothing', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const { a, s2 } = await queueFor(world, 1)
     const b = await world.connectSession(s2, { autoAck: false })
     const push = await b.waitFor('push')
@@ -96,7 +79,7 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
   })
 
   it('6 concurrent reconnects of a recipient never have one delivery on two open connections', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const n = 20
     const { s2 } = await queueFor(world, n)
     const settled = await Promise.allSettled(

@@ -1,20 +1,7 @@
-import { afterEach, describe, expect, it } from 'vitest'
-import { openEnvelope, sealDirect, ulidFactory, type Identity } from '../../protocol/index.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { describe, expect, it } from 'vitest'
+import { openEnvelope } from '../../protocol/index.js'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { storeLegs } from '../store/testing.js'
-
-const nextId = ulidFactory()
-
-function dm(world: World, from: Identity, to: Identity, payload: unknown = 'hi') {
-  return sealDirect({
-    mesh: world.mesh,
-    channel: 'dm',
-    from,
-    to: to.publicKey,
-    clientMessageId: nextId(),
-    payload,
-  })
-}
 
 async function storedDeliveries(world: World): Promise<number> {
   const rows = await world.store.query<{ n: number }>('select count(*)::int as n from delivery')
@@ -22,26 +9,23 @@ async function storedDeliveries(world: World): Promise<number> {
 }
 
 describe.each(storeLegs())('direct messages (%s)', (driver) => {
-  let world: World
-  afterEach(async () => {
-    await world?.close()
-  })
+  const start = worldsPerTest(driver)
 
   it('two sessions DM each other both ways: delivered on the fast path, nothing stored', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const s1 = world.session(await world.member('one'))
     const s2 = world.session(await world.member('two'))
     const a = await world.connectSession(s1)
     const b = await world.connectSession(s2)
 
-    const ack1 = await a.sendEnvelope(dm(world, s1.identity, s2.identity, 'hello b'))
+    const ack1 = await a.sendEnvelope(world.dm(s1.identity, s2.identity, 'hello b'))
     expect(ack1).toMatchObject({ state: 'delivered', recipientOnline: true })
     const atB = await b.waitFor('push')
     const opened = openEnvelope(b.pushes()[0]!.envelope!, s2.identity)
     expect(opened).toMatchObject({ ok: true, payload: 'hello b' })
     expect(atB.deliveryId).toBeTypeOf('string')
 
-    const ack2 = await b.sendEnvelope(dm(world, s2.identity, s1.identity, 'hello a'))
+    const ack2 = await b.sendEnvelope(world.dm(s2.identity, s1.identity, 'hello a'))
     expect(ack2.state).toBe('delivered')
     await a.waitFor('push')
     expect(openEnvelope(a.pushes()[0]!.envelope!, s1.identity)).toMatchObject({
@@ -52,13 +36,13 @@ describe.each(storeLegs())('direct messages (%s)', (driver) => {
   })
 
   it('a receiver slower than ackWaitMs: the ack says queued, then a delivery_receipt follows', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const clock = world.clock
     const s1 = world.session(await world.member())
     const s2 = world.session(await world.member())
     const a = await world.connectSession(s1)
     const b = await world.connectSession(s2, { autoAck: false })
-    const env = dm(world, s1.identity, s2.identity)
+    const env = world.dm(s1.identity, s2.identity)
     const ack = a.sendEnvelope(env)
     const push = await b.waitFor('push')
     await clock.advance(500)
@@ -74,13 +58,13 @@ describe.each(storeLegs())('direct messages (%s)', (driver) => {
   })
 
   it('a DM to an offline session is queued, arrives once when it connects, and its sender gets a receipt', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const s1 = world.session(await world.member())
     const s2 = world.session(await world.member())
     const a = await world.connectSession(s1)
     await (await world.connectSession(s2)).close()
 
-    const env = dm(world, s1.identity, s2.identity, { n: 1 })
+    const env = world.dm(s1.identity, s2.identity, { n: 1 })
     expect(await a.sendEnvelope(env)).toMatchObject({ state: 'queued', recipientOnline: false })
     expect(await storedDeliveries(world)).toBe(1)
 
@@ -94,11 +78,11 @@ describe.each(storeLegs())('direct messages (%s)', (driver) => {
   })
 
   it('a DM to a member key goes to that member’s control-plane presence, or waits for it', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const m1 = await world.member()
     const m2 = await world.member()
     const a = await world.connectMember(m1)
-    const env = dm(world, m1, m2, 'to the daemon')
+    const env = world.dm(m1, m2, 'to the daemon')
     expect(await a.sendEnvelope(env)).toMatchObject({ state: 'queued', recipientOnline: false })
     const b = await world.connectMember(m2)
     await b.waitFor('push')
@@ -106,12 +90,12 @@ describe.each(storeLegs())('direct messages (%s)', (driver) => {
   })
 
   it('reports an undecryptable or rejected ack to the sender as that recipient state', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const s1 = world.session(await world.member())
     const s2 = world.session(await world.member())
     const a = await world.connectSession(s1)
     await world.connectSession(s2, { autoAck: () => 'undecryptable' })
-    const ack = await a.sendEnvelope(dm(world, s1.identity, s2.identity))
+    const ack = await a.sendEnvelope(world.dm(s1.identity, s2.identity))
     expect(ack.state).toBe('delivered')
     expect(ack.recipients).toEqual({ [Buffer.from(s2.identity.publicKey).toString('hex')]: 'undecryptable' })
   })

@@ -22,6 +22,7 @@ import {
   type Identity,
 } from '../../protocol/index.js'
 import { startCoordinator, type RunningCoordinator } from '../../test/support/coordinator-process.js'
+import { eventually } from '../../test/support/eventually.js'
 import { MeshClient, type ConnectOptions } from '../../test/support/mesh-client.js'
 import {
   httpMsgpack,
@@ -103,16 +104,10 @@ async function sendAll(client: MeshClient, envs: Envelope[], inFlight: number) {
   return acks
 }
 
-/** Polls `GET /metrics` until no delivery is stored: every push was acked and its row deleted. */
-async function waitForEmptyQueue(url: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const text = await (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) })).text()
-    const depth = /^agentmesh_queue_depth (\d+)$/m.exec(text)?.[1]
-    if (depth === '0') return
-    if (Date.now() > deadline) throw new Error(`queue depth still ${depth} after ${timeoutMs} ms`)
-    await sleep(50)
-  }
+/** The `agentmesh_queue_depth` sample of `GET /metrics`: how many deliveries are stored. */
+async function queueDepth(url: string): Promise<string | undefined> {
+  const text = await (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) })).text()
+  return /^agentmesh_queue_depth (\d+)$/m.exec(text)?.[1]
 }
 
 describe.each(storeLegs())('a coordinator killed with SIGKILL (%s)', (driver) => {
@@ -200,7 +195,11 @@ describe.each(storeLegs())('a coordinator killed with SIGKILL (%s)', (driver) =>
     expect(after.ready.coordinatorPk).toBe(before.ready.coordinatorPk)
     const receiver = await connect(after.wsUrl, bob) // acks each push ('ok')
     for (let i = 0; i < MESSAGES; i++) await receiver.waitFor('push', undefined, { timeoutMs: 20_000 })
-    await waitForEmptyQueue(after.ready.url, 20_000)
+    // Every push was acked and its row deleted.
+    await eventually(async () => (await queueDepth(after.ready.url)) === '0', {
+      timeoutMs: 20_000,
+      what: 'agentmesh_queue_depth 0',
+    })
 
     const pushes = receiver.pushes()
     const ids = pushes.map((p) => p.envelope?.clientMessageId)

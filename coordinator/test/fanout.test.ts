@@ -1,10 +1,9 @@
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { storeLegs } from '../store/testing.js'
 import {
   createIdentity,
   decodeEnvelope,
   encodeEnvelope,
-  isMeshError,
   openEnvelope,
   sealDirect,
   sealGroup,
@@ -14,9 +13,9 @@ import {
   type FrameOf,
   type Identity,
 } from '../../protocol/index.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
-import { MeshClient } from '../../test/support/mesh-client.js'
-import { httpMsgpack } from '../../test/support/mesh-fixture.js'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
+import type { MeshClient } from '../../test/support/mesh-client.js'
+import { rejection } from '../../test/support/rejection.js'
 
 const nextId = ulidFactory()
 const wait = (): { signal: AbortSignal } => ({ signal: AbortSignal.timeout(5000) })
@@ -27,28 +26,13 @@ const onChannel =
   (f: FrameOf<'push'>): boolean =>
     decodeEnvelope(f.envelope).channel === channel
 
-/** The MeshError a rejected promise carries. */
-async function rejection(p: Promise<unknown>): Promise<{ code: string; details: Record<string, unknown> }> {
-  try {
-    await p
-  } catch (err) {
-    if (isMeshError(err)) return { code: err.code, details: err.details ?? {} }
-    throw err
-  }
-  throw new Error('expected a rejection')
-}
-
 describe.each(storeLegs())('group fan-out (%s)', (driver) => {
+  const start = worldsPerTest(driver)
   let world: World
-  const extra: MeshClient[] = []
-  afterEach(async () => {
-    await Promise.all(extra.splice(0).map((c) => c.terminate()))
-    await world?.close()
-  })
 
   /** Five members in group `team`, set by the owner (connected as control-plane). */
   async function team(): Promise<{ owner: MeshClient; members: Identity[]; rosterVersion: number }> {
-    world = await startWorld(driver)
+    world = await start()
     const members: Identity[] = []
     for (let i = 0; i < 5; i++) members.push(await world.member(`m${i}`))
     const owner = await world.connectMember(world.owner)
@@ -191,29 +175,12 @@ describe.each(storeLegs())('group fan-out (%s)', (driver) => {
   it('nothing crosses between two meshes on one coordinator', async () => {
     const { members, rosterVersion } = await team()
     const ownerB = createIdentity('member')
-    const created = await httpMsgpack(`${world.url}/v1/meshes`, {
-      method: 'POST',
-      token: world.adminToken,
-      body: { mesh: 'mesh-b', ownerPk: ownerB.publicKey },
-    })
-    expect(created.status).toBe(201)
-    const b = await MeshClient.connect(world.wsUrl, {
-      identity: ownerB,
-      mesh: 'mesh-b',
-      role: 'control-plane',
-    })
-    extra.push(b)
+    await world.createMesh('mesh-b', ownerB)
+    const b = await world.connect({ identity: ownerB, mesh: 'mesh-b', role: 'control-plane' })
     const m0 = members[0]!
     const a = await world.connectMember(m0)
 
-    const toB = sealDirect({
-      mesh: world.mesh,
-      channel: 'dm',
-      from: m0,
-      to: ownerB.publicKey,
-      clientMessageId: nextId(),
-      payload: 'hi b',
-    })
+    const toB = world.dm(m0, ownerB, 'hi b')
     const e1 = await rejection(a.sendEnvelope(toB))
     expect(e1.code).toBe('MESH_ERR_UNKNOWN_KEY')
 

@@ -1,40 +1,32 @@
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   createIdentity,
   decode,
   encode,
-  isMeshError,
   PROTOCOL_VERSION,
   randomBytes,
   signFields,
   type FrameOf,
 } from '../../protocol/index.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { MeshClient, type HelloOptions } from '../../test/support/mesh-client.js'
 import { service, session } from '../../test/support/mesh-fixture.js'
+import { rejection, rejectionCode } from '../../test/support/rejection.js'
 import { storeLegs } from '../store/testing.js'
 
 /** Says a hello that the coordinator must refuse; returns the error code and the close code. */
 async function refused(world: World, o: HelloOptions): Promise<{ code: string; close: number }> {
   const client = await MeshClient.open(world.wsUrl)
-  let code = 'none'
-  try {
-    await client.hello(o)
-  } catch (err) {
-    code = isMeshError(err) ? err.code : String(err)
-  }
+  const code = await rejectionCode(client.hello(o))
   const closed = await client.closed
   return { code, close: closed.code }
 }
 
 describe.each(storeLegs())('hello (%s)', (driver) => {
-  let world: World
-  afterEach(async () => {
-    await world?.close()
-  })
+  const start = worldsPerTest(driver)
 
   it('accepts a member, a session and a service, each with its hello_ack', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const m = await world.member('m')
     const cp = await world.connectMember(m)
     expect(cp.helloAck).toMatchObject({
@@ -48,7 +40,7 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
     expect(s.helloAck.presenceId).not.toBe(cp.helloAck.presenceId)
     expect(s.helloAck.limits).toMatchObject({ maxFrameBytes: 72 * 1024, maxEnvelopeBytes: 64 * 1024 })
     const svc = service(m, world.mesh, { now: world.clock.now(), scopes: ['send'] })
-    const sv = await MeshClient.connect(world.wsUrl, { ...svc, mesh: world.mesh })
+    const sv = await world.connect({ ...svc, mesh: world.mesh })
     expect(sv.helloAck.t).toBe('hello_ack')
     const peers = await cp.request({ t: 'list_peers' })
     expect(peers.peers.map((p) => p.role).sort()).toEqual(['service', 'session'])
@@ -56,7 +48,7 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
   })
 
   it('refuses another challenge, another mesh, a tampered role, an unknown key and an expired attestation', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const m = await world.member('m')
     const base = { identity: m, mesh: world.mesh, role: 'control-plane' as const }
 
@@ -120,12 +112,12 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
   })
 
   it('closes 4010 with the supported range when no protocol version overlaps', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const m = await world.member()
     const client = await MeshClient.open(world.wsUrl)
-    const err = await client
-      .hello({ identity: m, mesh: world.mesh, role: 'control-plane', proto: { min: 7, max: 9 } })
-      .catch((e: unknown) => e)
+    const err = await rejection(
+      client.hello({ identity: m, mesh: world.mesh, role: 'control-plane', proto: { min: 7, max: 9 } }),
+    )
     expect(err).toMatchObject({
       code: 'MESH_ERR_UNSUPPORTED_VERSION',
       details: { supported: PROTOCOL_VERSION },
@@ -134,7 +126,7 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
   })
 
   it('answers frames before the hello with HELLO_REQUIRED, and closes 1008 at the hello deadline', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const clock = world.clock
     const client = await MeshClient.open(world.wsUrl)
     client.send({ t: 'list_peers', reqId: 5 })
@@ -148,7 +140,7 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
   })
 
   it('keeps one live presence per key: the older connection is closed 4003 naming the newer instance', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const m = await world.member()
     const s = world.session(m)
     const first = await world.connectSession(s, { instanceId: 'first' })
@@ -163,11 +155,11 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
   })
 
   it('pings every 30 s and terminates a connection that stays silent for 75 s', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const clock = world.clock
     const m = await world.member()
     const live = await world.connectMember(m)
-    const mute = await MeshClient.connect(world.wsUrl, {
+    const mute = await world.connect({
       identity: await world.member(),
       mesh: world.mesh,
       role: 'control-plane',
@@ -185,7 +177,7 @@ describe.each(storeLegs())('hello (%s)', (driver) => {
   })
 
   it('answers an app-level ping with pong', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const client = await world.connectMember(await world.member())
     client.sendRaw(encode({ t: 'ping' }))
     expect(await client.waitFor('pong')).toEqual({ t: 'pong' })

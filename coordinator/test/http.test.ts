@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { storeLegs } from '../store/testing.js'
 import {
   createIdentity,
@@ -6,13 +6,12 @@ import {
   encode,
   encodeEnvelope,
   openEnvelope,
-  sealDirect,
   sealGroup,
   toHex,
   ulidFactory,
   type Identity,
 } from '../../protocol/index.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import type { MeshClient } from '../../test/support/mesh-client.js'
 import { httpMsgpack, invite, joinRecord } from '../../test/support/mesh-fixture.js'
 
@@ -32,34 +31,20 @@ function sample(text: string, name: string, labels?: string): number {
   return line === undefined ? 0 : Number(line.slice(prefix.length))
 }
 
-function dm(world: World, from: Identity, to: Identity, payload: unknown) {
-  return sealDirect({
-    mesh: world.mesh,
-    channel: 'dm',
-    from,
-    to: to.publicKey,
-    clientMessageId: nextId(),
-    payload,
-  })
-}
-
 type ErrorBody = { error: { code: string } }
 
 describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
-  let world: World
-  afterEach(async () => {
-    await world?.close()
-  })
+  const start = worldsPerTest(driver)
 
   it('GET /health reports a reachable store', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const res = await httpMsgpack(`${world.url}/health`, { method: 'GET' })
     expect(res.status).toBe(200)
     expect(res.body).toMatchObject({ ok: true, store: 'reachable' })
   })
 
   it('GET /metrics moves with DMs (fast and queued), redeliveries and rejected frames', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const [a, b, c] = [await world.member('a'), await world.member('b'), await world.member('c')]
     const ca = await world.connectMember(a)
     await world.connectMember(b)
@@ -79,8 +64,8 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
     expect(sample(before, 'agentmesh_connections')).toBe(2)
     expect(sample(before, 'agentmesh_presences', 'role="control-plane"')).toBe(2)
 
-    expect((await ca.sendEnvelope(dm(world, a, b, 'fast'), wait())).state).toBe('delivered')
-    expect((await ca.sendEnvelope(dm(world, a, c, 'queued'), wait())).state).toBe('queued')
+    expect((await ca.sendEnvelope(world.dm(a, b, 'fast'), wait())).state).toBe('delivered')
+    expect((await ca.sendEnvelope(world.dm(a, c, 'queued'), wait())).state).toBe('queued')
     ca.sendRaw(encode({ t: 'no_such_frame', reqId: 7 }))
     await ca.waitFor('error', (f) => f.reqId === 7, wait())
     const refused = await httpMsgpack(`${world.url}/v1/send`, { method: 'POST', token: 'nope', body: {} })
@@ -114,7 +99,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
   })
 
   it('mesh creation needs the admin token and a free id', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const url = `${world.url}/v1/meshes`
     const body = { mesh: 'another', ownerPk: createIdentity('member').publicKey }
     const none = await httpMsgpack<ErrorBody>(url, { method: 'POST', body })
@@ -133,7 +118,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
   })
 
   it('joins refuse an exhausted and an expired invite with their codes, and a later join still works', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const join = (inv: ReturnType<typeof invite>, who: Identity) =>
       httpMsgpack<ErrorBody>(`${world.url}/v1/meshes/${world.mesh}/join`, {
         method: 'POST',
@@ -162,7 +147,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
   })
 
   it('POST /v1/send takes sealed envelopes and {to, text} from a service token, within scopes and policy', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const m = await world.member('m')
     const cm = await world.connectMember(m)
     const owner = await world.connectMember(world.owner)
@@ -176,7 +161,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
     const token = (reg.result as { token: string }).token
     const sendUrl = `${world.url}/v1/send`
 
-    const sealed = dm(world, svc, m, { job: 'backup', ok: true })
+    const sealed = world.dm(svc, m, { job: 'backup', ok: true })
     const r1 = await httpMsgpack<{ state: string; clientMessageId: string }>(sendUrl, {
       method: 'POST',
       token,
@@ -278,7 +263,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
     const r3 = await httpMsgpack<{ state: string }>(sendUrl, {
       method: 'POST',
       token,
-      body: { envelope: encodeEnvelope(dm(world, svc, m, 'sealed still ok')) },
+      body: { envelope: encodeEnvelope(world.dm(svc, m, 'sealed still ok')) },
     })
     expect(r3.status).toBe(200)
   })

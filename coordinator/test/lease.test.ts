@@ -1,35 +1,13 @@
-import { afterEach, describe, expect, it } from 'vitest'
-import { sealDirect, toHex, ulidFactory, type Identity } from '../../protocol/index.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { describe, expect, it } from 'vitest'
+import { toHex } from '../../protocol/index.js'
+import { sameMesh, worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { eventually } from '../../test/support/eventually.js'
-import { MeshClient } from '../../test/support/mesh-client.js'
+import type { MeshClient } from '../../test/support/mesh-client.js'
 import { storeLegs } from '../store/testing.js'
-
-const nextId = ulidFactory()
-
-function dm(world: World, from: Identity, to: Identity, payload: unknown = 'hi') {
-  return sealDirect({
-    mesh: world.mesh,
-    channel: 'dm',
-    from,
-    to: to.publicKey,
-    clientMessageId: nextId(),
-    payload,
-  })
-}
 
 /** Waits until the coordinator has seen the socket of `pk` go (its row is leased). */
 async function leased(world: World, pk: Uint8Array): Promise<void> {
-  await eventually(
-    async () => {
-      const rows = await world.store.query<{ connected: boolean }>(
-        'select connected from presence where pk = $1',
-        [pk],
-      )
-      return rows[0]?.connected === false
-    },
-    { what: 'the presence to be leased' },
-  )
+  await eventually(() => world.leased(pk), { what: 'the presence to be leased' })
 }
 
 /** Presence events about `pk` an observer has seen. */
@@ -42,15 +20,20 @@ function eventsAbout(observer: MeshClient, pk: Uint8Array): string[] {
 }
 
 describe.each(storeLegs())('presence lease (%s)', (driver) => {
-  const worlds: World[] = []
-  afterEach(async () => {
-    for (const w of worlds.reverse()) await w.close()
-    worlds.length = 0
-  })
+  const start = worldsPerTest(driver)
+
+  /** A world whose coordinator stops while `leaver` is connected, and a key to watch from afterwards. */
+  async function stopWithLeaverOnline() {
+    const first = await start()
+    const watcherKey = first.session(await first.member())
+    const leaver = first.session(await first.member())
+    await first.connectSession(leaver)
+    await first.coordinator.close()
+    return { first, clock: first.clock, watcherKey, leaver }
+  }
 
   it('a reconnect within 90 s is silent to other peers, and queued DMs drain', async () => {
-    const world = await startWorld(driver)
-    worlds.push(world)
+    const world = await start()
     const clock = world.clock
     const sender = world.session(await world.member())
     const roamer = world.session(await world.member())
@@ -60,7 +43,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
     await first.terminate()
     await leased(world, roamer.identity.publicKey)
     await clock.advance(30_000)
-    expect((await observer.sendEnvelope(dm(world, sender.identity, roamer.identity))).state).toBe('queued')
+    expect((await observer.sendEnvelope(world.dm(sender.identity, roamer.identity))).state).toBe('queued')
     await clock.advance(30_000)
     const back = await world.connectSession(roamer)
     await back.waitFor('push')
@@ -72,8 +55,7 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
   })
 
   it('without a reconnect, exactly one peer_left at 90 s', async () => {
-    const world = await startWorld(driver)
-    worlds.push(world)
+    const world = await start()
     const clock = world.clock
     const observer = await world.connectSession(world.session(await world.member()))
     const leaver = world.session(await world.member())
@@ -95,22 +77,9 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
   })
 
   it('after a coordinator restart the lease still runs out, once', async () => {
-    const first = await startWorld(driver)
-    worlds.push(first)
-    const clock = first.clock
-    const watcherKey = first.session(await first.member())
-    const leaver = first.session(await first.member())
-    await first.connectSession(leaver)
-    await first.coordinator.close()
+    const { first, clock, watcherKey, leaver } = await stopWithLeaverOnline()
 
-    const second = await startWorld(driver, {
-      store: first.store,
-      clock,
-      coordinatorIdentity: first.coordinatorIdentity,
-      owner: first.owner,
-      mesh: first.mesh,
-    })
-    worlds.push(second)
+    const second = await start(sameMesh(first))
     const observer = await second.connectSession(watcherKey)
     await clock.advance(89_000)
     expect(eventsAbout(observer, leaver.identity.publicKey)).toEqual([])
@@ -122,25 +91,12 @@ describe.each(storeLegs())('presence lease (%s)', (driver) => {
   })
 
   it('a crashed node’s presences get a fresh lease once its heartbeat is stale, then one peer_left', async () => {
-    const first = await startWorld(driver)
-    worlds.push(first)
-    const clock = first.clock
-    const watcherKey = first.session(await first.member())
-    const leaver = first.session(await first.member())
-    await first.connectSession(leaver)
-    await first.coordinator.close()
+    const { first, clock, watcherKey, leaver } = await stopWithLeaverOnline()
     // What kill -9 leaves behind: the presence still marked connected on a node that stopped beating.
     await first.store.query('update presence set connected = true, lease_until = null')
     expect((await first.store.query('select id from node')).length).toBe(1)
 
-    const second = await startWorld(driver, {
-      store: first.store,
-      clock,
-      coordinatorIdentity: first.coordinatorIdentity,
-      owner: first.owner,
-      mesh: first.mesh,
-    })
-    worlds.push(second)
+    const second = await start(sameMesh(first))
     const observer = await second.connectSession(watcherKey)
     const online = await observer.request({ t: 'list_peers' })
     expect(online.peers.map((p) => toHex(p.pk))).toContain(toHex(leaver.identity.publicKey))

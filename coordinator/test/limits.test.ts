@@ -7,54 +7,32 @@ import {
   encode,
   encodeEnvelope,
   encodeFrame,
-  isMeshError,
   PROTOCOL_VERSION,
   randomBytes,
-  sealDirect,
   signHello,
   toHex,
   ulidFactory,
   type Envelope,
   type Identity,
 } from '../../protocol/index.js'
-import { startWorld, type World, type WorldOptions } from '../../test/support/coordinator-world.js'
+import { worldsPerTest, type World, type WorldOptions } from '../../test/support/coordinator-world.js'
 import { FrameInbox, type MeshClient } from '../../test/support/mesh-client.js'
+import { rejection, rejectionCode } from '../../test/support/rejection.js'
 
 const nextId = ulidFactory()
 const wait = (): { signal: AbortSignal } => ({ signal: AbortSignal.timeout(5000) })
 
-function dm(
-  world: World,
-  from: Identity,
-  to: Uint8Array,
-  payload: unknown,
-  clientMessageId = nextId(),
-): Envelope {
-  return sealDirect({ mesh: world.mesh, channel: 'dm', from, to, clientMessageId, payload })
-}
-
-/** The code and details of the MeshError a promise rejects with. */
-async function rejection(p: Promise<unknown>): Promise<{ code: string; details: Record<string, unknown> }> {
-  try {
-    await p
-  } catch (err) {
-    if (isMeshError(err)) return { code: err.code, details: err.details ?? {} }
-    throw err
-  }
-  throw new Error('expected a rejection')
-}
-
 describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
+  const start = worldsPerTest(driver)
   let world: World
   const sockets: WebSocket[] = []
-  afterEach(async () => {
+  afterEach(() => {
     for (const ws of sockets.splice(0)) ws.terminate()
-    await world?.close()
   })
 
   /** A world with members `a` (connected) and `b` (connected unless `bOffline`). */
   async function pair(o: WorldOptions = {}, bOffline = false) {
-    world = await startWorld(driver, o)
+    world = await start(o)
     const a = await world.member('a')
     const b = await world.member('b')
     const ca = await world.connectMember(a)
@@ -66,11 +44,11 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     const { a, b, ca } = await pair({ limits: { rate: { messageBurst: 10, messagesPerSecond: 1 } } })
     const sent: Envelope[] = []
     for (let i = 0; i < 10; i++) {
-      const env = dm(world, a, b.publicKey, i)
+      const env = world.dm(a, b.publicKey, i)
       sent.push(env)
       expect((await ca.sendEnvelope(env, wait())).state).toBe('delivered')
     }
-    const eleventh = dm(world, a, b.publicKey, 10)
+    const eleventh = world.dm(a, b.publicKey, 10)
     const limited = await rejection(ca.sendEnvelope(eleventh, wait()))
     expect(limited.code).toBe('MESH_ERR_RATE_LIMITED')
     expect(limited.details['retryAfterMs']).toBeGreaterThan(0)
@@ -90,19 +68,19 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
 
   it('a message bigger than the byte burst passes on a full bucket, and the debt delays the next', async () => {
     const { a, b, ca } = await pair({ limits: { rate: { byteBurst: 1024, bytesPerSecond: 1024 } } })
-    const big = await ca.sendEnvelope(dm(world, a, b.publicKey, 'x'.repeat(2048)), wait())
+    const big = await ca.sendEnvelope(world.dm(a, b.publicKey, 'x'.repeat(2048)), wait())
     expect(big.state).toBe('delivered')
-    const limited = await rejection(ca.sendEnvelope(dm(world, a, b.publicKey, 'small'), wait()))
+    const limited = await rejection(ca.sendEnvelope(world.dm(a, b.publicKey, 'small'), wait()))
     expect(limited.code).toBe('MESH_ERR_RATE_LIMITED')
     expect(limited.details['retryAfterMs']).toBeGreaterThan(1000)
     await world.clock.advance(limited.details['retryAfterMs'] as number)
-    expect((await ca.sendEnvelope(dm(world, a, b.publicKey, 'small'), wait())).state).toBe('delivered')
+    expect((await ca.sendEnvelope(world.dm(a, b.publicKey, 'small'), wait())).state).toBe('delivered')
   })
 
   it('sends of one clientMessageId with other bytes in flight at once: one is accepted, the rest conflict', async () => {
     const { a, b, ca } = await pair({}, true)
     const id = nextId()
-    const envelopes = [0, 1, 2, 3].map((i) => dm(world, a, b.publicKey, i, id))
+    const envelopes = [0, 1, 2, 3].map((i) => world.dm(a, b.publicKey, i, id))
     const results = await Promise.allSettled(envelopes.map((env) => ca.sendEnvelope(env, wait())))
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
     for (const r of results.filter((r) => r.status === 'rejected')) {
@@ -115,12 +93,12 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
   it('a reused clientMessageId with other bytes conflicts; a foreign `from` is refused', async () => {
     const { a, b, ca } = await pair({}, true)
     const id = nextId()
-    const first = await ca.sendEnvelope(dm(world, a, b.publicKey, 'one', id), wait())
+    const first = await ca.sendEnvelope(world.dm(a, b.publicKey, 'one', id), wait())
     expect(first).toMatchObject({ state: 'queued', recipientOnline: false })
-    const dup = await ca.sendEnvelope(dm(world, a, b.publicKey, 'two', id), wait()).catch((e: unknown) => e)
-    expect(dup).toMatchObject({ code: 'MESH_ERR_IDEMPOTENCY_CONFLICT' })
+    const dup = await rejectionCode(ca.sendEnvelope(world.dm(a, b.publicKey, 'two', id), wait()))
+    expect(dup).toBe('MESH_ERR_IDEMPOTENCY_CONFLICT')
 
-    const forged = await rejection(ca.sendEnvelope(dm(world, b, a.publicKey, 'as b'), wait()))
+    const forged = await rejection(ca.sendEnvelope(world.dm(b, a.publicKey, 'as b'), wait()))
     expect(forged.code).toBe('MESH_ERR_FROM_MISMATCH')
     const rows = await world.store.query<{ n: number }>('select count(*)::int as n from delivery')
     expect(rows[0]?.n).toBe(1)
@@ -142,12 +120,12 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     const bad = await ca.waitFor('error', (f) => f.reqId === 92, wait())
     expect(bad.code).toBe('MESH_ERR_MALFORMED_FRAME')
 
-    expect((await ca.sendEnvelope(dm(world, a, b.publicKey, 'still here'), wait())).state).toBe('delivered')
+    expect((await ca.sendEnvelope(world.dm(a, b.publicKey, 'still here'), wait())).state).toBe('delivered')
     expect(await cb!.waitFor('push', undefined, wait())).toBeDefined()
   })
 
   it('closes 1009 on a WebSocket message over 1 MiB', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const m = await world.member()
     const client = await world.connectMember(m)
     client.sendRaw(new Uint8Array(1024 * 1024 + 1))
@@ -155,7 +133,7 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
   })
 
   it('closes 1013 a consumer that stops reading once its buffered output passes the limit', async () => {
-    world = await startWorld(driver, {
+    world = await start({
       limits: {
         slowConsumerBytes: 256 * 1024,
         pushWindow: 10_000,
@@ -171,20 +149,13 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     const big = 'x'.repeat(50 * 1024)
     // 300 × 50 KiB pushed at a reader that reads nothing: more than loopback's socket buffers hold.
     const acks = Array.from({ length: 300 }, () =>
-      sender.sendEnvelope(dm(world, a, b.publicKey, big), { timeoutMs: 30_000 }),
+      sender.sendEnvelope(world.dm(a, b.publicKey, big), { timeoutMs: 30_000 }),
     )
-    const leased = async (): Promise<boolean> => {
-      const rows = await world.store.query<{ connected: boolean }>(
-        'select connected from presence where pk = $1',
-        [b.publicKey],
-      )
-      return rows[0]?.connected === false
-    }
-    const start = world.clock.now()
-    for (let i = 0; i < 200 && !(await leased()); i++) await world.clock.advance(500)
-    expect(await leased()).toBe(true)
+    const startedAt = world.clock.now()
+    for (let i = 0; i < 200 && !(await world.leased(b.publicKey)); i++) await world.clock.advance(500)
+    expect(await world.leased(b.publicKey)).toBe(true)
     // Cut off for its buffer, long before the 75 s stale rule could have done it.
-    expect(world.clock.now() - start).toBeLessThan(30_000)
+    expect(world.clock.now() - startedAt).toBeLessThan(30_000)
     for (const ack of await Promise.all(acks)) expect(['delivered', 'queued']).toContain(ack.state)
     // Nothing was lost: every message is still owed to b.
     const rows = await world.store.query<{ n: number }>('select count(*)::int as n from delivery')
@@ -212,7 +183,7 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     })
     ws.send(encodeFrame({ t: 'hello', proto: { ...PROTOCOL_VERSION }, features: [], ...hello }))
     await inbox.take(['hello_ack'], undefined, wait())
-    const env = dm(world, c, b.publicKey, 'after text')
+    const env = world.dm(c, b.publicKey, 'after text')
     ws.send(encodeFrame({ t: 'send', reqId: 1, envelope: encodeEnvelope(env) }))
     const ack = await inbox.take(['send_ack'], (f) => f.reqId === 1, wait())
     expect(ack.state).toBe('delivered')
@@ -226,7 +197,7 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     const lookalike = Uint8Array.from(b.publicKey)
     for (let i = 8; i < 32; i++) lookalike[i] = lookalike[i]! ^ 0x5a
     expect(toHex(lookalike).slice(0, 16)).toBe(toHex(b.publicKey).slice(0, 16))
-    const env = { ...dm(world, a, b.publicKey, 'typo'), target: lookalike }
+    const env = { ...world.dm(a, b.publicKey, 'typo'), target: lookalike }
     const err = await rejection(ca.request({ t: 'send', envelope: encodeEnvelope(env) }, wait()))
     expect(err.code).toBe('MESH_ERR_UNKNOWN_KEY')
     const rows = await world.store.query<{ n: number }>('select count(*)::int as n from delivery')
@@ -234,7 +205,7 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
   })
 
   it('enforces the offline queue quota with a per-sender share, and frees it as the recipient acks', async () => {
-    world = await startWorld(driver, { limits: { queueMaxMessages: 4 } })
+    world = await start({ limits: { queueMaxMessages: 4 } })
     const r = await world.member('recipient')
     const senders: [Identity, MeshClient][] = []
     for (const name of ['s1', 's2', 's3']) {
@@ -247,16 +218,16 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
       [Identity, MeshClient],
     ]
     for (let i = 0; i < 2; i++) {
-      expect((await c1.sendEnvelope(dm(world, m1, r.publicKey, i), wait())).state).toBe('queued')
+      expect((await c1.sendEnvelope(world.dm(m1, r.publicKey, i), wait())).state).toBe('queued')
     }
     // One sender holds at most half of the recipient's quota.
-    const share = await rejection(c1.sendEnvelope(dm(world, m1, r.publicKey, 2), wait()))
+    const share = await rejection(c1.sendEnvelope(world.dm(m1, r.publicKey, 2), wait()))
     expect(share.code).toBe('MESH_ERR_QUEUE_FULL')
     expect(share.details['retryAfterMs']).toBeGreaterThan(0)
     for (let i = 0; i < 2; i++) {
-      expect((await c2.sendEnvelope(dm(world, m2, r.publicKey, i), wait())).state).toBe('queued')
+      expect((await c2.sendEnvelope(world.dm(m2, r.publicKey, i), wait())).state).toBe('queued')
     }
-    const full = await rejection(c3.sendEnvelope(dm(world, m3, r.publicKey, 0), wait()))
+    const full = await rejection(c3.sendEnvelope(world.dm(m3, r.publicKey, 0), wait()))
     expect(full.code).toBe('MESH_ERR_QUEUE_FULL')
     expect(full.details['retryAfterMs']).toBeGreaterThan(0)
 
@@ -264,6 +235,6 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     for (const c of [c1, c1, c2, c2]) {
       expect(await c.waitFor('delivery_receipt', undefined, wait())).toMatchObject({ status: 'delivered' })
     }
-    expect((await c3.sendEnvelope(dm(world, m3, r.publicKey, 'room now'), wait())).state).toBe('delivered')
+    expect((await c3.sendEnvelope(world.dm(m3, r.publicKey, 'room now'), wait())).state).toBe('delivered')
   })
 })

@@ -1,38 +1,22 @@
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   createIdentity,
-  isMeshError,
   openSystemEnvelope,
-  sealDirect,
   signAdminRequest,
   toHex,
-  ulidFactory,
   verifySystemEvent,
 } from '../../protocol/index.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import { worldsPerTest } from '../../test/support/coordinator-world.js'
 import { MeshClient } from '../../test/support/mesh-client.js'
 import { rosterRecord } from '../../test/support/mesh-fixture.js'
+import { rejectionCode } from '../../test/support/rejection.js'
 import { storeLegs } from '../store/testing.js'
 
-const nextId = ulidFactory()
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-    return 'none'
-  } catch (err) {
-    return isMeshError(err) ? err.code : String(err)
-  }
-}
-
 describe.each(storeLegs())('mesh state and membership (%s)', (driver) => {
-  let world: World
-  afterEach(async () => {
-    await world?.close()
-  })
+  const start = worldsPerTest(driver)
 
   it('applies an owner-signed roster record, logs it signed, and tells every online peer', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const owner = await world.connectMember(world.owner)
     const watcher = await world.connectSession(world.session(await world.member('w')))
     const before = watcher.helloAck.stateVersion
@@ -71,7 +55,7 @@ describe.each(storeLegs())('mesh state and membership (%s)', (driver) => {
   })
 
   it('refuses a roster change without a valid owner or admin signature, and changes nothing', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const plain = await world.member('plain')
     const client = await world.connectMember(plain)
     const version = client.helloAck.stateVersion
@@ -85,13 +69,13 @@ describe.each(storeLegs())('mesh state and membership (%s)', (driver) => {
       role: 'member',
     })
     // A plain member may not even call the method…
-    expect(await codeOf(client.admin('roster', { record: bySelf }))).toBe('MESH_ERR_NOT_AUTHORIZED')
+    expect(await rejectionCode(client.admin('roster', { record: bySelf }))).toBe('MESH_ERR_NOT_AUTHORIZED')
     // …and an owner-level call carrying a record signed by a plain member is refused by the roster.
     const owner = await world.connectMember(world.owner)
-    expect(await codeOf(owner.admin('roster', { record: bySelf }))).toBe('MESH_ERR_NOT_AUTHORIZED')
+    expect(await rejectionCode(owner.admin('roster', { record: bySelf }))).toBe('MESH_ERR_NOT_AUTHORIZED')
     // A tampered record does not verify.
     const forged = { ...bySelf, signer: world.owner.publicKey }
-    expect(await codeOf(owner.admin('roster', { record: forged }))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(await rejectionCode(owner.admin('roster', { record: forged }))).toBe('MESH_ERR_BAD_SIGNATURE')
     // An owner's signature made for another connection's challenge is not replayable on this one.
     const replayed = signAdminRequest({
       identity: world.owner,
@@ -100,14 +84,14 @@ describe.each(storeLegs())('mesh state and membership (%s)', (driver) => {
       args: { name: 'g', members: [] },
       challengeNonce: owner.challenge.nonce,
     })
-    expect(await codeOf(client.request({ t: 'admin', ...replayed }))).toBe('MESH_ERR_WRONG_CHALLENGE')
+    expect(await rejectionCode(client.request({ t: 'admin', ...replayed }))).toBe('MESH_ERR_WRONG_CHALLENGE')
     const log = await owner.request({ t: 'mesh_events', since: version })
     expect(log.events).toEqual([])
-    expect(await codeOf(world.connectMember(stranger))).toBe('MESH_ERR_UNKNOWN_KEY')
+    expect(await rejectionCode(world.connectMember(stranger))).toBe('MESH_ERR_UNKNOWN_KEY')
   })
 
   it('revokes a member: its sessions close 4002, hellos are refused, queued messages are dropped with a receipt', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const owner = await world.connectMember(world.owner)
     const senderKey = world.session(await world.member('sender'))
     const doomed = await world.member('doomed')
@@ -116,14 +100,7 @@ describe.each(storeLegs())('mesh state and membership (%s)', (driver) => {
     const live = await world.connectSession(doomedSession)
     const offline = world.session(doomed)
     await (await world.connectSession(offline)).close()
-    const env = sealDirect({
-      mesh: world.mesh,
-      channel: 'dm',
-      from: senderKey.identity,
-      to: offline.identity.publicKey,
-      clientMessageId: nextId(),
-      payload: 'never read',
-    })
+    const env = world.dm(senderKey.identity, offline.identity, 'never read')
     expect((await sender.sendEnvelope(env)).state).toBe('queued')
 
     await owner.admin('revoke', { pk: doomed.publicKey })
@@ -133,30 +110,21 @@ describe.each(storeLegs())('mesh state and membership (%s)', (driver) => {
     expect(await world.store.query('select 1 from delivery')).toEqual([])
 
     const again = await MeshClient.open(world.wsUrl)
-    const err = await again
-      .hello({
-        identity: doomedSession.identity,
-        mesh: world.mesh,
-        role: 'session',
-        attestation: doomedSession.attestation,
-        sessionId: doomedSession.sessionId,
-      })
-      .catch((e: unknown) => e)
-    expect(err).toMatchObject({ code: 'MESH_ERR_REVOKED' })
-    expect((await again.closed).code).toBe(4002)
-    const dm = sealDirect({
+    const refused = again.hello({
+      identity: doomedSession.identity,
       mesh: world.mesh,
-      channel: 'dm',
-      from: senderKey.identity,
-      to: doomed.publicKey,
-      clientMessageId: nextId(),
-      payload: 'x',
+      role: 'session',
+      attestation: doomedSession.attestation,
+      sessionId: doomedSession.sessionId,
     })
-    expect(await codeOf(sender.sendEnvelope(dm))).toBe('MESH_ERR_REVOKED')
+    expect(await rejectionCode(refused)).toBe('MESH_ERR_REVOKED')
+    expect((await again.closed).code).toBe(4002)
+    const dm = world.dm(senderKey.identity, doomed, 'x')
+    expect(await rejectionCode(sender.sendEnvelope(dm))).toBe('MESH_ERR_REVOKED')
   })
 
   it('kicks a session with 4001 and skips a control-plane presence', async () => {
-    world = await startWorld(driver)
+    const world = await start()
     const owner = await world.connectMember(world.owner)
     const m = await world.member()
     const daemon = await world.connectMember(m)

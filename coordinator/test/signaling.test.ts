@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { storeLegs } from '../store/testing.js'
 import {
   createIdentity,
@@ -12,9 +12,8 @@ import {
   type Identity,
   type P2pRole,
 } from '../../protocol/index.js'
-import { MeshClient } from '../../test/support/mesh-client.js'
-import { httpMsgpack } from '../../test/support/mesh-fixture.js'
-import { startWorld, type World } from '../../test/support/coordinator-world.js'
+import type { MeshClient } from '../../test/support/mesh-client.js'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 
 const P2P: Capabilities = { p2p: true, transports: ['webrtc', 'ws'] }
 
@@ -88,12 +87,8 @@ async function settled(client: MeshClient): Promise<void> {
 }
 
 describe.each(storeLegs())('signaling relay (%s)', (driver) => {
+  const start = worldsPerTest(driver)
   let world: World
-  const extra: MeshClient[] = []
-  afterEach(async () => {
-    await Promise.all(extra.splice(0).map((c) => c.terminate()))
-    await world?.close()
-  })
 
   /** Two sessions of two members, connected; both advertise p2p unless told otherwise. */
   async function pair(o: { aCaps?: Capabilities; bCaps?: Capabilities } = {}) {
@@ -105,7 +100,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   }
 
   it('relays an offer with `from` stamped to the sender, then the answer, candidates and a reject back', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const { a, b, ka, kb } = await pair()
     const forged = createIdentity('session').publicKey
     const offer = description(world, 'offer', ka, kb, 'sig-1')
@@ -150,7 +145,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   })
 
   it('refuses a peer that does not advertise p2p, and a sender that does not', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const { a, b, ka, kb } = await pair({ bCaps: { p2p: false, transports: ['ws'] } })
     a.send(description(world, 'offer', ka, kb, 'to-plain'))
     const err = await errorFor(a, 'to-plain')
@@ -167,7 +162,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   })
 
   it('refuses a target that is offline or was never online', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const { a, b, ka, kb } = await pair()
     await b.close()
     a.send(description(world, 'offer', ka, kb, 'gone'))
@@ -180,24 +175,18 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   })
 
   it('does not relay across meshes, even to a key live in the other one', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const m2 = await world.member('two')
     const a = await world.connectSession(world.session(await world.member('one')), { capabilities: P2P })
     const ka = a.identity
     // m2 owns a second mesh on the same coordinator and is online there only.
-    const created = await httpMsgpack(`${world.url}/v1/meshes`, {
-      method: 'POST',
-      token: world.adminToken,
-      body: { mesh: 'other-mesh', ownerPk: m2.publicKey, displayName: 'two' },
-    })
-    expect(created.status).toBe(201)
-    const elsewhere = await MeshClient.connect(world.wsUrl, {
+    await world.createMesh('other-mesh', m2, 'two')
+    const elsewhere = await world.connect({
       identity: m2,
       mesh: 'other-mesh',
       role: 'control-plane',
       capabilities: P2P,
     })
-    extra.push(elsewhere)
 
     a.send(description(world, 'offer', ka, m2, 'cross'))
     expect((await errorFor(a, 'cross')).code).toBe('MESH_ERR_PEER_UNREACHABLE')
@@ -210,7 +199,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   })
 
   it('allows 10 offers in any rolling minute per presence', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const clock = world.clock
     const { a, b, ka, kb } = await pair()
     const offer = async (sigId: string): Promise<void> => {
@@ -246,7 +235,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   })
 
   it('gives a new connection of the key a fresh offer budget', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const s1 = world.session(await world.member('one'))
     const a = await world.connectSession(s1, { capabilities: P2P })
     const b = await world.connectSession(world.session(await world.member('two')), { capabilities: P2P })
@@ -262,7 +251,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   })
 
   it('allows 200 candidates per signaling id and sender, and forgets the count after 5 min', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const { a, b, ka, kb } = await pair()
     for (let i = 0; i < 200; i++) a.send(candidate(kb, 'busy-sig', i))
     a.send(candidate(kb, 'busy-sig', 200))
@@ -292,7 +281,7 @@ describe.each(storeLegs())('signaling relay (%s)', (driver) => {
   })
 
   it('counts relayed signaling frames', async () => {
-    world = await startWorld(driver)
+    world = await start()
     const { a, b, ka, kb } = await pair()
     a.send(description(world, 'offer', ka, kb, 'm-1'))
     await b.waitFor('p2p_offer')

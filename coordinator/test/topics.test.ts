@@ -1,9 +1,8 @@
-import { afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { openTestStore, storeLegs } from '../store/testing.js'
 import {
   decodeEnvelope,
   initCrypto,
-  isMeshError,
   randomBytes,
   sealTopic,
   toHex,
@@ -11,8 +10,10 @@ import {
   type FrameOf,
   type Identity,
 } from '../../protocol/index.js'
-import { startWorld, type World, type WorldOptions } from '../../test/support/coordinator-world.js'
+import { worldsPerTest, type World, type WorldOptions } from '../../test/support/coordinator-world.js'
+import { eventually } from '../../test/support/eventually.js'
 import type { MeshClient } from '../../test/support/mesh-client.js'
+import { rejectionCode } from '../../test/support/rejection.js'
 
 const nextId = ulidFactory()
 const TOPIC = 'news'
@@ -49,42 +50,17 @@ async function takeTopic(c: MeshClient, n: number, o: { ack?: boolean } = {}): P
 const offsets = (pushes: FrameOf<'push'>[]): number[] => pushes.map((p) => p.topicOffset!)
 const range = (from: number, to: number): number[] => Array.from({ length: to - from }, (_, i) => from + i)
 
-/** Resolves with the first defined value `probe` yields; the store is polled, one event-loop turn apart. */
-async function eventually<T>(
-  probe: () => Promise<T | undefined>,
-  signal = AbortSignal.timeout(5000),
-): Promise<T> {
-  for (;;) {
-    const value = await probe()
-    if (value !== undefined) return value
-    signal.throwIfAborted()
-    await new Promise((resolve) => setImmediate(resolve))
-  }
-}
-
-async function rejectionCode(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-  } catch (err) {
-    if (isMeshError(err)) return err.code
-    throw err
-  }
-  throw new Error('expected a rejection')
-}
-
 describe.each(storeLegs())('topics (%s)', (driver) => {
+  const start = worldsPerTest(driver)
   let world: World
   // The first store of a process builds the migrated snapshot: paid here, not inside a test's budget.
   beforeAll(async () => {
     await (await openTestStore(driver)).close()
   })
-  afterEach(async () => {
-    await world?.close()
-  })
 
   /** Three members in the ACL of `news`, and an outsider who is a member of the mesh but not of the ACL. */
   async function setup(limits?: WorldOptions['limits']) {
-    world = await startWorld(driver, limits === undefined ? {} : { limits })
+    world = await start(limits === undefined ? {} : { limits })
     const members = [await world.member('one'), await world.member('two'), await world.member('three')]
     const outsider = await world.member('outsider')
     const owner = await world.connectMember(world.owner)
@@ -128,14 +104,16 @@ describe.each(storeLegs())('topics (%s)', (driver) => {
     expect(head[0]?.next_offset).toBe(90)
     // The harness's client_ack of each topic push was ignored without an error.
     for (const s of subscribers) expect(s.frames('error')).toEqual([])
-    const committed = await eventually(async () => {
-      const r = await world.store.query<{ committed_offset: number }>(
-        'select committed_offset from topic_subscription where topic = $1',
-        [TOPIC],
-      )
-      return r.length === 3 && r.every((x) => x.committed_offset === 90) ? r : undefined
-    })
-    expect(committed).toHaveLength(3)
+    await eventually(
+      async () => {
+        const r = await world.store.query<{ committed_offset: number }>(
+          'select committed_offset from topic_subscription where topic = $1',
+          [TOPIC],
+        )
+        return r.length === 3 && r.every((x) => x.committed_offset === 90)
+      },
+      { what: 'all 3 subscriptions to commit offset 90' },
+    )
   })
 
   it('a subscriber that comes back from its committed offset gets exactly what it missed', async () => {
@@ -220,12 +198,12 @@ describe.each(storeLegs())('topics (%s)', (driver) => {
 
     const sealed = randomBytes(72)
     h.send({ t: 'topic_key_grant', topic: TOPIC, epoch: 1, to: late.identity.publicKey, sealed })
-    await eventually(async () => {
-      const r = await world.store.query('select 1 from topic_key_grant where to_pk = $1', [
-        late.identity.publicKey,
-      ])
-      return r.length === 1 ? r : undefined
-    })
+    await eventually(
+      async () =>
+        (await world.store.query('select 1 from topic_key_grant where to_pk = $1', [late.identity.publicKey]))
+          .length === 1,
+      { what: 'the grant to be kept for its offline addressee' },
+    )
 
     const l = await world.connectSession(late)
     await l.request({ t: 'subscribe', topic: TOPIC })
@@ -233,9 +211,8 @@ describe.each(storeLegs())('topics (%s)', (driver) => {
     expect(grant).toMatchObject({ topic: TOPIC, epoch: 1 })
     expect(toHex(grant.sealed)).toBe(toHex(sealed))
     expect(toHex(grant.from!)).toBe(toHex(holder.identity.publicKey))
-    await eventually(async () => {
-      const r = await world.store.query('select 1 from topic_key_grant')
-      return r.length === 0 ? r : undefined
+    await eventually(async () => (await world.store.query('select 1 from topic_key_grant')).length === 0, {
+      what: 'the delivered grant to be deleted',
     })
 
     // A request goes to the other live subscribers, stamped with the requester's key.

@@ -14,7 +14,6 @@ import {
   encodeFrame,
   errorFrame,
   initCrypto,
-  isMeshError,
   MAX_ENVELOPE_BYTES,
   MAX_FRAME_BYTES,
   MAX_PAYLOAD_BYTES,
@@ -33,6 +32,7 @@ import {
 } from '../../protocol/index.js'
 import { FrameInbox, MeshClient } from './mesh-client.js'
 import { httpMsgpack, invite, joinRecord, newOwner, rosterRecord, service, session } from './mesh-fixture.js'
+import { rejectionCode } from './rejection.js'
 
 const MESH = 'acme'
 const nextUlid = ulidFactory()
@@ -120,15 +120,6 @@ async function connectPair(o: Partial<Parameters<typeof MeshClient.connect>[1]> 
   return { client, peer: await peer }
 }
 
-/** The MeshError code a promise rejects with. */
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  )
-  return isMeshError(err) ? err.code : `not a MeshError: ${String(err)}`
-}
-
 beforeAll(async () => {
   await initCrypto()
   coordinator = createIdentity('coordinator')
@@ -182,7 +173,9 @@ describe('MeshClient', () => {
 
   it('rejects a request with the MeshError of an error frame carrying its reqId', async () => {
     const { client } = await connectPair()
-    expect(await codeOf(client.request({ t: 'subscribe', topic: 'nope' }))).toBe('MESH_ERR_UNKNOWN_TOPIC')
+    expect(await rejectionCode(client.request({ t: 'subscribe', topic: 'nope' }))).toBe(
+      'MESH_ERR_UNKNOWN_TOPIC',
+    )
     expect(await client.request({ t: 'unsubscribe', topic: 'news' })).toMatchObject({ t: 'ok' })
     await client.close()
   })
@@ -242,13 +235,13 @@ describe('MeshClient', () => {
         challengeNonce: newChallengeNonce(),
       }),
     })
-    expect(await codeOf(MeshClient.connect(url, { mesh: MESH, ...key, tamper }))).toBe(
+    expect(await rejectionCode(MeshClient.connect(url, { mesh: MESH, ...key, tamper }))).toBe(
       'MESH_ERR_WRONG_CHALLENGE',
     )
 
     // With open + hello the client stays around to see the server close it 1008.
     const client = await MeshClient.open(url)
-    expect(await codeOf(client.hello({ mesh: MESH, ...key, tamper }))).toBe('MESH_ERR_WRONG_CHALLENGE')
+    expect(await rejectionCode(client.hello({ mesh: MESH, ...key, tamper }))).toBe('MESH_ERR_WRONG_CHALLENGE')
     expect(await client.closed).toEqual({ code: CLOSE.POLICY, reason: 'MESH_ERR_WRONG_CHALLENGE' })
   })
 
