@@ -140,6 +140,15 @@ export const ERROR_CODES = {
     permanent: true,
     summary: 'the database schema is newer than this coordinator knows',
   },
+  MESH_ERR_TRANSPORT_CLOSED: { permanent: true, summary: 'the transport session is closed' },
+  MESH_ERR_SIGNAL_TIMEOUT: {
+    permanent: false,
+    summary: 'the P2P handshake did not complete within its budget (2 s)',
+  },
+  MESH_ERR_P2P_REJECTED: {
+    permanent: false,
+    summary: 'the peer refused the P2P session (busy, declined, invalid or expired)',
+  },
   MESH_ERR_INTERNAL: { permanent: false, summary: 'an unexpected coordinator failure' },
 } as const satisfies Record<string, { permanent: boolean; summary: string }>
 
