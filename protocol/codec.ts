@@ -23,6 +23,10 @@ const options = {
   int64AsType: 'auto',
 }
 const packr = new Packr(options as ConstructorParameters<typeof Packr>[0])
+// The same options without `skipValues`, which costs a for-in walk and a lookup per property. For values
+// that hold no `undefined` property it writes the same bytes.
+const { skipValues: _, ...definedOptions } = options
+const definedPackr = new Packr(definedOptions as ConstructorParameters<typeof Packr>[0])
 
 /** The deepest nesting of arrays and maps a decoded value may have. */
 export const MAX_DEPTH = 32
@@ -30,6 +34,15 @@ export const MAX_DEPTH = 32
 /** Encodes a value as one msgpack value. */
 export function encode(value: unknown): Uint8Array {
   return packr.pack(value)
+}
+
+/**
+ * `encode` for a value with no `undefined` property at any depth, such as one a schema returned (schemas
+ * leave absent fields out): the same bytes, faster. An `undefined` property here would be written as an
+ * extension type, which `decode` refuses.
+ */
+export function encodeDefined(value: unknown): Uint8Array {
+  return definedPackr.pack(value)
 }
 
 /** Decodes exactly one msgpack value, or throws `MESH_ERR_MALFORMED_FRAME` with a reason. */

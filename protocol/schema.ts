@@ -8,7 +8,9 @@ import { MeshError, type MeshErrorCode } from './errors.js'
 
 /**
  * A validator that returns a typed value or throws a `SchemaViolation`. `spec` describes it, so tests
- * can generate valid values for every frame from the schemas themselves.
+ * can generate valid values for every frame from the schemas themselves. `check` names violations by
+ * `path` (and paths it builds from it); inside an `obj` that path is relative to the map, which adds its
+ * own in front when a violation passes through.
  */
 export interface Schema<T> {
   readonly optional?: boolean
@@ -238,9 +240,12 @@ export function any(): Schema<unknown> {
 
 /** Accepts the first alternative that validates. */
 export function either<A, B>(a: Schema<A>, b: Schema<B>): Schema<A | B> {
+  const couldBeA = typeTest(a.spec)
   return {
     spec: { kind: 'either', a, b },
     check(v, path) {
+      // A value of another type would only make `a` throw, and the throw is what costs: go straight to `b`.
+      if (couldBeA !== undefined && !couldBeA(v)) return b.check(v, path)
       try {
         return a.check(v, path)
       } catch (err) {
@@ -250,6 +255,34 @@ export function either<A, B>(a: Schema<A>, b: Schema<B>): Schema<A | B> {
     },
   }
 }
+
+/** The type test a schema of this kind makes before anything else, if it has one (trusts `spec`). */
+function typeTest(spec: SchemaSpec): ((v: unknown) => boolean) | undefined {
+  switch (spec.kind) {
+    case 'str':
+    case 'oneOf':
+      return isString
+    case 'bin':
+      return isBin
+    case 'uint':
+      return isNumber
+    case 'bool':
+      return isBoolean
+    case 'arr':
+    case 'tuple':
+      return Array.isArray
+    case 'record':
+    case 'obj':
+      return isPlainObject
+    default:
+      return undefined
+  }
+}
+
+const isString = (v: unknown): boolean => typeof v === 'string'
+const isBin = (v: unknown): boolean => v instanceof Uint8Array
+const isNumber = (v: unknown): boolean => typeof v === 'number'
+const isBoolean = (v: unknown): boolean => typeof v === 'boolean'
 
 type Shape = Record<string, Schema<unknown>>
 type OptionalKeys<S extends Shape> = { [K in keyof S]: S[K] extends { optional: true } ? K : never }[keyof S]
@@ -269,12 +302,17 @@ export function obj<S extends Shape>(shape: S): Schema<Flatten<ObjectOf<S>>> & {
     check(v, path) {
       if (!isPlainObject(v)) fail(path, `expected map, got ${typeName(v)}`)
       const out: Record<string, unknown> = {}
-      for (const [key, schema] of entries) {
-        const value = schema.check(
-          Object.prototype.hasOwnProperty.call(v, key) ? v[key] : undefined,
-          path ? `${path}.${key}` : key,
-        )
-        if (value !== undefined) out[key] = value
+      // Fields are checked with paths relative to this map (the key alone, so every path a field builds
+      // starts with its key); the full path is joined only when a violation passes through.
+      try {
+        for (const [key, schema] of entries) {
+          const value = schema.check(Object.prototype.hasOwnProperty.call(v, key) ? v[key] : undefined, key)
+          if (value !== undefined) out[key] = value
+        }
+      } catch (err) {
+        if (path && err instanceof SchemaViolation)
+          throw new SchemaViolation(`${path}.${err.path}`, err.reason)
+        throw err
       }
       return out as Flatten<ObjectOf<S>>
     },
