@@ -3,7 +3,14 @@
  * carries opaque frames (msgpack bytes the runtime encodes: `p2p_env`, `p2p_ack`, …) with explicit
  * backpressure. Adapters live one per folder (`memory`, `ws-relay`, `webrtc`, `webhook`) and all pass
  * `transportCompliance` (transports/compliance.ts).
+ *
+ * Changes since the first draft are backward-compatible (nothing renamed or removed; every addition is
+ * optional): `TypedEmitter` gained the type-only, optional `[eventMap]` member so `waitFor(session,
+ * 'drain', …)` (transports/emitter.ts) can infer the event map; implementers need not declare it.
  */
+
+/** Type-level only: keys the phantom event map of `TypedEmitter`; no value exists at runtime. */
+declare const eventMap: unique symbol
 
 /** Who a session goes to. */
 export interface PeerRef {
@@ -36,6 +43,8 @@ export interface TransportSessionEvents {
 
 /** A typed event emitter for sessions (Node's EventEmitter shape, without its types). */
 export interface TypedEmitter<E extends { [K in keyof E]: (...args: never[]) => void }> {
+  /** Never set: lets generic helpers infer `E` (TypeScript cannot infer it from generic methods). */
+  readonly [eventMap]?: E
   on<K extends keyof E>(event: K, listener: E[K]): this
   once<K extends keyof E>(event: K, listener: E[K]): this
   off<K extends keyof E>(event: K, listener: E[K]): this
