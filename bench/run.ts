@@ -3,6 +3,7 @@
  * stdout (a readable summary goes to stderr). With no name it lists the scenarios.
  */
 import { codecScenario } from './scenarios/codec.js'
+import { relayScenario } from './scenarios/relay.js'
 
 type Scenario = (opts: { quick: boolean }) => Promise<void>
 
@@ -10,6 +11,11 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
   codec: {
     describe: 'msgpack beside JSON, crypto_box one-shot beside precomputed keys, Ed25519 sign and verify',
     run: codecScenario,
+  },
+  relay: {
+    describe:
+      'the coordinator as a relay: online DMs beside a raw ws relay, queued DMs on Postgres, a 100-peer load',
+    run: relayScenario,
   },
 }
 
