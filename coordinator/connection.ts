@@ -52,6 +52,8 @@ export class Connection {
   inFlightBytes = 0
   /** Set when a newer connection of the same key replaced this one. */
   replaced = false
+  /** False once a drain found nothing more stored for this key; an explicit drain sets it again. */
+  maybeStored = true
   readonly closed: Promise<{ code: number; reason: string }>
   /** Resolves once the connection stopped carrying frames: closing began, or the socket went away. */
   readonly ended: Promise<void>
@@ -63,6 +65,7 @@ export class Connection {
   readonly #ws: WebSocket
   readonly #ctx: CoordinatorContext
   #lastHeard: number
+  #corked = false
   #pingTimer: ClockTimer | undefined
   #helloTimer: ClockTimer | undefined
 
@@ -114,6 +117,7 @@ export class Connection {
   send(frame: Frame): boolean {
     if (!this.open) return false
     const bytes = encodeFrame(frame)
+    this.#cork()
     this.#ws.send(bytes, { binary: true })
     this.#ctx.metrics.framesOut.inc({ type: frame.t })
     if (this.#ws.bufferedAmount > this.#ctx.limits.slowConsumerBytes) {
@@ -122,6 +126,22 @@ export class Connection {
       return false
     }
     return true
+  }
+
+  /**
+   * Frames sent in one turn of the event loop leave in one write: a push and an ack, or a burst of
+   * send_acks, do not each cost a syscall. `ws` keeps its socket private; it is the `_socket` field.
+   */
+  #cork(): void {
+    if (this.#corked) return
+    const socket = (this.#ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket
+    if (socket === undefined) return
+    this.#corked = true
+    socket.cork()
+    process.nextTick(() => {
+      this.#corked = false
+      socket.uncork()
+    })
   }
 
   /** Sends an `error` frame for `err` (correlated by `reqId` when given). */

@@ -6,6 +6,7 @@
  */
 import { bytesEqual, decode, MeshError, toHex, type FrameOf } from '../../protocol/index.js'
 import type { Sql } from '../store/types.js'
+import { DedupeLookups } from './lookup-batch.js'
 
 /** The outcome a send_ack reported. */
 export interface SendOutcome {
@@ -34,8 +35,10 @@ export class Dedupe {
   readonly #inFlight = new Map<string, { hash: Uint8Array; outcome: Promise<SendOutcome> }>()
   readonly #recent = new Map<string, Accepted>()
   readonly #maxRecent: number
+  readonly #lookups: DedupeLookups
 
-  constructor(maxRecent: number) {
+  constructor(sql: Sql, maxRecent: number) {
+    this.#lookups = new DedupeLookups(sql)
     this.#maxRecent = maxRecent
   }
 
@@ -46,7 +49,6 @@ export class Dedupe {
    * `MESH_ERR_IDEMPOTENCY_CONFLICT` when the id was used for other bytes.
    */
   async claim(
-    sql: Sql,
     mesh: string,
     from: Uint8Array,
     clientMessageId: string,
@@ -66,15 +68,7 @@ export class Dedupe {
       const outcome = new Promise<SendOutcome>((res, rej) => ((resolve = res), (reject = rej)))
       this.#track(key, hash, outcome)
       try {
-        const rows = await sql.query<{
-          envelope_hash: Uint8Array
-          state: SendOutcome['state']
-          recipients: Uint8Array | null
-        }>(
-          'select envelope_hash, state, recipients from dedupe where mesh = $1 and sender = $2 and client_message_id = $3',
-          [mesh, from, clientMessageId],
-        )
-        const row = rows[0]
+        const row = await this.#lookups.get(mesh, from, clientMessageId)
         if (row === undefined) {
           return { ticket: { settle: (p) => void p.then(resolve, reject) } }
         }

@@ -136,8 +136,9 @@ export class Pusher {
     } else if (entry === undefined) {
       await this.#settleStored(deliveryId, status, conn)
     }
-    // An ack for another key's delivery changes nothing.
-    void this.drain(conn)
+    // An ack for another key's delivery changes nothing. The window has room again: drain, unless the
+    // last drain found nothing stored for this key (most acks settle fast-path pushes).
+    if (conn.maybeStored) void this.drain(conn)
   }
 
   /** Deletes an acked row (scoped to the acking connection's mesh and key) and tells the sender. */
@@ -168,6 +169,7 @@ export class Pusher {
 
   /** Pushes what the store holds for the connection's key, as far as its push window allows. */
   async drain(conn: Connection): Promise<void> {
+    conn.maybeStored = true
     const running = this.#draining.get(conn)
     if (running !== undefined) {
       running.again = true
@@ -217,6 +219,7 @@ export class Pusher {
       })
     }
     if (rows.length === room) flag.again = true
+    else conn.maybeStored = false
   }
 
   /** Gives back every claim the connection holds and forgets its in-memory pushes. */

@@ -44,15 +44,17 @@ export class QueueQuota {
     recipient: Uint8Array,
     sender: Uint8Array,
     size: number,
+    force = false,
   ): Promise<void> {
     const u = await this.#get(sql, mesh, recipient)
     const senderHex = toHex(sender)
     const mine = u.bySender.get(senderHex) ?? 0
     const l = this.#limits
     if (
-      u.count + 1 > l.queueMaxMessages ||
-      u.bytes + size > l.queueMaxBytes ||
-      mine + 1 > Math.max(1, Math.floor(l.queueMaxMessages * SENDER_SHARE))
+      !force &&
+      (u.count + 1 > l.queueMaxMessages ||
+        u.bytes + size > l.queueMaxBytes ||
+        mine + 1 > Math.max(1, Math.floor(l.queueMaxMessages * SENDER_SHARE)))
     ) {
       throw new MeshError('MESH_ERR_QUEUE_FULL', "the recipient's offline queue is full", {
         details: { retryAfterMs: 30_000, queued: u.count, maxMessages: l.queueMaxMessages },

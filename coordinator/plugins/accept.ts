@@ -92,7 +92,7 @@ export async function acceptSend(
   }
   const d = ctx.delivery
   const hash = envelopeHash(bytes)
-  const claim = await d.dedupe.claim(ctx.store, sender.mesh, env.from, clientMessageId, hash)
+  const claim = await d.dedupe.claim(sender.mesh, env.from, clientMessageId, hash)
   if ('prior' in claim) return { ...claim.prior, clientMessageId, duplicate: true }
 
   const outcome = (async (): Promise<SendOutcome> => {
@@ -179,7 +179,6 @@ async function routeDirect(
   const targetHex = toHex(target)
   await assertKnownTarget(ctx, state, target)
   const now = ctx.clock.now()
-  await d.quota.reserve(ctx.store, sender.mesh, target, env.from, bytes.length)
   const row: DeliveryRow = {
     id: d.pusher.nextId(),
     mesh: sender.mesh,
@@ -204,7 +203,6 @@ async function routeDirect(
   if (live !== undefined && live.open && d.pusher.fits(live, bytes.length)) {
     const r = await d.pusher.pushFast(live, row.id, bytes, sender.mesh, targetHex)
     if (r !== 'timeout' && r !== 'closed') {
-      d.quota.released(sender.mesh, target, env.from, bytes.length)
       ctx.metrics.sends.inc({ path: 'fast' })
       const outcome: SendOutcome = { state: 'delivered', recipientOnline: true }
       if (r !== 'ok' && r !== 'duplicate') outcome.recipients = { [targetHex]: recipientState(r) }
@@ -215,6 +213,14 @@ async function routeDirect(
       row.claimOwner = live.presence!.presenceId
       row.claimUntil = ctx.clock.now() + ctx.limits.claimLeaseMs
     }
+  }
+  // Counted against the quota only when stored; a copy already pushed (and claimed) is stored anyway,
+  // since refusing it now would lose what the recipient may hold.
+  try {
+    await d.quota.reserve(ctx.store, sender.mesh, target, env.from, bytes.length, row.attempts > 0)
+  } catch (err) {
+    d.pusher.abandon(row.id)
+    throw err
   }
   try {
     await d.committer.commit([row], dedupe)
