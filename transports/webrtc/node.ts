@@ -1,0 +1,60 @@
+/**
+ * The `webrtc` adapter in Node: node-datachannel's W3C polyfill as `RTCPeerConnection`, plus the
+ * process-wide bookkeeping libdatachannel needs. Its native threads keep the process alive until
+ * `cleanup()` runs, and `cleanup()` must not run while any connection is in use, so every connection made
+ * here is counted and `cleanup()` follows the last one's `close()`.
+ */
+import nodeDataChannel from 'node-datachannel'
+import { RTCPeerConnection as PolyfillPeerConnection } from 'node-datachannel/polyfill'
+import { webrtcTransport, type WebrtcTransport, type WebrtcTransportInit } from './index.js'
+
+let openConnections = 0
+let cleanups = 0
+let cleanupScheduled = false
+
+function connectionClosed(): void {
+  openConnections--
+  if (openConnections > 0 || cleanupScheduled) return
+  cleanupScheduled = true
+  // Deferred: the polyfill closes data channels on a later turn (setImmediate), and a connection opened
+  // meanwhile cancels the cleanup.
+  setTimeout(() => {
+    cleanupScheduled = false
+    if (openConnections > 0) return
+    nodeDataChannel.cleanup()
+    cleanups++
+  }, 0)
+}
+
+/** The polyfill's connection, counted from construction until its first `close()`. */
+class CountedPeerConnection extends PolyfillPeerConnection {
+  #counted = true
+
+  constructor(config: RTCConfiguration) {
+    super(config)
+    openConnections++
+  }
+
+  override close(): void {
+    super.close()
+    if (!this.#counted) return
+    this.#counted = false
+    connectionClosed()
+  }
+}
+
+/** The Node flavour of `webrtcTransport`: same options, with `RTCPeerConnection` supplied. */
+export function nodeWebrtcTransport(init: Omit<WebrtcTransportInit, 'RTCPeerConnection'>): WebrtcTransport {
+  // The polyfill types `ondatachannel` with its own event class (same shape as the DOM's, plus a private
+  // field), so TypeScript cannot see it as the DOM constructor it is at run time.
+  const RTCPeerConnection = CountedPeerConnection as unknown as WebrtcTransportInit['RTCPeerConnection']
+  return webrtcTransport({ ...init, RTCPeerConnection })
+}
+
+/**
+ * Process-wide counts, for tests and diagnostics: connections not yet closed, `cleanup()` calls made, and
+ * whether one is about to run.
+ */
+export function nodeWebrtcStats(): { openConnections: number; cleanups: number; cleanupPending: boolean } {
+  return { openConnections, cleanups, cleanupPending: cleanupScheduled }
+}
