@@ -4,15 +4,14 @@
  */
 import {
   BoxKeyCache,
-  encode,
   encodeEnvelope,
   encodeFrame,
   MAX_PAYLOAD_BYTES,
-  randomBytes,
   sealDirect,
   ulidFactory,
   type Identity,
 } from '../../protocol/index.js'
+import { agentPayload } from '../payload.js'
 
 const KIB = 1024
 
@@ -81,19 +80,4 @@ function payloadBytesFor(size: DmSize, mesh: string, from: Identity): number {
     payload: agentPayload(KIB / 2),
   })
   return KIB - (encodeEnvelope(probe).length - KIB / 2)
-}
-
-/** A typical agent message: some text, a small tool result and a binary attachment, to ~`bytes`. */
-function agentPayload(bytes: number): unknown {
-  const text = 'Reviewed the diff; two call sites still pass the old option. Patch attached. '
-  const textBytes = Math.floor(bytes * 0.4)
-  const payload = {
-    kind: 'message',
-    text: text.repeat(Math.ceil(textBytes / text.length)).slice(0, textBytes),
-    tool: { name: 'run_tests', exitCode: 0, durationMs: 8123, files: ['src/a.ts', 'src/b.ts'] },
-    attachments: [{ name: 'fix.patch', mime: 'text/x-diff', data: randomBytes(0) }],
-  }
-  const rest = Math.max(0, bytes - encode(payload).length)
-  payload.attachments[0]!.data = randomBytes(rest)
-  return payload
 }

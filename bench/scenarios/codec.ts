@@ -44,6 +44,7 @@ import {
   type Identity,
 } from '../../protocol/index.js'
 import { compareRates, report } from '../measure.js'
+import { agentPayload } from '../payload.js'
 
 const SCENARIO = 'codec'
 const MESH = 'bench-mesh'
@@ -102,22 +103,6 @@ type Timing = { rounds: number; ms: number }
 let sink: unknown
 
 // ── 1. envelope codec ────────────────────────────────────────────────────────
-
-/** A typical agent message: some text, a structured tool result and a binary attachment, to ~`bytes`. */
-function agentPayload(bytes: number): unknown {
-  const text = 'Reviewed the diff; two call sites still pass the old option. Patch attached. '
-  const textBytes = Math.floor(bytes * 0.4)
-  const payload = {
-    kind: 'message',
-    text: text.repeat(Math.ceil(textBytes / text.length)).slice(0, textBytes),
-    tool: { name: 'run_tests', exitCode: 0, durationMs: 8123, files: ['src/a.ts', 'src/b.ts'] },
-    attachments: [{ name: 'fix.patch', mime: 'text/x-diff', data: randomBytes(0) }],
-  }
-  // Fill the rest with bytes so the payload encodes to `bytes` (±2 for the bin header's width).
-  const rest = Math.max(0, bytes - encode(payload).length)
-  payload.attachments[0]!.data = randomBytes(rest)
-  return payload
-}
 
 /** The JSON form of an envelope: every byte field as base64, as a JSON protocol would carry it. */
 function toJsonForm(env: Envelope): Record<string, unknown> {
