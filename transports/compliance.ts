@@ -42,8 +42,22 @@ export interface ComplianceOptions {
   ordered?: boolean
   /** The largest frame; default `a.transport.capabilities.maxFrameBytes`. */
   maxFrameBytes?: number
-  /** Frame `i` of `size` bytes, for adapters whose frames must be valid envelopes. Default `makeTestFrame`. */
-  makeFrame?: (size: number, i: number) => Uint8Array
+  /**
+   * Frame `i` of about `size` bytes, sent by side `sender`, for adapters whose frames must be valid
+   * envelopes (from the sender's key to the other side's). Default `makeTestFrame`.
+   */
+  makeFrame?: (size: number, i: number, sender: 'a' | 'b') => Uint8Array
+  /**
+   * The accepting side learns of a session only from its first frame (no handshake, as with ws-relay):
+   * the suite then sends one frame right after `open` before it waits for the accepted session. Default
+   * false.
+   */
+  acceptsOnFirstFrame?: boolean
+  /**
+   * Whether closing one side closes the other (default true). Without a pipe (ws-relay) it does not: the
+   * close cases then check the closer, close the other side themselves and check that it closes cleanly.
+   */
+  peerSeesClose?: boolean
   /** Frames in the burst (default 10,000) and their size (default 1 KiB). */
   burstFrames?: number
   burstFrameBytes?: number
@@ -74,6 +88,7 @@ export function makeTestFrame(size: number, i: number): Uint8Array {
 export function transportCompliance(name: string, setup: ComplianceSetup, options: ComplianceOptions): void {
   const { runner } = options
   const makeFrame = options.makeFrame ?? makeTestFrame
+  const peerSeesClose = options.peerSeesClose ?? true
   const timeoutMs = options.timeoutMs ?? 30_000
   const burstFrames = options.burstFrames ?? 10_000
   const burstFrameBytes = options.burstFrameBytes ?? KIB
@@ -97,6 +112,7 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
           ordered: options.ordered ?? caps.ordered,
           maxFrameBytes: options.maxFrameBytes ?? caps.maxFrameBytes,
           accepted: acceptQueue(fixture.b.transport),
+          primer: options.acceptsOnFirstFrame === true ? () => makeFrame(16, 0x7fff_ffff, 'a') : undefined,
         }
         try {
           await body(ctx)
@@ -116,14 +132,28 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
     )
   }
 
+  /**
+   * Listens for `session`'s close now; the returned function awaits it. Where the peer does not see a
+   * close, that function first closes `session` itself (once the caller is done with it), so the same
+   * checks (a clean close, nothing lost) apply.
+   */
+  const waitForClose = (session: TransportSession, ctx: Context): (() => Promise<[err?: Error]>) => {
+    const closed = waitFor(session, 'close', { signal: ctx.signal })
+    if (peerSeesClose) return () => closed
+    return async () => {
+      await session.close()
+      return closed
+    }
+  }
+
   runner.describe(`transport compliance: ${name}`, () => {
     test('opens a session both ways; the accepting side knows who dialed', async (ctx) => {
       const { sa, sb } = await connect(ctx)
       check(bytesEqual(sb.peer.pk, ctx.a.peer.pk), "the accepted session's peer is not the dialer")
       check(bytesEqual(sa.peer.pk, ctx.b.peer.pk), "the opened session's peer is not the one dialed")
       check(sa.open && sb.open, 'a fresh session is not open')
-      await exchange(sa, sb, [makeFrame(16, 1)], ctx)
-      await exchange(sb, sa, [makeFrame(16, 2)], ctx)
+      await exchange(sa, sb, [makeFrame(16, 1, 'a')], ctx)
+      await exchange(sb, sa, [makeFrame(16, 2, 'b')], ctx)
     })
 
     test('keeps order where promised, and delivers every frame exactly once', async (ctx) => {
@@ -131,7 +161,7 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
       // Mixed sizes, so an adapter that reorders by size (or by chunking) is caught.
       const sizes = [1, 700, 16 * KIB, 3, 60 * KIB, 128]
       const frames = Array.from({ length: 600 }, (_, i) =>
-        makeFrame(Math.min(sizes[i % sizes.length] ?? 1, ctx.maxFrameBytes), i),
+        makeFrame(Math.min(sizes[i % sizes.length] ?? 1, ctx.maxFrameBytes), i, 'a'),
       )
       await exchange(sa, sb, frames, ctx)
     })
@@ -145,22 +175,22 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
       test(`carries a ${label} frame intact both ways`, async (ctx) => {
         const { sa, sb } = await connect(ctx)
         const bytes = Math.min(size, ctx.maxFrameBytes)
-        await exchange(sa, sb, [makeFrame(bytes, 1)], ctx)
-        await exchange(sb, sa, [makeFrame(bytes, 2)], ctx)
+        await exchange(sa, sb, [makeFrame(bytes, 1, 'a')], ctx)
+        await exchange(sb, sa, [makeFrame(bytes, 2, 'b')], ctx)
       })
     }
 
     test(`takes a ${burstFrames}-frame burst under backpressure, each frame once`, async (ctx) => {
       const { sa, sb } = await connect(ctx)
-      const frames = Array.from({ length: burstFrames }, (_, i) => makeFrame(burstFrameBytes, i))
+      const frames = Array.from({ length: burstFrames }, (_, i) => makeFrame(burstFrameBytes, i, 'a'))
       await exchange(sa, sb, frames, ctx)
     })
 
     test('a clean close delivers everything sent before it; both sides see close without error', async (ctx) => {
       const { sa, sb } = await connect(ctx)
-      const frames = Array.from({ length: 2_000 }, (_, i) => makeFrame(2 * KIB, i))
+      const frames = Array.from({ length: 2_000 }, (_, i) => makeFrame(2 * KIB, i, 'a'))
       const received = receive(sb, frames.length, ctx.signal)
-      const peerClosed = waitFor(sb, 'close', { signal: ctx.signal })
+      const peerClosed = waitForClose(sb, ctx)
       const selfClosed = waitFor(sa, 'close', { signal: ctx.signal })
       await sendAll(sa, frames, ctx.signal)
       const closing = sa.close('done')
@@ -168,7 +198,7 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
       await closing
       await sa.close() // idempotent
       checkSameFrames(frames, await received, ctx.ordered)
-      const [peerErr] = await peerClosed
+      const [peerErr] = await peerClosed()
       const [selfErr] = await selfClosed
       check(peerErr === undefined, `the peer saw close with an error: ${String(peerErr)}`)
       check(selfErr === undefined, `the closer saw close with an error: ${String(selfErr)}`)
@@ -177,30 +207,30 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
 
     test('the accepting side can close too', async (ctx) => {
       const { sa, sb } = await connect(ctx)
-      const frames = Array.from({ length: 50 }, (_, i) => makeFrame(KIB, i))
+      const frames = Array.from({ length: 50 }, (_, i) => makeFrame(KIB, i, 'b'))
       const received = receive(sa, frames.length, ctx.signal)
-      const peerClosed = waitFor(sa, 'close', { signal: ctx.signal })
+      const peerClosed = waitForClose(sa, ctx)
       await sendAll(sb, frames, ctx.signal)
       await sb.close()
       checkSameFrames(frames, await received, ctx.ordered)
-      const [err] = await peerClosed
+      const [err] = await peerClosed()
       check(err === undefined, `the dialer saw close with an error: ${String(err)}`)
     })
 
     test('send after close throws MESH_ERR_TRANSPORT_CLOSED on both sides', async (ctx) => {
       const { sa, sb } = await connect(ctx)
-      const peerClosed = waitFor(sb, 'close', { signal: ctx.signal })
+      const peerClosed = waitForClose(sb, ctx)
       await sa.close()
-      await peerClosed
-      checkThrows(() => sa.send(makeFrame(8, 1)), 'MESH_ERR_TRANSPORT_CLOSED')
-      checkThrows(() => sb.send(makeFrame(8, 2)), 'MESH_ERR_TRANSPORT_CLOSED')
+      await peerClosed()
+      checkThrows(() => sa.send(makeFrame(8, 1, 'a')), 'MESH_ERR_TRANSPORT_CLOSED')
+      checkThrows(() => sb.send(makeFrame(8, 2, 'b')), 'MESH_ERR_TRANSPORT_CLOSED')
     })
 
     test('an oversize send throws MESH_ERR_FRAME_TOO_LARGE and the session stays usable', async (ctx) => {
       const { sa, sb } = await connect(ctx)
       checkThrows(() => sa.send(new Uint8Array(ctx.maxFrameBytes + 1)), 'MESH_ERR_FRAME_TOO_LARGE')
       check(sa.open, 'an oversize send closed the session')
-      await exchange(sa, sb, [makeFrame(32, 1)], ctx)
+      await exchange(sa, sb, [makeFrame(32, 1, 'a')], ctx)
     })
 
     test('open with an already-aborted signal rejects with its reason and opens nothing', async (ctx) => {
@@ -208,7 +238,7 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
       const controller = new AbortController()
       controller.abort(reason)
       await checkRejectsWith(ctx.a.transport.open(ctx.b.peer, { signal: controller.signal }), reason)
-      await checkOnlyGoodSessionSurvives(ctx)
+      await checkOnlyGoodSessionSurvives(ctx, makeFrame(1, 0x6d, 'a'))
     })
 
     test('open aborted mid-way rejects with the reason and leaves nothing open', async (ctx) => {
@@ -217,16 +247,17 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
       const opening = ctx.a.transport.open(ctx.b.peer, { signal: controller.signal })
       controller.abort(reason)
       await checkRejectsWith(opening, reason)
-      await checkOnlyGoodSessionSurvives(ctx)
+      await checkOnlyGoodSessionSurvives(ctx, makeFrame(1, 0x6d, 'a'))
     })
 
     test('closing a transport closes its sessions; the peer sees close, new opens fail', async (ctx) => {
       const { sa, sb } = await connect(ctx)
-      const peerClosed = waitFor(sb, 'close', { signal: ctx.signal })
       const selfClosed = waitFor(sa, 'close', { signal: ctx.signal })
+      const peerClosed = peerSeesClose ? waitFor(sb, 'close', { signal: ctx.signal }) : undefined
       await ctx.a.transport.close()
       await Promise.all([peerClosed, selfClosed])
-      check(!sa.open && !sb.open, 'a session is still open after its transport closed')
+      check(!sa.open, 'a session is still open after its transport closed')
+      check(!peerSeesClose || !sb.open, "the peer's session is still open after the transport closed")
       const code = await rejectionCode(ctx.a.transport.open(ctx.b.peer, { signal: ctx.signal }))
       check(code === 'MESH_ERR_TRANSPORT_CLOSED', `open after close rejected with ${code}`)
     })
@@ -235,7 +266,7 @@ export function transportCompliance(name: string, setup: ComplianceSetup, option
       'leaves no process handle behind (Node: active resources before setup and after teardown)',
       async (ctx) => {
         const { sa, sb } = await connect(ctx)
-        await exchange(sa, sb, [makeFrame(KIB, 1)], ctx)
+        await exchange(sa, sb, [makeFrame(KIB, 1, 'a')], ctx)
         await sa.close()
       },
       { processHandles: true },
@@ -248,6 +279,8 @@ interface Context extends ComplianceFixture {
   ordered: boolean
   maxFrameBytes: number
   accepted: AcceptQueue
+  /** The frame `connect` sends first when the accepting side learns of sessions from a frame. */
+  primer: (() => Uint8Array) | undefined
 }
 
 interface AcceptQueue {
@@ -303,6 +336,12 @@ class Waiters<T> {
 async function connect(ctx: Context): Promise<{ sa: TransportSession; sb: TransportSession }> {
   const accepted = ctx.accepted.next(ctx.signal)
   const sa = await ctx.a.transport.open(ctx.b.peer, { signal: ctx.signal })
+  if (ctx.primer !== undefined) {
+    check(sa.send(ctx.primer()), 'a fresh session refused its first frame')
+    const sb = await accepted
+    // The primer is heard in the same turn as the accept, before any test listens for frames.
+    return { sa, sb }
+  }
   return { sa, sb: await accepted }
 }
 
@@ -400,11 +439,11 @@ function frameKey(frame: Uint8Array): string {
  * After a failed open: a good session still opens, and any session B accepted besides it (from the
  * aborted attempt) is closed or closes before the deadline.
  */
-async function checkOnlyGoodSessionSurvives(ctx: Context): Promise<void> {
+async function checkOnlyGoodSessionSurvives(ctx: Context, marker: Uint8Array): Promise<void> {
   const sa = await ctx.a.transport.open(ctx.b.peer, { signal: ctx.signal })
   // B's side of the good session is the one that hears the marker.
   const good = ctx.accepted.firstHeard(ctx.signal)
-  check(sa.send(new Uint8Array([0x6d])), 'a fresh session refused a 1-byte frame')
+  check(sa.send(marker), 'a fresh session refused a 1-byte frame')
   const goodB = await good
   for (const session of ctx.accepted.all) {
     if (session !== goodB && session.open) await waitFor(session, 'close', { signal: ctx.signal })
