@@ -126,15 +126,26 @@ export class Handshake {
   localCandidate(candidate: string, mid?: string | null): void {
     if (!this.live || candidate === '') return
     const c: Candidate = mid === undefined || mid === null ? { candidate } : { candidate, mid }
-    if (this.#localSent) this.#sendCandidate(c)
-    else this.#localCandidates.push(c)
+    this.#localCandidates.push(c)
+    this.#flushLocal()
   }
 
   /** Our offer or answer went out: candidates held back may follow. */
   localDescriptionSent(): void {
     this.#localSent = true
-    for (const c of this.#localCandidates.splice(0)) this.#sendCandidate(c)
+    this.#flushLocal()
     this.#flushRemote()
+  }
+
+  /**
+   * Local candidates go out once our description did and, for the offerer, once the answer is set: the
+   * answerer starts its connectivity checks when our candidates reach it, and through a real relay its
+   * answer can trail those checks (sent is not received), which libdatachannel's offerer answers by
+   * closing the connection.
+   */
+  #flushLocal(): void {
+    if (!this.#localSent || (this.role === 'offerer' && !this.#remoteReady)) return
+    for (const c of this.#localCandidates.splice(0)) this.#sendCandidate(c)
   }
 
   /** A relayed candidate from the peer. */
@@ -148,6 +159,7 @@ export class Handshake {
   async setRemote(type: 'offer' | 'answer', sdp: string): Promise<void> {
     await this.#pc!.setRemoteDescription({ type, sdp })
     this.#remoteReady = true
+    this.#flushLocal()
     this.#flushRemote()
   }
 

@@ -4,6 +4,7 @@
  * @packageDocumentation
  */
 export * from './channel.js'
+export * from './coordinator.js'
 export * from './handshake.js'
 export * from './memory.js'
 export * from './signaler.js'
