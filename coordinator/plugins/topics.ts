@@ -132,12 +132,18 @@ class Topics {
     return { state: 'queued' }
   }
 
-  async subscribe(conn: Connection, frame: FrameOf<'subscribe'>): Promise<void> {
+  /** The connection's presence, its mesh state and the topic, once the topic exists and its ACL allows it. */
+  async #access(conn: Connection, name: string) {
     const p = conn.presence!
+    const state = await this.#ctx.meshes.require(p.mesh)
+    const topic = requireTopic(state, name)
+    assertAllowed(state, topic, name, p.memberHex)
+    return { p, state, topic }
+  }
+
+  async subscribe(conn: Connection, frame: FrameOf<'subscribe'>): Promise<void> {
     const ctx = this.#ctx
-    const state = await ctx.meshes.require(p.mesh)
-    const topic = requireTopic(state, frame.topic)
-    assertAllowed(state, topic, frame.topic, p.memberHex)
+    const { p } = await this.#access(conn, frame.topic)
     // An ack this node is still writing for the key belongs before the cursor is read.
     await this.commits.settled(p.mesh, frame.topic, p.pkHex)
     const now = ctx.clock.now()
@@ -191,10 +197,7 @@ class Topics {
   }
 
   async keyRequest(conn: Connection, frame: FrameOf<'topic_key_request'>): Promise<void> {
-    const p = conn.presence!
-    const state = await this.#ctx.meshes.require(p.mesh)
-    const topic = requireTopic(state, frame.topic)
-    assertAllowed(state, topic, frame.topic, p.memberHex)
+    const { p, state, topic } = await this.#access(conn, frame.topic)
     const request: FrameOf<'topic_key_request'> = {
       t: 'topic_key_request',
       topic: frame.topic,
@@ -209,11 +212,8 @@ class Topics {
 
   /** Delivers a sealed key to its addressee if it is connected here, else keeps it until it subscribes. */
   async keyGrant(conn: Connection, frame: FrameOf<'topic_key_grant'>): Promise<void> {
-    const p = conn.presence!
     const ctx = this.#ctx
-    const state = await ctx.meshes.require(p.mesh)
-    const topic = requireTopic(state, frame.topic)
-    assertAllowed(state, topic, frame.topic, p.memberHex)
+    const { p, state, topic } = await this.#access(conn, frame.topic)
     const live = ctx.connections.get(p.mesh, frame.to)
     if (live !== undefined) {
       assertAllowed(state, topic, frame.topic, live.presence!.memberHex)
