@@ -41,7 +41,11 @@ export function timedStore(inner: Store): Store & { stats(reset?: boolean): Stor
       s.calls++
       s.totalMs += ms
       s.maxMs = Math.max(s.maxMs, ms)
-      if (key.startsWith('insert into delivery ')) batches.push(params.length / DELIVERY_COLS)
+      if (key.startsWith('insert into delivery ')) {
+        // Column arrays (`unnest`) carry one entry per row; a VALUES list carries DELIVERY_COLS per row.
+        const first = params[0]
+        batches.push(Array.isArray(first) ? first.length : params.length / DELIVERY_COLS)
+      }
     }
   }
   const wrapTx = (t: Tx): Tx => ({

@@ -4,7 +4,6 @@
  * when its rows are durable, so a `send_ack` never precedes the commit it reports.
  */
 import { encode } from '../../protocol/index.js'
-import { valuesPlaceholders } from '../store/placeholders.js'
 import type { Store } from '../store/types.js'
 
 /** One row of `delivery`. */
@@ -42,9 +41,6 @@ interface Job {
   resolve: () => void
   reject: (err: unknown) => void
 }
-
-const DELIVERY_COLS = 12
-const DEDUPE_COLS = 8
 
 export class Committer {
   readonly #store: Store
@@ -107,49 +103,48 @@ export class Committer {
   async #write(batch: Job[]): Promise<void> {
     const deliveries = batch.flatMap((j) => j.deliveries)
     const dedupes = batch.flatMap((j) => (j.dedupe === undefined ? [] : [j.dedupe]))
+    // One column array per parameter (`unnest`): the statement text is the same for every batch size,
+    // so the server parses and plans it once instead of once per distinct row count.
     await this.#store.transaction(async (tx) => {
       if (deliveries.length > 0) {
-        const params: unknown[] = []
-        for (const d of deliveries) {
-          params.push(
-            d.id,
-            d.mesh,
-            d.recipient,
-            d.sender,
-            d.clientMessageId,
-            d.envelope,
-            d.envelope.length,
-            d.queuedAt,
-            d.expiresAt,
-            d.claimOwner ?? null,
-            d.claimUntil ?? null,
-            d.attempts,
-          )
-        }
         await tx.query(
           `insert into delivery (id, mesh, recipient, sender, client_message_id, envelope, size, queued_at,
-             expires_at, claim_owner, claim_until, attempts) values ${valuesPlaceholders(deliveries.length, DELIVERY_COLS)}`,
-          params,
+             expires_at, claim_owner, claim_until, attempts)
+           select * from unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::bytea[],
+             $7::int[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::int[])`,
+          [
+            deliveries.map((d) => d.id),
+            deliveries.map((d) => d.mesh),
+            deliveries.map((d) => d.recipient),
+            deliveries.map((d) => d.sender),
+            deliveries.map((d) => d.clientMessageId),
+            deliveries.map((d) => d.envelope),
+            deliveries.map((d) => d.envelope.length),
+            deliveries.map((d) => d.queuedAt),
+            deliveries.map((d) => d.expiresAt),
+            deliveries.map((d) => d.claimOwner ?? null),
+            deliveries.map((d) => d.claimUntil ?? null),
+            deliveries.map((d) => d.attempts),
+          ],
         )
       }
       if (dedupes.length > 0) {
-        const params: unknown[] = []
-        for (const d of dedupes) {
-          params.push(
-            d.mesh,
-            d.sender,
-            d.clientMessageId,
-            d.hash,
-            d.state,
-            d.recipients === undefined ? null : encode(d.recipients),
-            d.createdAt,
-            d.expiresAt,
-          )
-        }
         await tx.query(
           `insert into dedupe (mesh, sender, client_message_id, envelope_hash, state, recipients, created_at,
-             expires_at) values ${valuesPlaceholders(dedupes.length, DEDUPE_COLS)} on conflict do nothing`,
-          params,
+             expires_at)
+           select * from unnest($1::text[], $2::bytea[], $3::text[], $4::bytea[], $5::text[], $6::bytea[],
+             $7::bigint[], $8::bigint[])
+           on conflict do nothing`,
+          [
+            dedupes.map((d) => d.mesh),
+            dedupes.map((d) => d.sender),
+            dedupes.map((d) => d.clientMessageId),
+            dedupes.map((d) => d.hash),
+            dedupes.map((d) => d.state),
+            dedupes.map((d) => (d.recipients === undefined ? null : encode(d.recipients))),
+            dedupes.map((d) => d.createdAt),
+            dedupes.map((d) => d.expiresAt),
+          ],
         )
       }
     })
