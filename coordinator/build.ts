@@ -65,7 +65,7 @@ export async function buildCoordinator(opts: CoordinatorOptions): Promise<Coordi
     pending: new Set(),
     meshes: new MeshStates(opts.store, opts.identity),
     handlers,
-    hooks: { attach: [], ready: [], closed: [], left: [] },
+    hooks: { attach: [], ready: [], closed: [] },
     sweeps: [],
     adminToken: opts.adminToken,
     openRegistration: opts.openRegistration ?? false,

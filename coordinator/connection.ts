@@ -50,8 +50,6 @@ export class Connection {
   /** Unacked pushes on this connection: count and bytes (the push window). */
   inFlight = 0
   inFlightBytes = 0
-  /** Set when a newer connection of the same key replaced this one. */
-  replaced = false
   /** False once a drain found nothing more stored for this key; an explicit drain sets it again. */
   maybeStored = true
   readonly closed: Promise<{ code: number; reason: string }>

@@ -74,8 +74,6 @@ export interface Hooks {
   ready: ((conn: Connection, info: { reattached: boolean }) => Promise<void>)[]
   /** A hello'd connection closed. `current` is false when a newer connection had replaced it. */
   closed: ((conn: Connection, info: { current: boolean }) => Promise<void>)[]
-  /** A key's lease ran out and its single `peer_left` went out (session-scoped state is dropped now). */
-  left: ((mesh: string, pk: Uint8Array) => Promise<void>)[]
 }
 
 export interface CoordinatorContext {

@@ -11,10 +11,10 @@ import {
   verifySessionAttestation,
 } from './attestation.js'
 import { initCrypto } from './crypto.js'
-import { MeshError } from './errors.js'
 import { createIdentity, type Identity } from './keys.js'
 import { SESSION_ATTESTATION_MAX_TTL_MS, SESSION_ATTESTATION_TTL_MS } from './limits.js'
 import { signFields, type Signed } from './signing.js'
+import { thrownCode } from '../test/support/rejection.js'
 
 const HOUR = 60 * 60 * 1000
 const NOW = 1_700_000_000_000
@@ -30,16 +30,6 @@ beforeAll(async () => {
   other = createIdentity('member')
   session = createIdentity('session')
 })
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof MeshError) return err.code
-    throw err
-  }
-  return 'no error'
-}
 
 function flipByte(record: Signed, index: number): Signed {
   const signed = Uint8Array.from(record.signed)
@@ -81,7 +71,7 @@ describe('session attestation', () => {
     const att = mint()
     const at = NOW + SESSION_ATTESTATION_TTL_MS
     expect(
-      codeOf(() => verifySessionAttestation(att, { mesh: MESH, memberPk: member.publicKey, now: at })),
+      thrownCode(() => verifySessionAttestation(att, { mesh: MESH, memberPk: member.publicKey, now: at })),
     ).toBe('MESH_ERR_EXPIRED')
   })
 
@@ -93,22 +83,26 @@ describe('session attestation', () => {
       member.secretKey,
     )
     const opts = { mesh: MESH, memberPk: member.publicKey, now: NOW }
-    expect(codeOf(() => verifySessionAttestation(att, opts))).toBe('MESH_ERR_TTL_TOO_LONG')
-    expect(codeOf(() => verifySessionAttestation(mint(), { ...opts, maxTtlMs: HOUR }))).toBe(
+    expect(thrownCode(() => verifySessionAttestation(att, opts))).toBe('MESH_ERR_TTL_TOO_LONG')
+    expect(thrownCode(() => verifySessionAttestation(mint(), { ...opts, maxTtlMs: HOUR }))).toBe(
       'MESH_ERR_TTL_TOO_LONG',
     )
     // Minting refuses it up front.
-    expect(codeOf(() => mint({ ttlMs: SESSION_ATTESTATION_MAX_TTL_MS + 1 }))).toBe('MESH_ERR_TTL_TOO_LONG')
+    expect(thrownCode(() => mint({ ttlMs: SESSION_ATTESTATION_MAX_TTL_MS + 1 }))).toBe(
+      'MESH_ERR_TTL_TOO_LONG',
+    )
   })
 
   it('tells a signature by another member (WRONG_SIGNER) from tampered bytes (BAD_SIGNATURE)', () => {
     const byOther = mint({ by: other })
     const opts = { mesh: MESH, memberPk: member.publicKey, now: NOW }
-    expect(codeOf(() => verifySessionAttestation(byOther, opts))).toBe('MESH_ERR_WRONG_SIGNER')
+    expect(thrownCode(() => verifySessionAttestation(byOther, opts))).toBe('MESH_ERR_WRONG_SIGNER')
     const att = mint()
     const last = att.signed.length - 1
-    expect(codeOf(() => verifySessionAttestation(flipByte(att, last), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
-    expect(codeOf(() => verifySessionAttestation(flipByte(att, 0), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(thrownCode(() => verifySessionAttestation(flipByte(att, last), opts))).toBe(
+      'MESH_ERR_BAD_SIGNATURE',
+    )
+    expect(thrownCode(() => verifySessionAttestation(flipByte(att, 0), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
   })
 
   it('refuses an array naming another member than its signer with WRONG_SIGNER', () => {
@@ -118,14 +112,16 @@ describe('session attestation', () => {
       member.secretKey,
     )
     expect(
-      codeOf(() => verifySessionAttestation(att, { mesh: MESH, memberPk: member.publicKey, now: NOW })),
+      thrownCode(() => verifySessionAttestation(att, { mesh: MESH, memberPk: member.publicKey, now: NOW })),
     ).toBe('MESH_ERR_WRONG_SIGNER')
   })
 
   it('refuses a session key that is not a valid point with MESH_ERR_MALFORMED_KEY', () => {
     const bad = new Uint8Array(32).fill(0xff)
     expect(
-      codeOf(() => mintSessionAttestation({ mesh: MESH, member, sessionPk: bad, sessionId: 's', now: NOW })),
+      thrownCode(() =>
+        mintSessionAttestation({ mesh: MESH, member, sessionPk: bad, sessionId: 's', now: NOW }),
+      ),
     ).toBe('MESH_ERR_MALFORMED_KEY')
     const att = signFields(
       'session-attestation',
@@ -133,23 +129,25 @@ describe('session attestation', () => {
       member.secretKey,
     )
     expect(
-      codeOf(() => verifySessionAttestation(att, { mesh: MESH, memberPk: member.publicKey, now: NOW })),
+      thrownCode(() => verifySessionAttestation(att, { mesh: MESH, memberPk: member.publicKey, now: NOW })),
     ).toBe('MESH_ERR_MALFORMED_KEY')
   })
 
   it('refuses another mesh with MESH_ERR_WRONG_MESH', () => {
     expect(
-      codeOf(() => verifySessionAttestation(mint(), { mesh: 'other', memberPk: member.publicKey, now: NOW })),
+      thrownCode(() =>
+        verifySessionAttestation(mint(), { mesh: 'other', memberPk: member.publicKey, now: NOW }),
+      ),
     ).toBe('MESH_ERR_WRONG_MESH')
   })
 
   it('refuses another session key or id than expected with MESH_ERR_FIELD_MISMATCH', () => {
     const opts = { mesh: MESH, memberPk: member.publicKey, now: NOW }
     const stranger = createIdentity('session').publicKey
-    expect(codeOf(() => verifySessionAttestation(mint(), { ...opts, sessionPk: stranger }))).toBe(
+    expect(thrownCode(() => verifySessionAttestation(mint(), { ...opts, sessionPk: stranger }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
-    expect(codeOf(() => verifySessionAttestation(mint(), { ...opts, sessionId: 'sess-2' }))).toBe(
+    expect(thrownCode(() => verifySessionAttestation(mint(), { ...opts, sessionId: 'sess-2' }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
   })
@@ -201,36 +199,38 @@ describe('service attestation', () => {
   it('has the session attestation error set', () => {
     const opts = { mesh: MESH, memberPk: member.publicKey, now: NOW }
     const att = mintService()
-    expect(codeOf(() => verifyServiceAttestation(att, { ...opts, now: NOW + 31 * 24 * HOUR }))).toBe(
+    expect(thrownCode(() => verifyServiceAttestation(att, { ...opts, now: NOW + 31 * 24 * HOUR }))).toBe(
       'MESH_ERR_EXPIRED',
     )
-    expect(codeOf(() => verifyServiceAttestation(att, { ...opts, maxTtlMs: 24 * HOUR }))).toBe(
+    expect(thrownCode(() => verifyServiceAttestation(att, { ...opts, maxTtlMs: 24 * HOUR }))).toBe(
       'MESH_ERR_TTL_TOO_LONG',
     )
-    expect(codeOf(() => mintService({ ttlMs: SERVICE_ATTESTATION_MAX_TTL_MS + 1 }))).toBe(
+    expect(thrownCode(() => mintService({ ttlMs: SERVICE_ATTESTATION_MAX_TTL_MS + 1 }))).toBe(
       'MESH_ERR_TTL_TOO_LONG',
     )
-    expect(codeOf(() => verifyServiceAttestation(att, { ...opts, memberPk: other.publicKey }))).toBe(
+    expect(thrownCode(() => verifyServiceAttestation(att, { ...opts, memberPk: other.publicKey }))).toBe(
       'MESH_ERR_WRONG_SIGNER',
     )
-    expect(codeOf(() => verifyServiceAttestation(flipByte(att, 3), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
-    expect(codeOf(() => verifyServiceAttestation(att, { ...opts, mesh: 'elsewhere' }))).toBe(
+    expect(thrownCode(() => verifyServiceAttestation(flipByte(att, 3), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(thrownCode(() => verifyServiceAttestation(att, { ...opts, mesh: 'elsewhere' }))).toBe(
       'MESH_ERR_WRONG_MESH',
     )
-    expect(codeOf(() => verifyServiceAttestation(att, { ...opts, serviceId: 'hook-2' }))).toBe(
+    expect(thrownCode(() => verifyServiceAttestation(att, { ...opts, serviceId: 'hook-2' }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
     // A session attestation is not a service attestation: the purpose differs.
-    expect(codeOf(() => verifyServiceAttestation(mint(), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(thrownCode(() => verifyServiceAttestation(mint(), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
   })
 
   it('refuses more than 32 scopes or an unknown type when minting', () => {
     const scopes = Array.from({ length: 33 }, (_, i) => `s${i}`)
-    expect(codeOf(() => mintServiceAttestation({ ...baseService(), scopes }))).toBe(
+    expect(thrownCode(() => mintServiceAttestation({ ...baseService(), scopes }))).toBe(
       'MESH_ERR_MALFORMED_FRAME',
     )
     const type = 'daemon' as 'other'
-    expect(codeOf(() => mintServiceAttestation({ ...baseService(), type }))).toBe('MESH_ERR_MALFORMED_FRAME')
+    expect(thrownCode(() => mintServiceAttestation({ ...baseService(), type }))).toBe(
+      'MESH_ERR_MALFORMED_FRAME',
+    )
   })
 
   function baseService() {

@@ -15,6 +15,7 @@ import {
   type Frame,
 } from './frames.js'
 import { MAX_FRAME_BYTES } from './limits.js'
+import { thrownCode } from '../test/support/rejection.js'
 
 beforeAll(() => initCrypto())
 
@@ -23,16 +24,6 @@ const DECODE_CODES = new Set([
   'MESH_ERR_UNKNOWN_FRAME_TYPE',
   'MESH_ERR_FRAME_TOO_LARGE',
 ])
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof MeshError) return err.code
-    throw err
-  }
-  return 'no error'
-}
 
 describe('frames', () => {
   it.each(FRAME_TYPES)('%s round-trips through encode and decode', (t) => {
@@ -66,8 +57,8 @@ describe('frames', () => {
     })()
     expect(err.code).toBe('MESH_ERR_UNKNOWN_FRAME_TYPE')
     expect(err.details).toEqual({ reqId: 7 })
-    expect(codeOf(() => decodeFrame(encode({ reqId: 1 })))).toBe('MESH_ERR_UNKNOWN_FRAME_TYPE')
-    expect(codeOf(() => decodeFrame(encode([1, 2])))).toBe('MESH_ERR_MALFORMED_FRAME')
+    expect(thrownCode(() => decodeFrame(encode({ reqId: 1 })))).toBe('MESH_ERR_UNKNOWN_FRAME_TYPE')
+    expect(thrownCode(() => decodeFrame(encode([1, 2])))).toBe('MESH_ERR_MALFORMED_FRAME')
   })
 
   it('a schema violation names the field and echoes the reqId', () => {
@@ -103,8 +94,10 @@ describe('frames', () => {
       0,
     ])
     expect(decodeFrame(bytes)).toEqual({ t: 'ok', reqId: 3 })
-    expect(codeOf(() => decodeFrame(encode({ t: 'ok', reqId: 3.5 })))).toBe('MESH_ERR_MALFORMED_FRAME')
-    expect(codeOf(() => decodeFrame(encode({ t: 'ok', reqId: 2n ** 63n })))).toBe('MESH_ERR_MALFORMED_FRAME')
+    expect(thrownCode(() => decodeFrame(encode({ t: 'ok', reqId: 3.5 })))).toBe('MESH_ERR_MALFORMED_FRAME')
+    expect(thrownCode(() => decodeFrame(encode({ t: 'ok', reqId: 2n ** 63n })))).toBe(
+      'MESH_ERR_MALFORMED_FRAME',
+    )
   })
 
   it('drops unknown fields instead of passing them on', () => {
@@ -113,9 +106,9 @@ describe('frames', () => {
 
   it('refuses a frame over 72 KiB before decoding it', () => {
     const big = encode({ t: 'send', reqId: 1, envelope: new Uint8Array(MAX_FRAME_BYTES) })
-    expect(codeOf(() => decodeFrame(big))).toBe('MESH_ERR_FRAME_TOO_LARGE')
+    expect(thrownCode(() => decodeFrame(big))).toBe('MESH_ERR_FRAME_TOO_LARGE')
     expect(
-      codeOf(() => encodeFrame({ t: 'send', reqId: 1, envelope: new Uint8Array(MAX_FRAME_BYTES) })),
+      thrownCode(() => encodeFrame({ t: 'send', reqId: 1, envelope: new Uint8Array(MAX_FRAME_BYTES) })),
     ).toBe('MESH_ERR_FRAME_TOO_LARGE')
   })
 

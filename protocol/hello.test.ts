@@ -3,11 +3,11 @@ import { plain } from '../test/support/arbitrary.js'
 import { mintServiceAttestation, mintSessionAttestation } from './attestation.js'
 import { decode, encode } from './codec.js'
 import { initCrypto } from './crypto.js'
-import { MeshError } from './errors.js'
 import { decodeFrame, encodeFrame } from './frames.js'
 import { newChallengeNonce, signHello, verifyHello, type Capabilities, type HelloFields } from './hello.js'
 import { createIdentity, type Identity } from './keys.js'
 import { SESSION_ATTESTATION_TTL_MS } from './limits.js'
+import { thrownCode } from '../test/support/rejection.js'
 
 const NOW = 1_700_000_000_000
 const MESH = 'acme'
@@ -28,16 +28,6 @@ beforeAll(async () => {
   session = createIdentity('session')
   nonce = newChallengeNonce()
 })
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof MeshError) return err.code
-    throw err
-  }
-  return 'no error'
-}
 
 function sessionHello(o: { challengeNonce?: Uint8Array; mesh?: string; attNow?: number } = {}): HelloFields {
   const mesh = o.mesh ?? MESH
@@ -115,7 +105,7 @@ describe('hello', () => {
     expect(v.attestation).toMatchObject({ serviceId: 'hook-1', type: 'webhook', scopes: ['send:dm'] })
     // Its attestation names another service id than the hello: refused.
     const misnamed = resigned(body, service, 'hook-2')
-    expect(codeOf(() => verifyHello(misnamed, { challengeNonce: nonce, now: NOW }))).toBe(
+    expect(thrownCode(() => verifyHello(misnamed, { challengeNonce: nonce, now: NOW }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
   })
@@ -130,14 +120,14 @@ describe('hello', () => {
 
   it('signed for another challenge → MESH_ERR_WRONG_CHALLENGE', () => {
     const body = sessionHello({ challengeNonce: newChallengeNonce() })
-    expect(codeOf(() => verifyHello(body, { challengeNonce: nonce, now: NOW }))).toBe(
+    expect(thrownCode(() => verifyHello(body, { challengeNonce: nonce, now: NOW }))).toBe(
       'MESH_ERR_WRONG_CHALLENGE',
     )
   })
 
   it('for another mesh → MESH_ERR_WRONG_MESH', () => {
     const body = sessionHello({ mesh: 'other' })
-    expect(codeOf(() => verifyHello(body, { challengeNonce: nonce, mesh: MESH, now: NOW }))).toBe(
+    expect(thrownCode(() => verifyHello(body, { challengeNonce: nonce, mesh: MESH, now: NOW }))).toBe(
       'MESH_ERR_WRONG_MESH',
     )
   })
@@ -145,49 +135,53 @@ describe('hello', () => {
   it('a tampered outer field → MESH_ERR_FIELD_MISMATCH', () => {
     const body = sessionHello()
     const opts = { challengeNonce: nonce, now: NOW }
-    expect(codeOf(() => verifyHello({ ...body, role: 'control-plane' }, opts))).toBe(
+    expect(thrownCode(() => verifyHello({ ...body, role: 'control-plane' }, opts))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
-    expect(codeOf(() => verifyHello({ ...body, mesh: 'other' }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
-    expect(codeOf(() => verifyHello({ ...body, instanceId: 'inst-b' }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
-    expect(codeOf(() => verifyHello({ ...body, sessionId: 'sess-2' }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
+    expect(thrownCode(() => verifyHello({ ...body, mesh: 'other' }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
+    expect(thrownCode(() => verifyHello({ ...body, instanceId: 'inst-b' }, opts))).toBe(
+      'MESH_ERR_FIELD_MISMATCH',
+    )
+    expect(thrownCode(() => verifyHello({ ...body, sessionId: 'sess-2' }, opts))).toBe(
+      'MESH_ERR_FIELD_MISMATCH',
+    )
   })
 
   it('tampered signed bytes → MESH_ERR_BAD_SIGNATURE; another outer pk → MESH_ERR_WRONG_SIGNER', () => {
     const body = sessionHello()
     const signed = Uint8Array.from(body.signed)
     signed[signed.length - 2]! ^= 0x20
-    expect(codeOf(() => verifyHello({ ...body, signed }, { challengeNonce: nonce, now: NOW }))).toBe(
+    expect(thrownCode(() => verifyHello({ ...body, signed }, { challengeNonce: nonce, now: NOW }))).toBe(
       'MESH_ERR_BAD_SIGNATURE',
     )
     const pk = createIdentity('session').publicKey
-    expect(codeOf(() => verifyHello({ ...body, pk }, { challengeNonce: nonce, now: NOW }))).toBe(
+    expect(thrownCode(() => verifyHello({ ...body, pk }, { challengeNonce: nonce, now: NOW }))).toBe(
       'MESH_ERR_WRONG_SIGNER',
     )
   })
 
   it('a session hello with an expired attestation → MESH_ERR_EXPIRED', () => {
     const body = sessionHello({ attNow: NOW - SESSION_ATTESTATION_TTL_MS })
-    expect(codeOf(() => verifyHello(body, { challengeNonce: nonce, now: NOW }))).toBe('MESH_ERR_EXPIRED')
+    expect(thrownCode(() => verifyHello(body, { challengeNonce: nonce, now: NOW }))).toBe('MESH_ERR_EXPIRED')
   })
 
   it('capabilities or attestation swapped after signing → MESH_ERR_FIELD_MISMATCH', () => {
     const body = sessionHello()
     const capabilities = encode({ ...CAPS, displayName: 'mallory' })
     const opts = { challengeNonce: nonce, now: NOW }
-    expect(codeOf(() => verifyHello({ ...body, capabilities }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
+    expect(thrownCode(() => verifyHello({ ...body, capabilities }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
     const attestation = sessionHello({ attNow: NOW + 1 }).attestation
-    expect(codeOf(() => verifyHello({ ...body, attestation }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
+    expect(thrownCode(() => verifyHello({ ...body, attestation }, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
     const { attestation: _dropped, ...withoutAttestation } = body
-    expect(codeOf(() => verifyHello(withoutAttestation, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
+    expect(thrownCode(() => verifyHello(withoutAttestation, opts))).toBe('MESH_ERR_FIELD_MISMATCH')
   })
 
   it('a role without its attestation is refused when signing', () => {
     const opts = { identity: session, mesh: MESH, challengeNonce: nonce, capabilities: CAPS, instanceId: 'i' }
-    expect(codeOf(() => signHello({ ...opts, role: 'session', sessionId: 's' }))).toBe(
+    expect(thrownCode(() => signHello({ ...opts, role: 'session', sessionId: 's' }))).toBe(
       'MESH_ERR_MALFORMED_FRAME',
     )
-    expect(codeOf(() => signHello({ ...opts, role: 'control-plane', sessionId: 's' }))).toBe(
+    expect(thrownCode(() => signHello({ ...opts, role: 'control-plane', sessionId: 's' }))).toBe(
       'MESH_ERR_MALFORMED_FRAME',
     )
   })
@@ -202,7 +196,7 @@ describe('hello', () => {
       challengeNonce: nonce,
       instanceId: 'i',
     }
-    expect(codeOf(() => signHello({ ...opts, capabilities }))).toBe('MESH_ERR_MALFORMED_FRAME')
+    expect(thrownCode(() => signHello({ ...opts, capabilities }))).toBe('MESH_ERR_MALFORMED_FRAME')
   })
 })
 

@@ -3,7 +3,6 @@ import { signAdminRequest, verifyAdminRequest, type AdminRequest } from './admin
 import { encode } from './codec.js'
 import { initCrypto } from './crypto.js'
 import { bytesEqual } from './encoding.js'
-import { MeshError } from './errors.js'
 import { decodeFrame, encodeFrame } from './frames.js'
 import { newChallengeNonce } from './hello.js'
 import { createIdentity, type Identity } from './keys.js'
@@ -17,6 +16,7 @@ import {
 import type { RosterRole } from './roster.js'
 import type { Signed } from './signing.js'
 import { applies, signSystemEvent, verifySystemEvent } from './system-event.js'
+import { thrownCode } from '../test/support/rejection.js'
 
 const NOW = 1_700_000_000_000
 const MESH = 'acme'
@@ -35,16 +35,6 @@ beforeAll(async () => {
   alice = createIdentity('session')
   bob = createIdentity('session')
 })
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof MeshError) return err.code
-    throw err
-  }
-  return 'no error'
-}
 
 function tamper<T extends Signed>(record: T): T {
   const signed = Uint8Array.from(record.signed)
@@ -87,12 +77,12 @@ describe('admin requests', () => {
   })
 
   it('refuses another challenge, other args, another mesh and a non-admin signer', () => {
-    expect(codeOf(() => verify(request(admin, newChallengeNonce())))).toBe('MESH_ERR_WRONG_CHALLENGE')
+    expect(thrownCode(() => verify(request(admin, newChallengeNonce())))).toBe('MESH_ERR_WRONG_CHALLENGE')
     const req = request()
-    expect(codeOf(() => verify({ ...req, args: encode({ pk: admin.publicKey, reason: 'spam' }) }))).toBe(
+    expect(thrownCode(() => verify({ ...req, args: encode({ pk: admin.publicKey, reason: 'spam' }) }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
-    expect(codeOf(() => verify({ ...req, method: 'ban' }))).toBe('MESH_ERR_FIELD_MISMATCH')
+    expect(thrownCode(() => verify({ ...req, method: 'ban' }))).toBe('MESH_ERR_FIELD_MISMATCH')
     const elsewhere = signAdminRequest({
       identity: admin,
       mesh: 'other',
@@ -100,10 +90,10 @@ describe('admin requests', () => {
       args: null,
       challengeNonce: nonce,
     })
-    expect(codeOf(() => verify(elsewhere))).toBe('MESH_ERR_WRONG_MESH')
-    expect(codeOf(() => verify(request(member)))).toBe('MESH_ERR_NOT_AUTHORIZED')
-    expect(codeOf(() => verify(request(createIdentity('member'))))).toBe('MESH_ERR_NOT_AUTHORIZED')
-    expect(codeOf(() => verify(tamper(req)))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(thrownCode(() => verify(elsewhere))).toBe('MESH_ERR_WRONG_MESH')
+    expect(thrownCode(() => verify(request(member)))).toBe('MESH_ERR_NOT_AUTHORIZED')
+    expect(thrownCode(() => verify(request(createIdentity('member'))))).toBe('MESH_ERR_NOT_AUTHORIZED')
+    expect(thrownCode(() => verify(tamper(req)))).toBe('MESH_ERR_BAD_SIGNATURE')
   })
 })
 
@@ -129,14 +119,16 @@ describe('system events', () => {
 
   it('refuses tampered events, other signers and other meshes', () => {
     const opts = { coordinatorPk: coordinator.publicKey, mesh: MESH }
-    expect(codeOf(() => verifySystemEvent(tamper(event()), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
-    expect(codeOf(() => verifySystemEvent(event(6, createIdentity('coordinator')), opts))).toBe(
+    expect(thrownCode(() => verifySystemEvent(tamper(event()), opts))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(thrownCode(() => verifySystemEvent(event(6, createIdentity('coordinator')), opts))).toBe(
       'MESH_ERR_BAD_SIGNATURE',
     )
-    expect(codeOf(() => verifySystemEvent(event(), { ...opts, mesh: 'other' }))).toBe('MESH_ERR_WRONG_MESH')
+    expect(thrownCode(() => verifySystemEvent(event(), { ...opts, mesh: 'other' }))).toBe(
+      'MESH_ERR_WRONG_MESH',
+    )
     const stuck = () =>
       signSystemEvent({ coordinator, mesh: MESH, version: 3, prevVersion: 3, kind: 'x', body: null })
-    expect(codeOf(stuck)).toBe('MESH_ERR_MALFORMED_FRAME')
+    expect(thrownCode(stuck)).toBe('MESH_ERR_MALFORMED_FRAME')
   })
 })
 
@@ -229,42 +221,42 @@ describe('p2p offer and answer signatures', () => {
   })
 
   it('refuses tampered bytes, another signer and the other purpose', () => {
-    expect(codeOf(() => verifyP2pSignature(tamper(offer()), expected()))).toBe('MESH_ERR_BAD_SIGNATURE')
-    expect(codeOf(() => verifyP2pSignature(offer({ by: createIdentity('session') }), expected()))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(tamper(offer()), expected()))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(thrownCode(() => verifyP2pSignature(offer({ by: createIdentity('session') }), expected()))).toBe(
       'MESH_ERR_WRONG_SIGNER',
     )
-    expect(codeOf(() => verifyP2pSignature(offer(), { ...expected(), role: 'answer' }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(offer(), { ...expected(), role: 'answer' }))).toBe(
       'MESH_ERR_BAD_SIGNATURE',
     )
   })
 
   it('refuses an expired offer and one living too long', () => {
-    expect(codeOf(() => verifyP2pSignature(offer(), { ...expected(), now: NOW + 60_000 }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(offer(), { ...expected(), now: NOW + 60_000 }))).toBe(
       'MESH_ERR_EXPIRED',
     )
     expect(
-      codeOf(() => verifyP2pSignature(offer({ ttlMs: 120_000 }), { ...expected(), maxTtlMs: 60_000 })),
+      thrownCode(() => verifyP2pSignature(offer({ ttlMs: 120_000 }), { ...expected(), maxTtlMs: 60_000 })),
     ).toBe('MESH_ERR_TTL_TOO_LONG')
   })
 
   it('refuses another recipient, sigId, mesh or an SDP with other fingerprints', () => {
-    expect(codeOf(() => verifyP2pSignature(offer(), { ...expected(), to: alice.publicKey }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(offer(), { ...expected(), to: alice.publicKey }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
-    expect(codeOf(() => verifyP2pSignature(offer(), { ...expected(), sigId: 'sig-2' }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(offer(), { ...expected(), sigId: 'sig-2' }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
-    expect(codeOf(() => verifyP2pSignature(offer(), { ...expected(), mesh: 'other' }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(offer(), { ...expected(), mesh: 'other' }))).toBe(
       'MESH_ERR_WRONG_MESH',
     )
     const otherSdp = SDP.replace('4A:AD:B9', '00:AD:B9')
-    expect(codeOf(() => verifyP2pSignature(offer(), { ...expected(), sdp: otherSdp }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(offer(), { ...expected(), sdp: otherSdp }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
     const fewer = SDP.split('\r\n')
       .filter((l) => !l.startsWith('a=fingerprint:sha-1'))
       .join('\r\n')
-    expect(codeOf(() => verifyP2pSignature(offer(), { ...expected(), sdp: fewer }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(offer(), { ...expected(), sdp: fewer }))).toBe(
       'MESH_ERR_FIELD_MISMATCH',
     )
   })
@@ -281,12 +273,12 @@ describe('p2p offer and answer signatures', () => {
     })
     const opts = { ...expected(), role: 'answer' as const, from: bob.publicKey, to: alice.publicKey }
     expect(verifyP2pSignature(answer, opts).role).toBe('answer')
-    expect(codeOf(() => verifyP2pSignature(answer, { ...opts, role: 'offer' }))).toBe(
+    expect(thrownCode(() => verifyP2pSignature(answer, { ...opts, role: 'offer' }))).toBe(
       'MESH_ERR_BAD_SIGNATURE',
     )
   })
 
   it('refuses to sign an SDP without fingerprints', () => {
-    expect(codeOf(() => offer({ sdp: 'v=0\r\n' }))).toBe('MESH_ERR_MALFORMED_FRAME')
+    expect(thrownCode(() => offer({ sdp: 'v=0\r\n' }))).toBe('MESH_ERR_MALFORMED_FRAME')
   })
 })

@@ -16,6 +16,7 @@ import {
 } from './invite.js'
 import { createIdentity, type Identity } from './keys.js'
 import { Roster, signRosterRecord, type RosterAction, type RosterRole } from './roster.js'
+import { thrownCode } from '../test/support/rejection.js'
 
 const NOW = 1_700_000_000_000
 const DAY = 24 * 60 * 60 * 1000
@@ -33,16 +34,6 @@ beforeAll(async () => {
   member = createIdentity('member')
   coordinator = createIdentity('coordinator')
 })
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof MeshError) return err.code
-    throw err
-  }
-  return 'no error'
-}
 
 function record(by: Identity, seq: number, action: RosterAction, subject: Identity, role?: RosterRole) {
   return signRosterRecord({
@@ -100,7 +91,7 @@ describe('roster records', () => {
   it('a member cannot add anyone (NOT_AUTHORIZED)', () => {
     const roster = populated()
     const stranger = createIdentity('member')
-    expect(codeOf(() => roster.applyRecord(record(member, 3, 'add', stranger, 'member')))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(member, 3, 'add', stranger, 'member')))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
     expect(roster.isMember(stranger.publicKey)).toBe(false)
@@ -110,19 +101,19 @@ describe('roster records', () => {
     const roster = populated()
     const other = createIdentity('member')
     roster.applyRecord(record(owner, 3, 'add', other, 'admin'))
-    expect(codeOf(() => roster.applyRecord(record(admin, 4, 'remove', owner)))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(admin, 4, 'remove', owner)))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
-    expect(codeOf(() => roster.applyRecord(record(admin, 4, 'remove', other)))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(admin, 4, 'remove', other)))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
-    expect(codeOf(() => roster.applyRecord(record(admin, 4, 'set-role', member, 'admin')))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(admin, 4, 'set-role', member, 'admin')))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
-    expect(codeOf(() => roster.applyRecord(record(owner, 4, 'set-role', member, 'owner')))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(owner, 4, 'set-role', member, 'owner')))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
-    expect(codeOf(() => roster.applyRecord(record(owner, 4, 'remove', owner)))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(owner, 4, 'remove', owner)))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
     // Refused records change nothing; the next valid one still takes seq 4.
@@ -145,7 +136,7 @@ describe('roster records', () => {
     expect(err.code).toBe('MESH_ERR_OUT_OF_ORDER')
     expect(err.details).toEqual({ expected: 1, got: 2 })
     roster.applyRecord(record(owner, 1, 'add', admin, 'admin'))
-    expect(codeOf(() => roster.applyRecord(record(owner, 1, 'add', member, 'member')))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(owner, 1, 'add', member, 'member')))).toBe(
       'MESH_ERR_OUT_OF_ORDER',
     )
   })
@@ -155,7 +146,7 @@ describe('roster records', () => {
     const rec = record(owner, 3, 'add', createIdentity('member'), 'member')
     const signed = Uint8Array.from(rec.signed)
     signed[signed.length - 1]! ^= 1
-    expect(codeOf(() => roster.applyRecord({ ...rec, signed }))).toBe('MESH_ERR_BAD_SIGNATURE')
+    expect(thrownCode(() => roster.applyRecord({ ...rec, signed }))).toBe('MESH_ERR_BAD_SIGNATURE')
     const other = signRosterRecord({
       identity: owner,
       mesh: 'other',
@@ -165,11 +156,11 @@ describe('roster records', () => {
       role: 'member',
       issuedAt: NOW,
     })
-    expect(codeOf(() => roster.applyRecord(other))).toBe('MESH_ERR_WRONG_MESH')
-    expect(codeOf(() => roster.applyRecord(record(owner, 3, 'add', member, 'member')))).toBe(
+    expect(thrownCode(() => roster.applyRecord(other))).toBe('MESH_ERR_WRONG_MESH')
+    expect(thrownCode(() => roster.applyRecord(record(owner, 3, 'add', member, 'member')))).toBe(
       'MESH_ERR_ROSTER_CONFLICT',
     )
-    expect(codeOf(() => roster.applyRecord(record(owner, 3, 'remove', createIdentity('member'))))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(owner, 3, 'remove', createIdentity('member'))))).toBe(
       'MESH_ERR_ROSTER_CONFLICT',
     )
     expect(roster.version).toBe(2)
@@ -178,7 +169,7 @@ describe('roster records', () => {
   it('a removed admin signs nothing more', () => {
     const roster = populated()
     roster.applyRecord(record(owner, 3, 'remove', admin))
-    expect(codeOf(() => roster.applyRecord(record(admin, 4, 'remove', member)))).toBe(
+    expect(thrownCode(() => roster.applyRecord(record(admin, 4, 'remove', member)))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
   })
@@ -200,7 +191,7 @@ describe('joins', () => {
     const inv = invite(owner, { role: 'admin', maxUses: 2 })
     roster.applyJoin(inv, join(inv), NOW)
     roster.applyJoin(inv, join(inv), NOW)
-    expect(codeOf(() => roster.applyJoin(inv, join(inv), NOW))).toBe('MESH_ERR_INVITE_EXHAUSTED')
+    expect(thrownCode(() => roster.applyJoin(inv, join(inv), NOW))).toBe('MESH_ERR_INVITE_EXHAUSTED')
     expect(roster.members().filter((m) => m.role === 'admin')).toHaveLength(3)
   })
 
@@ -208,16 +199,16 @@ describe('joins', () => {
     const roster = populated()
     const inv = invite(admin, { expiresAt: NOW + 1000 })
     const j = join(inv)
-    expect(codeOf(() => roster.applyJoin(inv, j, NOW + 1000))).toBe('MESH_ERR_EXPIRED')
-    expect(codeOf(() => verifyInvite(inv, NOW + 1000))).toBe('MESH_ERR_EXPIRED')
+    expect(thrownCode(() => roster.applyJoin(inv, j, NOW + 1000))).toBe('MESH_ERR_EXPIRED')
+    expect(thrownCode(() => verifyInvite(inv, NOW + 1000))).toBe('MESH_ERR_EXPIRED')
   })
 
   it('refuses an invite signed by a non-admin, or an admin inviting an admin, with NOT_AUTHORIZED', () => {
     const roster = populated()
     const byMember = invite(member)
-    expect(codeOf(() => roster.applyJoin(byMember, join(byMember), NOW))).toBe('MESH_ERR_NOT_AUTHORIZED')
+    expect(thrownCode(() => roster.applyJoin(byMember, join(byMember), NOW))).toBe('MESH_ERR_NOT_AUTHORIZED')
     const adminByAdmin = invite(admin, { role: 'admin' })
-    expect(codeOf(() => roster.applyJoin(adminByAdmin, join(adminByAdmin), NOW))).toBe(
+    expect(thrownCode(() => roster.applyJoin(adminByAdmin, join(adminByAdmin), NOW))).toBe(
       'MESH_ERR_NOT_AUTHORIZED',
     )
   })
@@ -225,18 +216,18 @@ describe('joins', () => {
   it('refuses an invite naming another owner with WRONG_SIGNER', () => {
     const roster = populated()
     const inv = invite(admin, { ownerPk: createIdentity('member').publicKey })
-    expect(codeOf(() => roster.applyJoin(inv, join(inv), NOW))).toBe('MESH_ERR_WRONG_SIGNER')
+    expect(thrownCode(() => roster.applyJoin(inv, join(inv), NOW))).toBe('MESH_ERR_WRONG_SIGNER')
   })
 
   it('refuses a join for another invite, a join signed by another key, or a key already a member', () => {
     const roster = populated()
     const inv = invite(admin, { maxUses: 5 })
-    expect(codeOf(() => roster.applyJoin(inv, join(invite(admin)), NOW))).toBe('MESH_ERR_FIELD_MISMATCH')
+    expect(thrownCode(() => roster.applyJoin(inv, join(invite(admin)), NOW))).toBe('MESH_ERR_FIELD_MISMATCH')
     const j = join(inv)
     expect(
-      codeOf(() => roster.applyJoin(inv, { ...j, signer: createIdentity('member').publicKey }, NOW)),
+      thrownCode(() => roster.applyJoin(inv, { ...j, signer: createIdentity('member').publicKey }, NOW)),
     ).toBe('MESH_ERR_WRONG_SIGNER')
-    expect(codeOf(() => roster.applyJoin(inv, join(inv, member), NOW))).toBe('MESH_ERR_ROSTER_CONFLICT')
+    expect(thrownCode(() => roster.applyJoin(inv, join(inv, member), NOW))).toBe('MESH_ERR_ROSTER_CONFLICT')
     expect(roster.inviteUses(verifyInvite(inv, NOW).inviteId)).toBe(0)
   })
 })
@@ -269,16 +260,18 @@ describe('invite tokens', () => {
       null,
       42,
     ]
-    for (const s of samples) expect(codeOf(() => decodeInviteToken(s))).toBe('MESH_ERR_MALFORMED_FRAME')
+    for (const s of samples) expect(thrownCode(() => decodeInviteToken(s))).toBe('MESH_ERR_MALFORMED_FRAME')
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 200 }), (bytes) => {
-        expect(codeOf(() => decodeInviteToken(`am1.${toBase64Url(bytes)}`))).toBe('MESH_ERR_MALFORMED_FRAME')
+        expect(thrownCode(() => decodeInviteToken(`am1.${toBase64Url(bytes)}`))).toBe(
+          'MESH_ERR_MALFORMED_FRAME',
+        )
       }),
       { numRuns: 300 },
     )
     fc.assert(
       fc.property(fc.string({ maxLength: 300 }), (text) => {
-        expect(codeOf(() => decodeInviteToken(`am1.${text}`))).toBe('MESH_ERR_MALFORMED_FRAME')
+        expect(thrownCode(() => decodeInviteToken(`am1.${text}`))).toBe('MESH_ERR_MALFORMED_FRAME')
       }),
       { numRuns: 300 },
     )

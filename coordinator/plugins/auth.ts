@@ -122,7 +122,6 @@ async function hello(
   conn.accept(presence)
   const previous = ctx.connections.set(conn)
   if (previous !== undefined && previous !== conn) {
-    previous.replaced = true
     previous.fail(
       new MeshError('MESH_ERR_SESSION_REPLACED', `replaced by instance ${presence.instanceId}`, {
         details: { instanceId: presence.instanceId },

@@ -191,7 +191,6 @@ async function sweepLeases(ctx: CoordinatorContext): Promise<void> {
     // A key that reattached on this node after its row was leased is not gone.
     if (ctx.connections.get(row.mesh, row.pk) !== undefined) continue
     await announce(ctx, 'left', row, undefined)
-    for (const left of ctx.hooks.left) await left(row.mesh, row.pk)
   }
 }
 

@@ -4,9 +4,9 @@ import { join } from 'node:path'
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { initCrypto } from '../crypto.js'
 import { toHex } from '../encoding.js'
-import { MeshError } from '../errors.js'
 import { createIdentity } from '../keys.js'
 import { loadOrCreateKeyFile, readKeyFile, writeKeyFile } from './keyfile.js'
+import { rejectionCode } from '../../test/support/rejection.js'
 
 let dir: string
 beforeAll(() => initCrypto())
@@ -14,16 +14,6 @@ beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agentmesh-keys-'))
 })
 afterEach(() => rm(dir, { recursive: true, force: true }))
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-  } catch (err) {
-    if (err instanceof MeshError) return err.code
-    throw err
-  }
-  return 'no error'
-}
 
 describe('key files', () => {
   it('are written 0600 in a 0700 folder and read back as the same identity', async () => {
@@ -41,16 +31,16 @@ describe('key files', () => {
   it('refuses a file others can read, of another kind, or whose seed does not match its key', async () => {
     const path = join(dir, 'session.key')
     await writeKeyFile(path, createIdentity('session'))
-    expect(await codeOf(readKeyFile(path, 'member'))).toBe('MESH_ERR_KEY_FILE')
+    expect(await rejectionCode(readKeyFile(path, 'member'))).toBe('MESH_ERR_KEY_FILE')
     await chmod(path, 0o644)
-    expect(await codeOf(readKeyFile(path))).toBe('MESH_ERR_KEY_FILE')
+    expect(await rejectionCode(readKeyFile(path))).toBe('MESH_ERR_KEY_FILE')
     await chmod(path, 0o600)
     const contents = JSON.parse(await readFile(path, 'utf8')) as { publicKey: string }
     contents.publicKey = toHex(createIdentity('session').publicKey)
     await writeFile(path, JSON.stringify(contents), { mode: 0o600 })
-    expect(await codeOf(readKeyFile(path))).toBe('MESH_ERR_KEY_FILE')
+    expect(await rejectionCode(readKeyFile(path))).toBe('MESH_ERR_KEY_FILE')
     await writeFile(path, 'not json', { mode: 0o600 })
-    expect(await codeOf(readKeyFile(path))).toBe('MESH_ERR_KEY_FILE')
+    expect(await rejectionCode(readKeyFile(path))).toBe('MESH_ERR_KEY_FILE')
   })
 
   it('load-or-create keeps one key: a relaunch and concurrent creators all get the same one', async () => {

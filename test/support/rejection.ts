@@ -25,3 +25,14 @@ export async function rejection(p: Promise<unknown>): Promise<Rejection> {
 export async function rejectionCode(p: Promise<unknown>): Promise<string> {
   return (await rejection(p)).code
 }
+
+/** The code of the MeshError `fn` throws, or `'no error'` when it returns (so `toBe(code)` fails clearly). */
+export function thrownCode(fn: () => unknown): string {
+  try {
+    fn()
+  } catch (err) {
+    if (isMeshError(err)) return err.code
+    throw err
+  }
+  return 'no error'
+}

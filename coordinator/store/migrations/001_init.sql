@@ -1,13 +1,13 @@
 -- agentmesh coordinator schema, version 1. PostgreSQL 15 SQL (PGlite runs it too). Times are unix
 -- milliseconds (bigint) passed from the injected clock; keys are 32-byte bytea; ids are text.
 
--- A mesh and its state version, bumped in the same transaction as every mesh_event.
+-- A mesh and its state version, bumped in the same transaction as every mesh_event. Roster, groups,
+-- topic ACLs, services and settings are rebuilt from the signed mesh_event log (coordinator/mesh-state.ts);
+-- tables below hold only what queries need besides (topic offsets, service tokens).
 create table mesh (
   id text primary key,
   owner_pk bytea not null,
   state_version bigint not null default 0,
-  -- msgpack map of per-mesh settings (rate limits, allowPlaintext, …); null = defaults
-  settings bytea,
   created_at bigint not null
 );
 
@@ -22,43 +22,6 @@ create table mesh_event (
   sig bytea not null,
   created_at bigint not null,
   primary key (mesh, version)
-);
-
--- Members as the roster stands (derived from mesh_event; kept for lookups).
-create table member (
-  mesh text not null references mesh (id) on delete cascade,
-  pk bytea not null,
-  role text not null,
-  display_name text,
-  -- msgpack array of the proofs discovery hands out ({kind, signer, signed, sig})
-  proofs bytea not null,
-  added_version bigint not null,
-  revoked_at bigint,
-  primary key (mesh, pk)
-);
-
--- Invite uses, counted per invite id (the roster's rule: uses < maxUses).
-create table invite_use (
-  mesh text not null references mesh (id) on delete cascade,
-  invite_id bytea not null,
-  uses integer not null,
-  primary key (mesh, invite_id)
-);
-
--- Groups: named sets of member keys, changed only through mesh events.
-create table mesh_group (
-  mesh text not null references mesh (id) on delete cascade,
-  name text not null,
-  changed_version bigint not null,
-  primary key (mesh, name)
-);
-
-create table group_member (
-  mesh text not null,
-  name text not null,
-  member_pk bytea not null,
-  primary key (mesh, name, member_pk),
-  foreign key (mesh, name) references mesh_group (mesh, name) on delete cascade
 );
 
 -- Services registered by a member: a key, scopes, a hashed bearer token and a delivery transport.
