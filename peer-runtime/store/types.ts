@@ -1,0 +1,181 @@
+/**
+ * The peer runtime's durable state: the outbox (sealed envelopes waiting to be delivered, DESIGN.md §5)
+ * and the inbox (what arrived, deduplicated by `(mesh, recipient, from, clientMessageId)`). One
+ * interface, two drivers: better-sqlite3 in WAL mode (`peer-runtime/node/sqlite-store.ts`) and memory
+ * (`peer-runtime/store/memory.ts`, for browsers and volatile peers). Both pass one suite
+ * (`peer-runtime/store/compliance.ts`).
+ *
+ * Every method is async so an IndexedDB driver fits the same shape; a method resolves only after its
+ * write is durable for the driver (the sqlite driver commits before resolving).
+ */
+import type { Channel } from '../../protocol/envelope.js'
+import type { ACK_STATUSES, RECIPIENT_STATES } from '../../protocol/frames.js'
+
+/**
+ * `pending → inflight → accepted → done | dead`, and `aborted` for a `dead` row an operator requeued.
+ * - `pending`: waiting for its next attempt (`nextAttemptAt`).
+ * - `inflight`: handed to a transport, no answer yet. Found at start, it goes back to `pending`.
+ * - `accepted`: the coordinator answered `queued`; no more retransmission, a receipt may still come.
+ * - `done`: a receiver acked (a P2P ack, `send_ack{delivered}`, or a `delivery_receipt`).
+ * - `dead`: given up (25 counted attempts, 6 days of age, no valid target, a permanent refusal).
+ * - `aborted`: a `dead` row that was requeued under a fresh id (`requeuedAs`).
+ */
+export type OutboxState = 'pending' | 'inflight' | 'accepted' | 'done' | 'dead' | 'aborted'
+
+export const OUTBOX_STATES: readonly OutboxState[] = [
+  'pending',
+  'inflight',
+  'accepted',
+  'done',
+  'dead',
+  'aborted',
+]
+
+/** A recipient's outcome as the sender knows it (`send_ack.recipients`, receipts, P2P acks). */
+export type RecipientState = (typeof RECIPIENT_STATES)[number]
+/** How a receiver acknowledged a delivery. */
+export type InboxAckStatus = (typeof ACK_STATUSES)[number]
+
+/** Why a row failed, as a wire error code and message. */
+export interface RowError {
+  code: string
+  message: string
+}
+
+/** One outbox row. Keys and bytes are copies the store owns. */
+export interface OutboxRow {
+  /** The envelope's `clientMessageId` (a ULID): the row's identity. */
+  id: string
+  mesh: string
+  /** The sealing key (`envelope.from`). */
+  from: Uint8Array
+  /** The envelope's target as text: 64 hex characters for a key, `*`, `@group` or `#topic`. */
+  target: string
+  channel: Channel
+  /** The encoded, sealed envelope: every attempt and every fallback sends these bytes unchanged. */
+  envelope: Uint8Array
+  state: OutboxState
+  /** Counted attempts (only retryable coordinator refusals count). */
+  attempts: number
+  createdAt: number
+  updatedAt: number
+  /** When a `pending` row may be tried next. */
+  nextAttemptAt: number
+  /** The last failure, kept after a retry succeeds only until the row leaves `pending`. */
+  lastError?: RowError
+  /** Per recipient (hex key) outcomes; a DM has one entry once anything is known. */
+  recipients?: Record<string, RecipientState>
+  /** The request fingerprint of an idempotent IPC send (PROTOCOL.md §5), when there was one. */
+  fingerprint?: Uint8Array
+  /** The session (local id) that sent it, for IPC scoping; absent for the runtime itself. */
+  sessionId?: string
+  /** Set on an `aborted` row: the id it was requeued as. */
+  requeuedAs?: string
+}
+
+/** What `insertOutbox` takes: a new row is `pending` with no attempts. */
+export type NewOutboxRow = Omit<
+  OutboxRow,
+  'state' | 'attempts' | 'updatedAt' | 'nextAttemptAt' | 'requeuedAs'
+> & {
+  nextAttemptAt?: number
+}
+
+/** A change to a row (`updateOutbox` may make it conditional on the current state: a compare-and-set). */
+export interface OutboxPatch {
+  state?: OutboxState
+  attempts?: number
+  nextAttemptAt?: number
+  lastError?: RowError | null
+  recipients?: Record<string, RecipientState>
+  updatedAt: number
+}
+
+/** One inbox row. */
+export interface InboxRow {
+  /** Assigned by the store on insert, increasing: the order rows arrived in (a cursor for readers). */
+  seq: number
+  mesh: string
+  /** The key the message was addressed to (a member key is visible to all of that member's sessions). */
+  recipient: Uint8Array
+  from: Uint8Array
+  clientMessageId: string
+  channel: Channel
+  /** The coordinator's `deliveryId`, or `p2p:<clientMessageId>` for a P2P delivery. */
+  deliveryId?: string
+  /** How it came: `p2p`, `relay`, `webhook`. */
+  via: string
+  /** The encoded envelope as received (sealed: opening it again needs the recipient's key). */
+  envelope: Uint8Array
+  /** The decoded application payload, msgpack-encoded; absent when it did not open. */
+  payload?: Uint8Array
+  /** `ok` when it opened; `undecryptable` or `rejected` otherwise (payload absent). */
+  status: InboxAckStatus
+  receivedAt: number
+  /** When the application consumed it (volatile stores ack on consumption). */
+  consumedAt?: number
+}
+
+export type NewInboxRow = Omit<InboxRow, 'seq' | 'consumedAt'>
+
+/** What `insertInbox` did: a new row, or the existing one for the same identity (a duplicate). */
+export type InboxInsert = { inserted: true; row: InboxRow } | { inserted: false; row: InboxRow }
+
+/** Which inbox rows a reader sees. */
+export interface InboxQuery {
+  mesh: string
+  /** The keys whose messages the reader may see (its session key and its member key). */
+  recipients: readonly Uint8Array[]
+  /** Only rows with `seq` greater than this. */
+  afterSeq?: number
+  /** Only rows not yet consumed. */
+  unconsumed?: boolean
+  /** At most this many (default 100), oldest first. */
+  limit?: number
+}
+
+/** The durable state of one runtime. */
+export interface RuntimeStore {
+  /** `durable` for the sqlite driver (acks after commit), `volatile` for memory (acks on consumption). */
+  readonly durability: 'durable' | 'volatile'
+
+  /** Inserts a `pending` row; if the id exists, returns the existing row and changes nothing. */
+  insertOutbox(row: NewOutboxRow): Promise<{ inserted: boolean; row: OutboxRow }>
+  getOutbox(id: string): Promise<OutboxRow | undefined>
+  /**
+   * Applies `patch` to row `id` if its state is one of `expect` (any state when absent). Resolves with
+   * the row after the change, or `undefined` when the row is missing or its state did not match.
+   */
+  updateOutbox(
+    id: string,
+    patch: OutboxPatch,
+    expect?: readonly OutboxState[],
+  ): Promise<OutboxRow | undefined>
+  /** `pending` rows whose `nextAttemptAt` ≤ `now`, oldest first, at most `limit`. */
+  dueOutbox(now: number, limit: number): Promise<OutboxRow[]>
+  /** The earliest `nextAttemptAt` of a `pending` row, or undefined when none is pending. */
+  nextDue(): Promise<number | undefined>
+  /** Rows in the given states (for status and dead-letter listings), oldest first. */
+  listOutbox(states: readonly OutboxState[], limit: number): Promise<OutboxRow[]>
+  /** At start: every `inflight` row back to `pending`, due at `now`. Resolves with how many moved. */
+  recoverInflight(now: number): Promise<number>
+  /**
+   * Requeues a `dead` row: in one transaction it becomes `aborted` with `requeuedAs = newRow.id` and
+   * `newRow` is inserted `pending`. Resolves undefined when `id` is not `dead`.
+   */
+  requeueDead(id: string, newRow: NewOutboxRow, now: number): Promise<OutboxRow | undefined>
+  /** Deletes `done`, `aborted` and `dead` rows last updated before `before`. Resolves with the count. */
+  pruneOutbox(before: number): Promise<number>
+
+  /** Inserts a row unless its `(mesh, recipient, from, clientMessageId)` exists (then: the existing row). */
+  insertInbox(row: NewInboxRow): Promise<InboxInsert>
+  /** Rows for a reader, see `InboxQuery`. */
+  readInbox(query: InboxQuery): Promise<InboxRow[]>
+  /** Marks rows consumed; resolves with how many changed. */
+  consumeInbox(mesh: string, seqs: readonly number[], at: number): Promise<number>
+  /** Deletes rows received before `before` (dedupe memory is kept at least 7 days). */
+  pruneInbox(before: number): Promise<number>
+
+  /** Closes the store; further calls reject with `MESH_ERR_STORE_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
