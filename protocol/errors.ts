@@ -149,6 +149,18 @@ export const ERROR_CODES = {
     permanent: false,
     summary: 'the peer refused the P2P session (busy, declined, invalid or expired)',
   },
+  MESH_ERR_DISCONNECTED: {
+    permanent: false,
+    summary: 'the runtime has no live coordinator connection right now; it reconnects by itself',
+  },
+  MESH_ERR_REQUEST_TIMEOUT: {
+    permanent: false,
+    summary: 'a request to the coordinator got no reply in time',
+  },
+  MESH_ERR_COORDINATOR_MISMATCH: {
+    permanent: true,
+    summary: "the coordinator's key is not the one pinned from the invite",
+  },
   MESH_ERR_INTERNAL: { permanent: false, summary: 'an unexpected coordinator failure' },
 } as const satisfies Record<string, { permanent: boolean; summary: string }>
 
