@@ -151,8 +151,16 @@ export interface RuntimeStore {
     patch: OutboxPatch,
     expect?: readonly OutboxState[],
   ): Promise<OutboxRow | undefined>
-  /** `pending` rows whose `nextAttemptAt` ≤ `now`, oldest first, at most `limit`. */
+  /**
+   * `pending` rows whose `nextAttemptAt` ≤ `now`, oldest first, at most `limit`. "Oldest" is the order a
+   * due-row index gives: by `nextAttemptAt`, then `createdAt`, then `id`.
+   */
   dueOutbox(now: number, limit: number): Promise<OutboxRow[]>
+  /**
+   * Like `dueOutbox`, but in the same transaction moves the rows to `inflight` (`updatedAt = now`) and
+   * resolves with them as they are after the move: one write for a batch of rows about to be dispatched.
+   */
+  claimDue(now: number, limit: number): Promise<OutboxRow[]>
   /** The earliest `nextAttemptAt` of a `pending` row, or undefined when none is pending. */
   nextDue(): Promise<number | undefined>
   /** Rows in the given states (for status and dead-letter listings), oldest first. */
@@ -169,6 +177,11 @@ export interface RuntimeStore {
 
   /** Inserts a row unless its `(mesh, recipient, from, clientMessageId)` exists (then: the existing row). */
   insertInbox(row: NewInboxRow): Promise<InboxInsert>
+  /**
+   * `insertInbox` for many rows in one transaction (one commit, so one fsync at most): the results in
+   * the order of `rows`; a row repeating an earlier one of the batch is a duplicate of it.
+   */
+  insertInboxMany(rows: readonly NewInboxRow[]): Promise<InboxInsert[]>
   /** Rows for a reader, see `InboxQuery`. */
   readInbox(query: InboxQuery): Promise<InboxRow[]>
   /** Marks rows consumed; resolves with how many changed. */

@@ -1,0 +1,334 @@
+/**
+ * The memory `RuntimeStore`: for browsers and peers that keep nothing across restarts. Its durability is
+ * `volatile`, so the runtime acks a delivery only when the application consumes it (DESIGN.md §5): a
+ * message acked on arrival would be lost with the page.
+ *
+ * Platform-neutral (bundled for browsers). Pending outbox rows are kept in an array sorted by due time,
+ * so `claimDue` and `nextDue` cost what they return, not the size of the backlog; inbox rows are kept per
+ * (mesh, recipient) in arrival order, so a reader's cursor is a binary search.
+ *
+ * Bytes handed in are copied; rows handed out are fresh objects sharing the stored bytes, which callers
+ * must treat as read-only.
+ */
+import { toHex } from '../../protocol/encoding.js'
+import { MeshError } from '../../protocol/errors.js'
+import type {
+  InboxInsert,
+  InboxQuery,
+  InboxRow,
+  NewInboxRow,
+  NewOutboxRow,
+  OutboxPatch,
+  OutboxRow,
+  OutboxState,
+  RuntimeStore,
+} from './types.js'
+
+/** A volatile store holding everything in memory. */
+export function memoryStore(): RuntimeStore {
+  return new MemoryStore()
+}
+
+const DEFAULT_INBOX_LIMIT = 100
+const PRUNABLE: ReadonlySet<OutboxState> = new Set(['done', 'aborted', 'dead'])
+
+/** The due-row order of `dueOutbox`: `nextAttemptAt`, then `createdAt`, then `id` (a total order). */
+function dueOrder(a: OutboxRow, b: OutboxRow): number {
+  return (
+    a.nextAttemptAt - b.nextAttemptAt || a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+  )
+}
+
+function createdOrder(a: OutboxRow, b: OutboxRow): number {
+  return a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+}
+
+function cloneOutbox(row: OutboxRow): OutboxRow {
+  const copy = { ...row }
+  if (row.recipients !== undefined) copy.recipients = { ...row.recipients }
+  if (row.lastError !== undefined) copy.lastError = { ...row.lastError }
+  return copy
+}
+
+function cloneInbox(row: InboxRow): InboxRow {
+  return { ...row }
+}
+
+class MemoryStore implements RuntimeStore {
+  readonly durability = 'volatile' as const
+  #closed = false
+  readonly #outbox = new Map<string, OutboxRow>()
+  /** Every `pending` row, sorted by `dueOrder`. */
+  readonly #pending: OutboxRow[] = []
+  /** Inbox rows by identity `mesh \0 recipient \0 from \0 clientMessageId`. */
+  readonly #inboxByIdentity = new Map<string, InboxRow>()
+  readonly #inboxBySeq = new Map<number, InboxRow>()
+  /** Inbox rows per `mesh \0 recipient`, in `seq` order. */
+  readonly #streams = new Map<string, InboxRow[]>()
+  #seq = 0
+
+  async insertOutbox(input: NewOutboxRow): Promise<{ inserted: boolean; row: OutboxRow }> {
+    this.#assertOpen()
+    const existing = this.#outbox.get(input.id)
+    if (existing !== undefined) return { inserted: false, row: cloneOutbox(existing) }
+    const row: OutboxRow = {
+      id: input.id,
+      mesh: input.mesh,
+      from: input.from.slice(),
+      target: input.target,
+      channel: input.channel,
+      envelope: input.envelope.slice(),
+      state: 'pending',
+      attempts: 0,
+      createdAt: input.createdAt,
+      updatedAt: input.createdAt,
+      nextAttemptAt: input.nextAttemptAt ?? input.createdAt,
+    }
+    if (input.lastError !== undefined) row.lastError = { ...input.lastError }
+    if (input.recipients !== undefined) row.recipients = { ...input.recipients }
+    if (input.fingerprint !== undefined) row.fingerprint = input.fingerprint.slice()
+    if (input.sessionId !== undefined) row.sessionId = input.sessionId
+    this.#outbox.set(row.id, row)
+    this.#addPending(row)
+    return { inserted: true, row: cloneOutbox(row) }
+  }
+
+  async getOutbox(id: string): Promise<OutboxRow | undefined> {
+    this.#assertOpen()
+    const row = this.#outbox.get(id)
+    return row === undefined ? undefined : cloneOutbox(row)
+  }
+
+  async updateOutbox(
+    id: string,
+    patch: OutboxPatch,
+    expect?: readonly OutboxState[],
+  ): Promise<OutboxRow | undefined> {
+    this.#assertOpen()
+    const row = this.#outbox.get(id)
+    if (row === undefined || (expect !== undefined && !expect.includes(row.state))) return undefined
+    if (row.state === 'pending') this.#removePending(row)
+    if (patch.state !== undefined) row.state = patch.state
+    if (patch.attempts !== undefined) row.attempts = patch.attempts
+    if (patch.nextAttemptAt !== undefined) row.nextAttemptAt = patch.nextAttemptAt
+    if (patch.lastError === null) delete row.lastError
+    else if (patch.lastError !== undefined) row.lastError = { ...patch.lastError }
+    if (patch.recipients !== undefined) row.recipients = { ...patch.recipients }
+    row.updatedAt = patch.updatedAt
+    if (row.state === 'pending') this.#addPending(row)
+    return cloneOutbox(row)
+  }
+
+  async dueOutbox(now: number, limit: number): Promise<OutboxRow[]> {
+    this.#assertOpen()
+    return this.#due(now, limit).map(cloneOutbox)
+  }
+
+  async claimDue(now: number, limit: number): Promise<OutboxRow[]> {
+    this.#assertOpen()
+    const rows = this.#due(now, limit)
+    // The due rows are the first ones of the sorted array.
+    this.#pending.splice(0, rows.length)
+    for (const row of rows) {
+      row.state = 'inflight'
+      row.updatedAt = now
+    }
+    return rows.map(cloneOutbox)
+  }
+
+  async nextDue(): Promise<number | undefined> {
+    this.#assertOpen()
+    return this.#pending[0]?.nextAttemptAt
+  }
+
+  async listOutbox(states: readonly OutboxState[], limit: number): Promise<OutboxRow[]> {
+    this.#assertOpen()
+    const rows = [...this.#outbox.values()].filter((row) => states.includes(row.state))
+    return rows.sort(createdOrder).slice(0, Math.max(0, limit)).map(cloneOutbox)
+  }
+
+  async recoverInflight(now: number): Promise<number> {
+    this.#assertOpen()
+    let moved = 0
+    for (const row of this.#outbox.values()) {
+      if (row.state !== 'inflight') continue
+      row.state = 'pending'
+      row.nextAttemptAt = now
+      row.updatedAt = now
+      this.#addPending(row)
+      moved++
+    }
+    return moved
+  }
+
+  async requeueDead(id: string, newRow: NewOutboxRow, now: number): Promise<OutboxRow | undefined> {
+    this.#assertOpen()
+    const row = this.#outbox.get(id)
+    if (row === undefined || row.state !== 'dead') return undefined
+    if (this.#outbox.has(newRow.id)) {
+      throw new MeshError('MESH_ERR_IDEMPOTENCY_CONFLICT', `outbox row ${newRow.id} already exists`)
+    }
+    row.state = 'aborted'
+    row.requeuedAs = newRow.id
+    row.updatedAt = now
+    return (await this.insertOutbox(newRow)).row
+  }
+
+  async pruneOutbox(before: number): Promise<number> {
+    this.#assertOpen()
+    let deleted = 0
+    for (const [id, row] of this.#outbox) {
+      if (PRUNABLE.has(row.state) && row.updatedAt < before) {
+        this.#outbox.delete(id)
+        deleted++
+      }
+    }
+    return deleted
+  }
+
+  async insertInbox(input: NewInboxRow): Promise<InboxInsert> {
+    this.#assertOpen()
+    return this.#insertInbox(input)
+  }
+
+  async insertInboxMany(rows: readonly NewInboxRow[]): Promise<InboxInsert[]> {
+    this.#assertOpen()
+    return rows.map((row) => this.#insertInbox(row))
+  }
+
+  async readInbox(query: InboxQuery): Promise<InboxRow[]> {
+    this.#assertOpen()
+    const limit = Math.max(0, query.limit ?? DEFAULT_INBOX_LIMIT)
+    const afterSeq = query.afterSeq ?? 0
+    const picked: InboxRow[] = []
+    for (const recipient of new Set(query.recipients.map(toHex))) {
+      const stream = this.#streams.get(`${query.mesh}\0${recipient}`)
+      if (stream === undefined) continue
+      let taken = 0
+      for (let i = firstAfter(stream, afterSeq); i < stream.length && taken < limit; i++) {
+        const row = stream[i] as InboxRow
+        if (query.unconsumed === true && row.consumedAt !== undefined) continue
+        picked.push(row)
+        taken++
+      }
+    }
+    return picked
+      .sort((a, b) => a.seq - b.seq)
+      .slice(0, limit)
+      .map(cloneInbox)
+  }
+
+  async consumeInbox(mesh: string, seqs: readonly number[], at: number): Promise<number> {
+    this.#assertOpen()
+    let changed = 0
+    for (const seq of seqs) {
+      const row = this.#inboxBySeq.get(seq)
+      if (row === undefined || row.mesh !== mesh || row.consumedAt !== undefined) continue
+      row.consumedAt = at
+      changed++
+    }
+    return changed
+  }
+
+  async pruneInbox(before: number): Promise<number> {
+    this.#assertOpen()
+    let deleted = 0
+    for (const [key, row] of this.#inboxByIdentity) {
+      if (row.receivedAt >= before) continue
+      this.#inboxByIdentity.delete(key)
+      this.#inboxBySeq.delete(row.seq)
+      deleted++
+    }
+    if (deleted === 0) return 0
+    for (const [key, stream] of this.#streams) {
+      const kept = stream.filter((row) => row.receivedAt >= before)
+      if (kept.length === 0) this.#streams.delete(key)
+      else this.#streams.set(key, kept)
+    }
+    return deleted
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#outbox.clear()
+    this.#pending.length = 0
+    this.#inboxByIdentity.clear()
+    this.#inboxBySeq.clear()
+    this.#streams.clear()
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new MeshError('MESH_ERR_STORE_CLOSED', 'the runtime store is closed')
+  }
+
+  #due(now: number, limit: number): OutboxRow[] {
+    const rows: OutboxRow[] = []
+    for (const row of this.#pending) {
+      if (row.nextAttemptAt > now || rows.length >= limit) break
+      rows.push(row)
+    }
+    return rows
+  }
+
+  #addPending(row: OutboxRow): void {
+    this.#pending.splice(this.#pendingIndex(row), 0, row)
+  }
+
+  #removePending(row: OutboxRow): void {
+    const at = this.#pendingIndex(row)
+    if (this.#pending[at] === row) this.#pending.splice(at, 1)
+  }
+
+  /** The first index whose row does not sort before `row` (binary search). */
+  #pendingIndex(row: OutboxRow): number {
+    let lo = 0
+    let hi = this.#pending.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (dueOrder(this.#pending[mid] as OutboxRow, row) < 0) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+
+  #insertInbox(input: NewInboxRow): InboxInsert {
+    const recipient = toHex(input.recipient)
+    const identity = `${input.mesh}\0${recipient}\0${toHex(input.from)}\0${input.clientMessageId}`
+    const existing = this.#inboxByIdentity.get(identity)
+    if (existing !== undefined) return { inserted: false, row: cloneInbox(existing) }
+    const row: InboxRow = {
+      seq: ++this.#seq,
+      mesh: input.mesh,
+      recipient: input.recipient.slice(),
+      from: input.from.slice(),
+      clientMessageId: input.clientMessageId,
+      channel: input.channel,
+      via: input.via,
+      envelope: input.envelope.slice(),
+      status: input.status,
+      receivedAt: input.receivedAt,
+    }
+    if (input.deliveryId !== undefined) row.deliveryId = input.deliveryId
+    if (input.payload !== undefined) row.payload = input.payload.slice()
+    this.#inboxByIdentity.set(identity, row)
+    this.#inboxBySeq.set(row.seq, row)
+    const streamKey = `${input.mesh}\0${recipient}`
+    const stream = this.#streams.get(streamKey)
+    if (stream === undefined) this.#streams.set(streamKey, [row])
+    else stream.push(row)
+    return { inserted: true, row: cloneInbox(row) }
+  }
+}
+
+/** The index of the first row of `stream` (sorted by seq) whose seq is greater than `seq`. */
+function firstAfter(stream: readonly InboxRow[], seq: number): number {
+  let lo = 0
+  let hi = stream.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((stream[mid] as InboxRow).seq <= seq) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
