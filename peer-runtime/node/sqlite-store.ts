@@ -1,0 +1,550 @@
+/**
+ * The durable `RuntimeStore` on better-sqlite3 (DESIGN.md §5): one database file per runtime, in WAL
+ * mode, every write a transaction that has committed before its promise resolves.
+ *
+ * Durability tiers (`synchronous`):
+ * - `'normal'` (the default): in WAL mode SQLite syncs the log only at checkpoints, so a committed write
+ *   survives a crash of the process (`kill -9`) but the last commits may be lost to a power loss or a
+ *   kernel crash. Commits cost tens of microseconds.
+ * - `'full'`: the log is synced at every commit, so a committed write also survives a power loss. Each
+ *   commit then waits for the disk (about a millisecond or more); batch writes (`insertInboxMany`,
+ *   `claimDue`) to share one sync.
+ *
+ * The store belongs to one process: it takes no lock file, and two runtimes on one file would each
+ * dispatch the other's outbox rows. The file is created 0600 in a directory created 0700 (SQLite gives
+ * its `-wal` and `-shm` files the database file's mode), and an existing file is narrowed to 0600.
+ *
+ * The schema carries its version in `PRAGMA user_version`; a file written by a newer build is refused
+ * with `MESH_ERR_SCHEMA_TOO_NEW`. better-sqlite3 is synchronous: each call runs to completion on the
+ * calling thread, so statements are prepared once and kept small (the due-row index makes `claimDue`
+ * cost what it returns).
+ */
+import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs'
+import { dirname } from 'node:path'
+import Database from 'better-sqlite3'
+import type { Channel } from '../../protocol/envelope.js'
+import { toHex } from '../../protocol/encoding.js'
+import { isMeshError, MeshError } from '../../protocol/errors.js'
+import type {
+  InboxAckStatus,
+  InboxInsert,
+  InboxQuery,
+  InboxRow,
+  NewInboxRow,
+  NewOutboxRow,
+  OutboxPatch,
+  OutboxRow,
+  OutboxState,
+  RecipientState,
+  RowError,
+  RuntimeStore,
+} from '../store/types.js'
+
+/** Options of `sqliteStore`. */
+export interface SqliteStoreOptions {
+  /** The database file; its directory is created (0700) when missing. */
+  path: string
+  /** `'normal'` survives a process crash; `'full'` also survives a power loss, slower. Default normal. */
+  synchronous?: 'normal' | 'full'
+}
+
+/** The schema version this build writes and reads (`PRAGMA user_version`). */
+export const SQLITE_SCHEMA_VERSION = 1
+
+const SCHEMA_V1 = `
+CREATE TABLE outbox (
+  id TEXT PRIMARY KEY,
+  mesh TEXT NOT NULL,
+  from_pk BLOB NOT NULL,
+  target TEXT NOT NULL,
+  channel TEXT NOT NULL,
+  envelope BLOB NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  next_attempt_at INTEGER NOT NULL,
+  last_error TEXT,
+  recipients TEXT,
+  fingerprint BLOB,
+  session_id TEXT,
+  requeued_as TEXT
+);
+-- The scheduler's question: which pending rows are due, in order. Queries name it (INDEXED BY): without
+-- statistics the planner would take outbox_state and sort every pending row.
+CREATE INDEX outbox_due ON outbox (next_attempt_at, created_at, id) WHERE state = 'pending';
+-- Listings by state, recovery of inflight rows, pruning.
+CREATE INDEX outbox_state ON outbox (state, created_at, id);
+
+CREATE TABLE inbox (
+  -- AUTOINCREMENT: a seq is never reused, even after every row was pruned (readers hold cursors).
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  mesh TEXT NOT NULL,
+  recipient_pk BLOB NOT NULL,
+  from_pk BLOB NOT NULL,
+  client_message_id TEXT NOT NULL,
+  channel TEXT NOT NULL,
+  delivery_id TEXT,
+  via TEXT NOT NULL,
+  envelope BLOB NOT NULL,
+  payload BLOB,
+  status TEXT NOT NULL,
+  received_at INTEGER NOT NULL,
+  consumed_at INTEGER,
+  UNIQUE (mesh, recipient_pk, from_pk, client_message_id)
+);
+CREATE INDEX inbox_reader ON inbox (mesh, recipient_pk, seq);
+CREATE INDEX inbox_received ON inbox (received_at);
+`
+
+const DEFAULT_INBOX_LIMIT = 100
+
+interface OutboxRecord {
+  id: string
+  mesh: string
+  from_pk: Buffer
+  target: string
+  channel: string
+  envelope: Buffer
+  state: string
+  attempts: number
+  created_at: number
+  updated_at: number
+  next_attempt_at: number
+  last_error: string | null
+  recipients: string | null
+  fingerprint: Buffer | null
+  session_id: string | null
+  requeued_as: string | null
+}
+
+interface InboxRecord {
+  seq: number
+  mesh: string
+  recipient_pk: Buffer
+  from_pk: Buffer
+  client_message_id: string
+  channel: string
+  delivery_id: string | null
+  via: string
+  envelope: Buffer
+  payload: Buffer | null
+  status: string
+  received_at: number
+  consumed_at: number | null
+}
+
+/** A plain `Uint8Array` view of a Buffer, so rows compare equal across drivers. */
+function bytes(buffer: Buffer): Uint8Array {
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength)
+}
+
+function toOutboxRow(r: OutboxRecord): OutboxRow {
+  const row: OutboxRow = {
+    id: r.id,
+    mesh: r.mesh,
+    from: bytes(r.from_pk),
+    target: r.target,
+    channel: r.channel as Channel,
+    envelope: bytes(r.envelope),
+    state: r.state as OutboxState,
+    attempts: r.attempts,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    nextAttemptAt: r.next_attempt_at,
+  }
+  if (r.last_error !== null) row.lastError = JSON.parse(r.last_error) as RowError
+  if (r.recipients !== null) row.recipients = JSON.parse(r.recipients) as Record<string, RecipientState>
+  if (r.fingerprint !== null) row.fingerprint = bytes(r.fingerprint)
+  if (r.session_id !== null) row.sessionId = r.session_id
+  if (r.requeued_as !== null) row.requeuedAs = r.requeued_as
+  return row
+}
+
+function toInboxRow(r: InboxRecord): InboxRow {
+  const row: InboxRow = {
+    seq: r.seq,
+    mesh: r.mesh,
+    recipient: bytes(r.recipient_pk),
+    from: bytes(r.from_pk),
+    clientMessageId: r.client_message_id,
+    channel: r.channel as Channel,
+    via: r.via,
+    envelope: bytes(r.envelope),
+    status: r.status as InboxAckStatus,
+    receivedAt: r.received_at,
+  }
+  if (r.delivery_id !== null) row.deliveryId = r.delivery_id
+  if (r.payload !== null) row.payload = bytes(r.payload)
+  if (r.consumed_at !== null) row.consumedAt = r.consumed_at
+  return row
+}
+
+/** The due-row order (as the `outbox_due` index sorts), for rows an UPDATE … RETURNING gave unsorted. */
+function dueOrder(a: OutboxRow, b: OutboxRow): number {
+  return (
+    a.nextAttemptAt - b.nextAttemptAt || a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+  )
+}
+
+/** `,a,b,`: the form the `instr(…)` state tests take, so one statement serves every `expect` list. */
+function stateList(states: readonly OutboxState[]): string {
+  return `,${states.join(',')},`
+}
+
+const ALL_STATES = stateList(['pending', 'inflight', 'accepted', 'done', 'dead', 'aborted'])
+
+/** Opens (creating if needed) the runtime's database at `path`. Throws a `MeshError` when it cannot. */
+export function sqliteStore(options: SqliteStoreOptions): RuntimeStore {
+  return new SqliteStore(options)
+}
+
+class SqliteStore implements RuntimeStore {
+  readonly durability = 'durable' as const
+  readonly #db: Database.Database
+  #closed = false
+  readonly #stmt: ReturnType<typeof prepare>
+  /** `readInbox` statements by recipient count and `unconsumed`. */
+  readonly #readers = new Map<string, Database.Statement>()
+  readonly #insertInboxTx: (rows: readonly NewInboxRow[]) => InboxInsert[]
+  readonly #claimTx: (now: number, limit: number) => OutboxRow[]
+  readonly #requeueTx: (id: string, row: NewOutboxRow, now: number) => OutboxRow | undefined
+  readonly #consumeTx: (mesh: string, seqs: readonly number[], at: number) => number
+
+  constructor({ path, synchronous = 'normal' }: SqliteStoreOptions) {
+    let db: Database.Database | undefined
+    try {
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+      closeSync(openSync(path, 'a', 0o600))
+      chmodSync(path, 0o600)
+      db = new Database(path)
+      const mode = db.pragma('journal_mode = WAL', { simple: true })
+      if (mode !== 'wal') throw new Error(`journal_mode is ${String(mode)}, not wal`)
+      db.pragma(`synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
+      migrate(db)
+      this.#db = db
+      this.#stmt = prepare(db)
+    } catch (err) {
+      db?.close()
+      if (isMeshError(err)) throw err
+      throw new MeshError('MESH_ERR_STORE_UNAVAILABLE', `cannot open the runtime store ${path}`, {
+        cause: err,
+      })
+    }
+    const stmt = this.#stmt
+    db = this.#db
+    this.#insertInboxTx = db.transaction((rows: readonly NewInboxRow[]) =>
+      rows.map((row) => this.#insertInboxRow(row)),
+    )
+    this.#claimTx = db.transaction((now: number, limit: number) =>
+      (stmt.claimDue.all({ now, limit }) as OutboxRecord[]).map(toOutboxRow).sort(dueOrder),
+    )
+    this.#requeueTx = db.transaction((id: string, row: NewOutboxRow, now: number) => {
+      if (stmt.outboxExists.get(row.id) !== undefined) {
+        throw new MeshError('MESH_ERR_IDEMPOTENCY_CONFLICT', `outbox row ${row.id} already exists`)
+      }
+      if (stmt.abortDead.run({ id, requeuedAs: row.id, now }).changes === 0) return undefined
+      stmt.insertOutbox.run(outboxParams(row))
+      return newOutboxRow(row)
+    })
+    this.#consumeTx = db.transaction((mesh: string, seqs: readonly number[], at: number) => {
+      let changed = 0
+      for (const seq of seqs) changed += stmt.consumeInbox.run({ mesh, seq, at }).changes
+      return changed
+    })
+  }
+
+  async insertOutbox(row: NewOutboxRow): Promise<{ inserted: boolean; row: OutboxRow }> {
+    return this.#run(() => {
+      if (this.#stmt.insertOutbox.run(outboxParams(row)).changes === 1) {
+        return { inserted: true, row: newOutboxRow(row) }
+      }
+      return { inserted: false, row: toOutboxRow(this.#stmt.getOutbox.get(row.id) as OutboxRecord) }
+    })
+  }
+
+  async getOutbox(id: string): Promise<OutboxRow | undefined> {
+    return this.#run(() => {
+      const record = this.#stmt.getOutbox.get(id) as OutboxRecord | undefined
+      return record === undefined ? undefined : toOutboxRow(record)
+    })
+  }
+
+  async updateOutbox(
+    id: string,
+    patch: OutboxPatch,
+    expect?: readonly OutboxState[],
+  ): Promise<OutboxRow | undefined> {
+    return this.#run(() => {
+      const record = this.#stmt.updateOutbox.get({
+        id,
+        expect: expect === undefined ? ALL_STATES : stateList(expect),
+        state: patch.state ?? null,
+        attempts: patch.attempts ?? null,
+        nextAttemptAt: patch.nextAttemptAt ?? null,
+        setError: patch.lastError === undefined ? 0 : 1,
+        lastError: patch.lastError == null ? null : JSON.stringify(patch.lastError),
+        recipients: patch.recipients === undefined ? null : JSON.stringify(patch.recipients),
+        updatedAt: patch.updatedAt,
+      }) as OutboxRecord | undefined
+      return record === undefined ? undefined : toOutboxRow(record)
+    })
+  }
+
+  async dueOutbox(now: number, limit: number): Promise<OutboxRow[]> {
+    return this.#run(() => (this.#stmt.dueOutbox.all({ now, limit }) as OutboxRecord[]).map(toOutboxRow))
+  }
+
+  async claimDue(now: number, limit: number): Promise<OutboxRow[]> {
+    return this.#run(() => this.#claimTx(now, limit))
+  }
+
+  async nextDue(): Promise<number | undefined> {
+    return this.#run(() => this.#stmt.nextDue.get() as number | undefined)
+  }
+
+  async listOutbox(states: readonly OutboxState[], limit: number): Promise<OutboxRow[]> {
+    return this.#run(() =>
+      (this.#stmt.listOutbox.all({ states: stateList(states), limit }) as OutboxRecord[]).map(toOutboxRow),
+    )
+  }
+
+  async recoverInflight(now: number): Promise<number> {
+    return this.#run(() => this.#stmt.recoverInflight.run({ now }).changes)
+  }
+
+  async requeueDead(id: string, newRow: NewOutboxRow, now: number): Promise<OutboxRow | undefined> {
+    return this.#run(() => this.#requeueTx(id, newRow, now))
+  }
+
+  async pruneOutbox(before: number): Promise<number> {
+    return this.#run(() => this.#stmt.pruneOutbox.run({ before }).changes)
+  }
+
+  async insertInbox(row: NewInboxRow): Promise<InboxInsert> {
+    return this.#run(() => this.#insertInboxRow(row))
+  }
+
+  async insertInboxMany(rows: readonly NewInboxRow[]): Promise<InboxInsert[]> {
+    return this.#run(() => (rows.length === 0 ? [] : this.#insertInboxTx(rows)))
+  }
+
+  async readInbox(query: InboxQuery): Promise<InboxRow[]> {
+    return this.#run(() => {
+      const recipients = [...new Map(query.recipients.map((pk) => [toHex(pk), pk])).values()]
+      const limit = Math.max(0, query.limit ?? DEFAULT_INBOX_LIMIT)
+      if (recipients.length === 0 || limit === 0) return []
+      const reader = this.#reader(recipients.length, query.unconsumed === true)
+      const records = reader.all(query.mesh, ...recipients, query.afterSeq ?? 0, limit) as InboxRecord[]
+      return records.map(toInboxRow)
+    })
+  }
+
+  async consumeInbox(mesh: string, seqs: readonly number[], at: number): Promise<number> {
+    return this.#run(() => this.#consumeTx(mesh, seqs, at))
+  }
+
+  async pruneInbox(before: number): Promise<number> {
+    return this.#run(() => this.#stmt.pruneInbox.run({ before }).changes)
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#db.close()
+  }
+
+  /** Runs a synchronous database call; driver failures become `MESH_ERR_STORE_UNAVAILABLE`. */
+  #run<T>(fn: () => T): T {
+    if (this.#closed) throw new MeshError('MESH_ERR_STORE_CLOSED', 'the runtime store is closed')
+    try {
+      return fn()
+    } catch (err) {
+      if (isMeshError(err)) throw err
+      throw new MeshError('MESH_ERR_STORE_UNAVAILABLE', 'the runtime store failed', { cause: err })
+    }
+  }
+
+  #insertInboxRow(row: NewInboxRow): InboxInsert {
+    const params = inboxParams(row)
+    const seq = this.#stmt.insertInbox.get(params) as number | undefined
+    if (seq !== undefined) return { inserted: true, row: newInboxRow(row, seq) }
+    return { inserted: false, row: toInboxRow(this.#stmt.findInbox.get(params) as InboxRecord) }
+  }
+
+  #reader(count: number, unconsumed: boolean): Database.Statement {
+    const key = `${count}:${unconsumed}`
+    let reader = this.#readers.get(key)
+    if (reader === undefined) {
+      reader = this.#db.prepare(
+        `SELECT * FROM inbox WHERE mesh = ? AND recipient_pk IN (${Array(count).fill('?').join(', ')})
+           AND seq > ?${unconsumed ? ' AND consumed_at IS NULL' : ''} ORDER BY seq LIMIT ?`,
+      )
+      this.#readers.set(key, reader)
+    }
+    return reader
+  }
+}
+
+/** Creates the schema in a fresh file; refuses a file from a newer build. */
+function migrate(db: Database.Database): void {
+  const version = db.pragma('user_version', { simple: true }) as number
+  if (version > SQLITE_SCHEMA_VERSION) {
+    throw new MeshError(
+      'MESH_ERR_SCHEMA_TOO_NEW',
+      `the runtime store has schema version ${version}; this build knows up to ${SQLITE_SCHEMA_VERSION}`,
+      { details: { applied: version, known: SQLITE_SCHEMA_VERSION } },
+    )
+  }
+  if (version === SQLITE_SCHEMA_VERSION) return
+  db.transaction(() => {
+    db.exec(SCHEMA_V1)
+    db.pragma(`user_version = ${SQLITE_SCHEMA_VERSION}`)
+  })()
+}
+
+function prepare(db: Database.Database) {
+  return {
+    insertOutbox: db.prepare(
+      `INSERT INTO outbox (id, mesh, from_pk, target, channel, envelope, state, attempts, created_at,
+         updated_at, next_attempt_at, last_error, recipients, fingerprint, session_id)
+       VALUES (@id, @mesh, @from, @target, @channel, @envelope, 'pending', 0, @createdAt, @createdAt,
+         @nextAttemptAt, @lastError, @recipients, @fingerprint, @sessionId)
+       ON CONFLICT (id) DO NOTHING`,
+    ),
+    outboxExists: db.prepare('SELECT 1 FROM outbox WHERE id = ?'),
+    getOutbox: db.prepare('SELECT * FROM outbox WHERE id = ?'),
+    updateOutbox: db.prepare(
+      `UPDATE outbox SET
+         state = coalesce(@state, state),
+         attempts = coalesce(@attempts, attempts),
+         next_attempt_at = coalesce(@nextAttemptAt, next_attempt_at),
+         last_error = CASE WHEN @setError THEN @lastError ELSE last_error END,
+         recipients = coalesce(@recipients, recipients),
+         updated_at = @updatedAt
+       WHERE id = @id AND instr(@expect, ',' || state || ',') > 0
+       RETURNING *`,
+    ),
+    dueOutbox: db.prepare(
+      `SELECT * FROM outbox INDEXED BY outbox_due WHERE state = 'pending' AND next_attempt_at <= @now
+       ORDER BY next_attempt_at, created_at, id LIMIT @limit`,
+    ),
+    claimDue: db.prepare(
+      `UPDATE outbox SET state = 'inflight', updated_at = @now
+       WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_due WHERE state = 'pending' AND next_attempt_at <= @now
+                    ORDER BY next_attempt_at, created_at, id LIMIT @limit)
+       RETURNING *`,
+    ),
+    nextDue: db
+      .prepare(
+        `SELECT next_attempt_at FROM outbox INDEXED BY outbox_due WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1`,
+      )
+      .pluck(),
+    listOutbox: db.prepare(
+      `SELECT * FROM outbox WHERE instr(@states, ',' || state || ',') > 0
+       ORDER BY created_at, id LIMIT @limit`,
+    ),
+    recoverInflight: db.prepare(
+      `UPDATE outbox SET state = 'pending', next_attempt_at = @now, updated_at = @now
+       WHERE state = 'inflight'`,
+    ),
+    abortDead: db.prepare(
+      `UPDATE outbox SET state = 'aborted', requeued_as = @requeuedAs, updated_at = @now
+       WHERE id = @id AND state = 'dead'`,
+    ),
+    pruneOutbox: db.prepare(
+      `DELETE FROM outbox WHERE state IN ('done', 'aborted', 'dead') AND updated_at < @before`,
+    ),
+    insertInbox: db
+      .prepare(
+        `INSERT INTO inbox (mesh, recipient_pk, from_pk, client_message_id, channel, delivery_id, via,
+         envelope, payload, status, received_at)
+       VALUES (@mesh, @recipient, @from, @clientMessageId, @channel, @deliveryId, @via, @envelope,
+         @payload, @status, @receivedAt)
+       ON CONFLICT (mesh, recipient_pk, from_pk, client_message_id) DO NOTHING
+       RETURNING seq`,
+      )
+      .pluck(),
+    findInbox: db.prepare(
+      `SELECT * FROM inbox WHERE mesh = @mesh AND recipient_pk = @recipient AND from_pk = @from
+         AND client_message_id = @clientMessageId`,
+    ),
+    consumeInbox: db.prepare(
+      `UPDATE inbox SET consumed_at = @at WHERE seq = @seq AND mesh = @mesh AND consumed_at IS NULL`,
+    ),
+    pruneInbox: db.prepare('DELETE FROM inbox WHERE received_at < @before'),
+  }
+}
+
+function outboxParams(row: NewOutboxRow): Record<string, unknown> {
+  return {
+    id: row.id,
+    mesh: row.mesh,
+    from: row.from,
+    target: row.target,
+    channel: row.channel,
+    envelope: row.envelope,
+    createdAt: row.createdAt,
+    nextAttemptAt: row.nextAttemptAt ?? row.createdAt,
+    lastError: row.lastError === undefined ? null : JSON.stringify(row.lastError),
+    recipients: row.recipients === undefined ? null : JSON.stringify(row.recipients),
+    fingerprint: row.fingerprint ?? null,
+    sessionId: row.sessionId ?? null,
+  }
+}
+
+/** The row an insert of `input` stored, built without reading it back (bytes copied). */
+function newOutboxRow(input: NewOutboxRow): OutboxRow {
+  const row: OutboxRow = {
+    id: input.id,
+    mesh: input.mesh,
+    from: input.from.slice(),
+    target: input.target,
+    channel: input.channel,
+    envelope: input.envelope.slice(),
+    state: 'pending',
+    attempts: 0,
+    createdAt: input.createdAt,
+    updatedAt: input.createdAt,
+    nextAttemptAt: input.nextAttemptAt ?? input.createdAt,
+  }
+  if (input.lastError !== undefined) row.lastError = { ...input.lastError }
+  if (input.recipients !== undefined) row.recipients = { ...input.recipients }
+  if (input.fingerprint !== undefined) row.fingerprint = input.fingerprint.slice()
+  if (input.sessionId !== undefined) row.sessionId = input.sessionId
+  return row
+}
+
+function inboxParams(row: NewInboxRow): Record<string, unknown> {
+  return {
+    mesh: row.mesh,
+    recipient: row.recipient,
+    from: row.from,
+    clientMessageId: row.clientMessageId,
+    channel: row.channel,
+    deliveryId: row.deliveryId ?? null,
+    via: row.via,
+    envelope: row.envelope,
+    payload: row.payload ?? null,
+    status: row.status,
+    receivedAt: row.receivedAt,
+  }
+}
+
+function newInboxRow(input: NewInboxRow, seq: number): InboxRow {
+  const row: InboxRow = {
+    seq,
+    mesh: input.mesh,
+    recipient: input.recipient.slice(),
+    from: input.from.slice(),
+    clientMessageId: input.clientMessageId,
+    channel: input.channel,
+    via: input.via,
+    envelope: input.envelope.slice(),
+    status: input.status,
+    receivedAt: input.receivedAt,
+  }
+  if (input.deliveryId !== undefined) row.deliveryId = input.deliveryId
+  if (input.payload !== undefined) row.payload = input.payload.slice()
+  return row
+}
