@@ -161,6 +161,14 @@ export const ERROR_CODES = {
     permanent: true,
     summary: "the coordinator's key is not the one pinned from the invite",
   },
+  MESH_ERR_OUTBOX_EXPIRED: {
+    permanent: true,
+    summary: 'an outbox row reached its maximum age (6 days) undelivered and went dead',
+  },
+  MESH_ERR_TOO_MANY_ATTEMPTS: {
+    permanent: true,
+    summary: 'an outbox row was refused retryably 25 times and went dead',
+  },
   MESH_ERR_INTERNAL: { permanent: false, summary: 'an unexpected coordinator failure' },
 } as const satisfies Record<string, { permanent: boolean; summary: string }>
 
