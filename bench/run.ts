@@ -3,6 +3,7 @@
  * stdout (a readable summary goes to stderr). With no name it lists the scenarios.
  */
 import { codecScenario } from './scenarios/codec.js'
+import { p2pScenario } from './scenarios/p2p.js'
 import { relayScenario } from './scenarios/relay.js'
 
 type Scenario = (opts: { quick: boolean }) => Promise<void>
@@ -16,6 +17,10 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
     describe:
       'the coordinator as a relay: online DMs beside a raw ws relay, queued DMs on Postgres, a 100-peer load',
     run: relayScenario,
+  },
+  p2p: {
+    describe: 'TransportSession.send over webrtc beside a raw node-datachannel channel and ws-relay; latency',
+    run: p2pScenario,
   },
 }
 

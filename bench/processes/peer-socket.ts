@@ -14,6 +14,7 @@ import {
   randomBytes,
   signHello,
   toHex,
+  type Capabilities,
   type Frame,
   type Identity,
 } from '../../protocol/index.js'
@@ -24,6 +25,8 @@ export interface PeerSocketOptions {
   /** Every frame after `hello_ack` (pings are answered here and not passed on). */
   onFrame: (frame: Frame) => void
   timeoutMs?: number
+  /** What the hello advertises; default no `p2p`, `ws` only (the relay scenarios). */
+  capabilities?: Capabilities
 }
 
 /** A member's control-plane connection, past its hello. */
@@ -58,7 +61,7 @@ export class PeerSocket {
               mesh: o.mesh,
               role: 'control-plane',
               challengeNonce: frame.nonce,
-              capabilities: { p2p: false, transports: ['ws'] },
+              capabilities: o.capabilities ?? { p2p: false, transports: ['ws'] },
               instanceId: `bench-${toHex(randomBytes(6))}`,
             })
             ws.send(encodeFrame({ t: 'hello', proto: { ...PROTOCOL_VERSION }, features: [], ...body }))
