@@ -169,6 +169,22 @@ export const ERROR_CODES = {
     permanent: true,
     summary: 'an outbox row was refused retryably 25 times and went dead',
   },
+  MESH_ERR_NOT_JOINED: {
+    permanent: true,
+    summary: 'this home has not joined (or created) the mesh named',
+  },
+  MESH_ERR_ALREADY_JOINED: {
+    permanent: true,
+    summary: 'this home already holds a member key for the mesh (one join per mesh per home)',
+  },
+  MESH_ERR_COORDINATOR_UNREACHABLE: {
+    permanent: false,
+    summary: 'the coordinator did not answer an HTTP request (refused, unresolvable, timed out)',
+  },
+  MESH_ERR_WAIT_TIMEOUT: {
+    permanent: false,
+    summary: 'the awaited outcome did not come within the timeout; the message stays in the outbox',
+  },
   MESH_ERR_INTERNAL: { permanent: false, summary: 'an unexpected coordinator failure' },
 } as const satisfies Record<string, { permanent: boolean; summary: string }>
 
