@@ -1,0 +1,578 @@
+/**
+ * `Peer`: one presence in one mesh, the piece a daemon, the CLI, the SDKs and a side-car stand on
+ * (DESIGN.md §5). Platform neutral: the store, the WebSocket and (for P2P) `RTCPeerConnection` are
+ * injected; `peer-runtime/node/` wires the Node ones.
+ *
+ * - It connects by itself and keeps reconnecting (`CoordinatorConnection`); a `Peer` exists and takes
+ *   sends even while the coordinator is down.
+ * - It keeps a verified copy of mesh state (`MeshView`, rooted in the pinned owner key) and seals only to
+ *   keys that view vouches for (`PeerDirectory`): anything else is `MESH_ERR_UNKNOWN_KEY`.
+ * - `send` seals, stores the sealed bytes in the outbox, and resolves; the outbox delivers them (P2P when
+ *   a warm session exists, else through the coordinator) and retries the same bytes until a receiver or
+ *   the coordinator's store has them.
+ * - What arrives is stored in the inbox before it is acknowledged (`Inbox`), and read with `messages()`.
+ */
+import { BoxKeyCache } from '../protocol/box-key-cache.js'
+import { systemClock, type Clock, type ClockTimer } from '../protocol/clock.js'
+import { bytesEqual, fromHex, toHex } from '../protocol/encoding.js'
+import {
+  decodeEnvelope,
+  isDirectChannel,
+  type DirectChannel,
+  type Envelope,
+  type Meta,
+} from '../protocol/envelope.js'
+import { isMeshError, MeshError } from '../protocol/errors.js'
+import type { Frame, FrameOf, PeerRecord } from '../protocol/frames.js'
+import type { Capabilities, HelloRole } from '../protocol/hello.js'
+import type { Identity } from '../protocol/keys.js'
+import { encodeEnvelope } from '../protocol/envelope.js'
+import { openSystemEnvelope, sealDirect } from '../protocol/seal.js'
+import type { Signed } from '../protocol/signing.js'
+import { ulidFactory } from '../protocol/ulid.js'
+import { coordinatorSignalingChannel } from '../signaling/coordinator.js'
+import { Emitter } from '../transports/emitter.js'
+import type { PeerTransport } from '../transports/types.js'
+import type { WebrtcTransportInit } from '../transports/webrtc/index.js'
+import {
+  CoordinatorConnection,
+  type ConnectionTimings,
+  type DownInfo,
+  type SocketFactory,
+} from './connection.js'
+import { PeerDirectory, type KnownPeer } from './directory.js'
+import { Inbox, type InboundMessage } from './inbox.js'
+import { MeshView } from './mesh-view.js'
+import { Outbox, type DispatchResult } from './outbox.js'
+import { P2PManager, type P2PManagerInit } from './p2p/manager.js'
+import type { InboxAckStatus, OutboxRow, RuntimeStore } from './store/types.js'
+
+/** Codes a coordinator answers that are worth the same bytes again later (each counts as an attempt). */
+const COUNTED_RETRY = new Set([
+  'MESH_ERR_QUEUE_FULL',
+  'MESH_ERR_STORE_UNAVAILABLE',
+  'MESH_ERR_SHUTTING_DOWN',
+  'MESH_ERR_INTERNAL',
+])
+/** Codes that say "not now" without anything wrong with the message: waits that use no attempt. */
+const UNCOUNTED_RETRY = new Set([
+  'MESH_ERR_DISCONNECTED',
+  'MESH_ERR_REQUEST_TIMEOUT',
+  'MESH_ERR_RATE_LIMITED',
+  'MESH_ERR_TRANSPORT_CLOSED',
+])
+
+/** What the peer hands the P2P transport factory: everything but the platform's `RTCPeerConnection`. */
+export type P2PTransportInit = Omit<WebrtcTransportInit, 'RTCPeerConnection'>
+
+/** How P2P is set up; leave it out for a relay-only peer. */
+export interface PeerWebrtcOptions {
+  /**
+   * Builds the P2P transport: `webrtcTransport({...init, RTCPeerConnection})` in a browser,
+   * `nodeWebrtcTransport(init)` in Node (see `peer-runtime/node/node-peer.ts`).
+   */
+  transport: (init: P2PTransportInit) => PeerTransport
+  iceServers?: RTCIceServer[]
+  manager?: Partial<Omit<P2PManagerInit, 'self' | 'transport' | 'relay' | 'inbound' | 'reachable' | 'vouch'>>
+}
+
+export interface PeerOptions {
+  /** The coordinator's WebSocket URL (`ws://127.0.0.1:7700/ws`). */
+  url: string
+  mesh: string
+  /** Pinned from the invite: the mesh's owner key and the coordinator's key. */
+  ownerPk: Uint8Array
+  coordinatorPk: Uint8Array
+  /** The presence key: a member key (control-plane), a session key or a service key. */
+  identity: Identity
+  role: HelloRole
+  /** The session or service id. */
+  sessionId?: string
+  /** The session or service attestation, asked for at every hello (return a fresh one when it ages). */
+  attestation?: () => Signed
+  store: RuntimeStore
+  socket: SocketFactory
+  webrtc?: PeerWebrtcOptions
+  clock?: Clock
+  displayName?: string
+  connection?: Partial<ConnectionTimings>
+  /** Outbox tuning (tests shorten the backoff). */
+  outbox?: { backoffBaseMs?: number; backoffCapMs?: number; concurrency?: number; random?: () => number }
+  /** How long `send` waits to learn (and verify) a recipient it does not know yet. Default 30 s. */
+  resolveTimeoutMs?: number
+}
+
+/** What `send` resolves with: the message is stored and on its way. */
+export interface SendReceipt {
+  clientMessageId: string
+  /** The outbox row's state when `send` resolved (usually `pending`). */
+  state: OutboxRow['state']
+}
+
+export interface SendOptions {
+  channel?: DirectChannel
+  meta?: Meta
+  /** Defaults to a fresh ULID. */
+  clientMessageId?: string
+  signal?: AbortSignal
+}
+
+export interface PeerEvents {
+  /** A message was stored in the inbox (read it with `messages()` to mark it consumed). */
+  message: (message: InboundMessage) => void
+  /** A hello was accepted (again). */
+  connected: (ack: FrameOf<'hello_ack'>) => void
+  disconnected: (info: DownInfo) => void
+  /** The coordinator connection stopped for good (kicked, revoked, replaced, or `close()`). */
+  stopped: (error?: MeshError) => void
+  /** A presence event about a peer the view vouches for. */
+  presence: (event: 'joined' | 'left' | 'updated', peer: KnownPeer) => void
+  /** An outbox row changed state. */
+  outbox: (row: OutboxRow) => void
+  /** A presence record the view refused (the coordinator listed a key nobody vouched for). */
+  refused: (record: PeerRecord, error: Error) => void
+}
+
+export class Peer extends Emitter<PeerEvents> {
+  readonly mesh: string
+  readonly identity: Identity
+  readonly #o: PeerOptions
+  readonly #clock: Clock
+  readonly #connection: CoordinatorConnection
+  readonly #view: MeshView
+  readonly #directory: PeerDirectory
+  readonly #inbox: Inbox
+  readonly #outbox: Outbox
+  readonly #nextId = ulidFactory()
+  readonly #cache: BoxKeyCache
+  #transport: PeerTransport | undefined
+  #p2p: P2PManager | undefined
+  #status: { status?: 'idle' | 'working' | 'dnd'; summary?: string } = {}
+  #catchingUp: Promise<void> | undefined
+  #peersLoaded: Promise<void> | undefined
+  #started = false
+  #closed = false
+  readonly #timers = new Set<ClockTimer>()
+
+  constructor(o: PeerOptions) {
+    super()
+    this.#o = o
+    this.mesh = o.mesh
+    this.identity = o.identity
+    this.#clock = o.clock ?? systemClock
+    this.#cache = new BoxKeyCache(o.identity)
+    this.#view = new MeshView({ mesh: o.mesh, ownerPk: o.ownerPk, coordinatorPk: o.coordinatorPk })
+    this.#directory = new PeerDirectory(this.#view)
+    this.#inbox = new Inbox({
+      store: o.store,
+      mesh: o.mesh,
+      me: o.identity,
+      cache: this.#cache,
+      clock: this.#clock,
+    })
+    this.#inbox.on('message', (m) => this.emit('message', m))
+    this.#connection = new CoordinatorConnection({
+      url: o.url,
+      socket: o.socket,
+      mesh: o.mesh,
+      identity: o.identity,
+      role: o.role,
+      coordinatorPk: o.coordinatorPk,
+      clock: this.#clock,
+      capabilities: () => this.#capabilities(),
+      ...(o.sessionId !== undefined && { sessionId: o.sessionId }),
+      ...(o.attestation !== undefined && { attestation: o.attestation }),
+      ...(o.connection !== undefined && { timings: o.connection }),
+    })
+    this.#connection.on('ready', (ack) => this.#onReady(ack))
+    this.#connection.on('frame', (frame) => this.#onFrame(frame))
+    this.#connection.on('down', (info) => this.emit('disconnected', info))
+    this.#connection.on('stopped', (err) => this.emit('stopped', err))
+    this.#outbox = new Outbox({
+      store: o.store,
+      clock: this.#clock,
+      dispatch: (row, signal) => this.#dispatch(row, signal),
+      ...o.outbox,
+    })
+    this.#outbox.on('state', (row) => this.emit('outbox', row))
+    if (o.webrtc !== undefined) this.#setUpP2P(o.webrtc)
+  }
+
+  /** Recovers the outbox and starts connecting; resolves without waiting for the coordinator. */
+  async start(): Promise<this> {
+    if (this.#started) return this
+    this.#started = true
+    await this.#outbox.start()
+    this.#connection.start()
+    return this
+  }
+
+  /** True while the coordinator connection is up. */
+  get connected(): boolean {
+    return this.#connection.ready
+  }
+
+  /** The version of mesh state this peer has verified and applied. */
+  get stateVersion(): number {
+    return this.#view.version
+  }
+
+  /** Counters of the P2P manager (undefined for a relay-only peer). */
+  get p2pCounters(): P2PManager['counters'] | undefined {
+    return this.#p2p?.counters
+  }
+
+  /** Resolves when the coordinator connection is up (and mesh state caught up). */
+  async whenConnected(signal?: AbortSignal): Promise<void> {
+    await this.#connection.whenReady(signal)
+    await this.#catchingUp
+  }
+
+  /**
+   * Seals `payload` to `to` (a key the mesh view vouches for), stores the sealed bytes in the outbox and
+   * resolves; delivery goes on in the background (watch `status(id)` or the `outbox` event). A recipient
+   * not known yet is looked up once connected (up to `resolveTimeoutMs`); one the roster does not vouch
+   * for is refused with `MESH_ERR_UNKNOWN_KEY` (nothing is stored).
+   */
+  async send(to: Uint8Array | string, payload: unknown, o: SendOptions = {}): Promise<SendReceipt> {
+    this.#assertOpen()
+    const pk = typeof to === 'string' ? fromHex(to) : to
+    if (pk === null || pk.length !== 32) {
+      throw new MeshError('MESH_ERR_MALFORMED_KEY', 'a recipient is a 32-byte key (64 hex characters)')
+    }
+    const peer = await this.#resolve(pk, o.signal)
+    const clientMessageId = o.clientMessageId ?? this.#nextId()
+    const channel = o.channel ?? 'dm'
+    const env = sealDirect(
+      {
+        mesh: this.mesh,
+        channel,
+        from: this.identity,
+        to: peer.pk,
+        clientMessageId,
+        payload,
+        ...(o.meta !== undefined && { meta: o.meta }),
+      },
+      { cache: this.#cache },
+    )
+    const now = this.#clock.now()
+    const row = await this.#outbox.enqueue({
+      id: clientMessageId,
+      mesh: this.mesh,
+      from: this.identity.publicKey,
+      target: toHex(peer.pk),
+      channel,
+      envelope: encodeEnvelope(env),
+      createdAt: now,
+    })
+    return { clientMessageId, state: row.state }
+  }
+
+  /** The outbox row of a message this peer sent, with its per-recipient states. */
+  status(clientMessageId: string): Promise<OutboxRow | undefined> {
+    return this.#outbox.status(clientMessageId)
+  }
+
+  /** Resolves once nothing in the outbox is pending or in flight. */
+  settled(signal?: AbortSignal): Promise<void> {
+    return this.#outbox.idle(signal)
+  }
+
+  /** The inbox in arrival order, from the oldest message not yet consumed; ends when `signal` aborts. */
+  messages(o: { signal?: AbortSignal } = {}): AsyncGenerator<InboundMessage> {
+    return this.#inbox.messages(o)
+  }
+
+  /**
+   * Asks the coordinator for the mesh's presences and returns those the mesh view vouches for (the
+   * others are reported through the `refused` event). Needs the connection: `MESH_ERR_DISCONNECTED`.
+   */
+  async listPeers(
+    o: { includeOffline?: boolean; includeDaemons?: boolean; signal?: AbortSignal } = {},
+  ): Promise<KnownPeer[]> {
+    await this.#catchingUp
+    const reply = await this.#connection.request(
+      {
+        t: 'list_peers',
+        ...(o.includeOffline !== undefined && { includeOffline: o.includeOffline }),
+        ...(o.includeDaemons !== undefined && { includeDaemons: o.includeDaemons }),
+      },
+      o.signal === undefined ? {} : { signal: o.signal },
+    )
+    const now = this.#clock.now()
+    const known: KnownPeer[] = []
+    for (const record of reply.peers) {
+      if (bytesEqual(record.pk, this.identity.publicKey)) continue
+      const taken = this.#directory.take(record, now)
+      if ('error' in taken) this.emit('refused', record, taken.error)
+      else known.push(taken)
+    }
+    return known
+  }
+
+  /** Sets this presence's status and summary (sent now, and again after every reconnect). */
+  setStatus(status: 'idle' | 'working' | 'dnd', summary?: string): void {
+    this.#status = { status, ...(summary !== undefined && { summary }) }
+    if (this.#connection.ready) this.#connection.send({ t: 'set_status', ...this.#status })
+  }
+
+  /** Stops sending, closes P2P sessions and the coordinator connection. The store stays open (the caller's). */
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    for (const t of this.#timers) t.cancel()
+    await this.#outbox.stop()
+    await this.#p2p?.close()
+    await this.#transport?.close()
+    await this.#connection.close()
+  }
+
+  // ── wiring ─────────────────────────────────────────────────────────────────
+
+  #setUpP2P(w: PeerWebrtcOptions): void {
+    const signaling = coordinatorSignalingChannel({
+      self: this.identity.publicKey,
+      send: (frame) => this.#connection.send(frame),
+      onFrame: (listener) => {
+        this.#connection.on('frame', listener)
+        return () => void this.#connection.off('frame', listener)
+      },
+    })
+    const vouch = (pk: Uint8Array): boolean => this.#directory.get(pk, this.#clock.now()) !== undefined
+    const transport = w.transport({
+      identity: this.identity,
+      mesh: this.mesh,
+      signaling,
+      vouch,
+      clock: this.#clock,
+      ...(w.iceServers !== undefined && { iceServers: w.iceServers }),
+    })
+    this.#transport = transport
+    this.#p2p = new P2PManager({
+      ...w.manager,
+      self: { mesh: this.mesh, pk: this.identity.publicKey },
+      transport,
+      clock: this.#clock,
+      relay: (envelope, signal) => this.#connection.request({ t: 'send', envelope }, { signal }),
+      inbound: (envelope, from) => this.#takeP2P(envelope, from),
+      reachable: (pk) => this.#connection.ready && this.#directory.reachableP2P(pk, this.#clock.now()),
+      vouch,
+    })
+  }
+
+  #capabilities(): Capabilities {
+    const p2p = this.#p2p !== undefined
+    return {
+      p2p,
+      transports: p2p ? ['ws', 'webrtc'] : ['ws'],
+      ...this.#status,
+      ...(this.#o.displayName !== undefined && { displayName: this.#o.displayName }),
+    }
+  }
+
+  #onReady(ack: FrameOf<'hello_ack'>): void {
+    this.emit('connected', ack)
+    this.#catchingUp = this.#catchUp(ack.stateVersion).catch(() => undefined)
+    this.#peersLoaded = this.#catchingUp
+      .then(() => this.listPeers({ includeOffline: true, includeDaemons: true }).then(() => undefined))
+      .catch(() => undefined)
+    this.#outbox.wake()
+  }
+
+  /** Asks `mesh_events` until the view reaches `target` (1,000 events a page). */
+  async #catchUp(target: number): Promise<void> {
+    while (this.#view.version < target) {
+      const reply = await this.#connection.request({ t: 'mesh_events', since: this.#view.version })
+      const { applied } = this.#view.applyEvents(reply.events)
+      if (applied === 0) break
+    }
+  }
+
+  #onFrame(frame: Frame): void {
+    switch (frame.t) {
+      case 'push':
+        void this.#onPush(frame)
+        return
+      case 'delivery_receipt':
+        void this.#outbox.receipt(frame.clientMessageId, toHex(frame.recipient), frame.status)
+        return
+      case 'presence':
+        this.#onPresence(frame)
+        return
+      default:
+        return
+    }
+  }
+
+  async #onPush(push: FrameOf<'push'>): Promise<void> {
+    let env: Envelope
+    try {
+      env = decodeEnvelope(push.envelope)
+    } catch {
+      this.#ack(push.deliveryId, 'rejected')
+      return
+    }
+    if (env.channel === 'system') {
+      this.#onSystem(env)
+      return
+    }
+    if (!isDirectChannel(env.channel) || !(env.target instanceof Uint8Array)) return
+    if (!bytesEqual(env.target, this.identity.publicKey)) {
+      this.#ack(push.deliveryId, 'rejected')
+      return
+    }
+    try {
+      await this.#inbox.take(push.envelope, {
+        via: 'relay',
+        deliveryId: push.deliveryId,
+        ack: (status) => this.#ack(push.deliveryId, status),
+      })
+    } catch {
+      // The store failed: no ack, so the coordinator pushes it again after the claim lease.
+    }
+  }
+
+  async #takeP2P(envelope: Uint8Array, from: Uint8Array): Promise<InboxAckStatus> {
+    let status: InboxAckStatus = 'rejected'
+    const env = (() => {
+      try {
+        return decodeEnvelope(envelope)
+      } catch {
+        return undefined
+      }
+    })()
+    if (
+      env === undefined ||
+      !bytesEqual(env.from, from) ||
+      !(env.target instanceof Uint8Array) ||
+      !bytesEqual(env.target, this.identity.publicKey)
+    ) {
+      return 'rejected'
+    }
+    await this.#inbox.take(envelope, { via: 'p2p', ack: (s) => (status = s) })
+    // A volatile store acks on consumption; over P2P the sender waits for the ack up to 3 s, so a
+    // volatile peer answers at once: the message is in its memory inbox, as much as it can promise.
+    return status
+  }
+
+  #onSystem(env: Envelope): void {
+    let event
+    try {
+      const [mesh, version, prevVersion, kind, body] = openSystemEnvelope(env, this.#o.coordinatorPk)
+      event = { mesh, version, prevVersion, kind, body }
+    } catch {
+      return
+    }
+    try {
+      const { gap } = this.#view.applyEvent(event)
+      if (gap) this.#catchingUp = this.#catchUp(event.version).catch(() => undefined)
+    } catch {
+      // An event the view refuses (not authorised by the roster) changes nothing.
+    }
+  }
+
+  #onPresence(frame: FrameOf<'presence'>): void {
+    const now = this.#clock.now()
+    if (bytesEqual(frame.peer.pk, this.identity.publicKey)) return
+    if (frame.event === 'left') {
+      const peer = this.#directory.markOffline(frame.peer.pk)
+      if (peer !== undefined) this.emit('presence', 'left', peer)
+      return
+    }
+    const taken = this.#directory.take(frame.peer, now)
+    if ('error' in taken) this.emit('refused', frame.peer, taken.error)
+    else this.emit('presence', frame.event, taken)
+  }
+
+  #ack(deliveryId: string, status: InboxAckStatus): void {
+    if (!this.#connection.ready) return
+    try {
+      this.#connection.send({ t: 'client_ack', deliveryId, status })
+    } catch {
+      // Gone: the coordinator releases the claim and pushes again.
+    }
+  }
+
+  /** A recipient the view vouches for: known, or learnt from `list_peers` once connected. */
+  async #resolve(pk: Uint8Array, signal: AbortSignal | undefined): Promise<KnownPeer> {
+    const known = this.#directory.get(pk, this.#clock.now())
+    if (known !== undefined) return known
+    const timeoutMs = this.#o.resolveTimeoutMs ?? 30_000
+    const deadline = AbortSignal.timeout(timeoutMs)
+    const wait = signal === undefined ? deadline : AbortSignal.any([signal, deadline])
+    try {
+      await this.whenConnected(wait)
+      await this.#peersLoaded
+      const again = this.#directory.get(pk, this.#clock.now())
+      if (again !== undefined) return again
+      await this.listPeers({ includeOffline: true, includeDaemons: true, signal: wait })
+    } catch (err) {
+      if (signal?.aborted === true) throw signal.reason
+      if (!deadline.aborted && isMeshError(err) && err.code !== 'MESH_ERR_DISCONNECTED') throw err
+    }
+    const found = this.#directory.get(pk, this.#clock.now())
+    if (found !== undefined) return found
+    throw new MeshError('MESH_ERR_UNKNOWN_KEY', `no verified presence for key ${toHex(pk).slice(0, 12)}…`, {
+      details: { pk: toHex(pk), connected: this.#connection.ready },
+    })
+  }
+
+  /** The outbox's transport step for one row: P2P or relay, and what the answer means for the row. */
+  async #dispatch(row: OutboxRow, signal: AbortSignal): Promise<DispatchResult> {
+    const pk = fromHex(row.target)
+    if (pk === null || !isDirectChannel(row.channel)) {
+      return {
+        kind: 'dead',
+        error: { code: 'MESH_ERR_INVALID_ENVELOPE', message: 'the row has no valid target' },
+      }
+    }
+    try {
+      if (this.#p2p !== undefined) {
+        const delivery = await this.#p2p.deliver(pk, row.id, row.envelope, signal)
+        if (delivery.via === 'p2p')
+          return { kind: 'done', recipients: { [row.target]: p2pState(delivery.status) } }
+        return fromSendAck(delivery.ack, row.target)
+      }
+      if (!this.#connection.ready) {
+        return {
+          kind: 'retry',
+          counted: false,
+          error: { code: 'MESH_ERR_DISCONNECTED', message: 'waiting for the coordinator' },
+        }
+      }
+      const ack = await this.#connection.request({ t: 'send', envelope: row.envelope }, { signal })
+      return fromSendAck(ack, row.target)
+    } catch (err) {
+      return fromError(err)
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the peer is closed')
+    if (!this.#started) throw new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'call start() before send()')
+  }
+}
+
+function p2pState(status: InboxAckStatus): 'delivered' | 'undecryptable' | 'rejected' {
+  return status === 'ok' || status === 'duplicate' ? 'delivered' : status
+}
+
+function fromSendAck(ack: FrameOf<'send_ack'>, target: string): DispatchResult {
+  const recipients = ack.recipients ?? { [target]: ack.state === 'delivered' ? 'delivered' : 'queued' }
+  if (ack.state === 'delivered') return { kind: 'done', recipients }
+  return { kind: 'accepted', recipients }
+}
+
+function fromError(err: unknown): DispatchResult {
+  if (!isMeshError(err)) {
+    const message = err instanceof Error ? err.message : String(err)
+    return { kind: 'retry', counted: false, error: { code: 'MESH_ERR_INTERNAL', message } }
+  }
+  const error = { code: err.code, message: err.message }
+  const retryAfterMs =
+    typeof err.details?.['retryAfterMs'] === 'number' ? err.details['retryAfterMs'] : undefined
+  const after = retryAfterMs === undefined ? {} : { retryAfterMs }
+  if (UNCOUNTED_RETRY.has(err.code)) return { kind: 'retry', counted: false, error, ...after }
+  if (COUNTED_RETRY.has(err.code) || !err.permanent) return { kind: 'retry', counted: true, error, ...after }
+  return { kind: 'dead', error }
+}

@@ -1,0 +1,107 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import { buildCoordinator, type Coordinator } from '../../coordinator/index.js'
+import { openTestStore, storeLegs } from '../../coordinator/store/testing.js'
+import { ManualClock } from '../../protocol/index.js'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
+import { closePeers, sessionPeer } from '../../test/support/peer-world.js'
+import type { Peer } from '../peer.js'
+import { memoryStore } from '../store/memory.js'
+
+/** The next `n` messages' payload texts of `peer`'s inbox. */
+async function texts(peer: Peer, n: number, timeoutMs = 15_000): Promise<string[]> {
+  const got: string[] = []
+  for await (const m of peer.messages({ signal: AbortSignal.timeout(timeoutMs) })) {
+    got.push((m.payload as { text: string }).text)
+    if (got.length === n) break
+  }
+  return got
+}
+
+describe.each(storeLegs())('Peer reconnects (%s)', (driver) => {
+  const start = worldsPerTest(driver)
+  const extra: Coordinator[] = []
+  afterEach(async () => {
+    await closePeers()
+    for (const c of extra.splice(0)) await c.close()
+  })
+
+  /** A world on a store the test owns, so its coordinator can stop and a new one start on that port. */
+  async function restartable(): Promise<{ world: World; port: number; restart: () => Promise<void> }> {
+    const store = await openTestStore(driver)
+    const world = await start({ store })
+    await world.createMesh(world.mesh, world.owner, 'owner')
+    const port = Number(new URL(world.url).port)
+    extra.push({ close: () => store.close() } as Coordinator)
+    return {
+      world,
+      port,
+      async restart() {
+        const next = await buildCoordinator({
+          store,
+          identity: world.coordinatorIdentity,
+          adminToken: world.adminToken,
+          clock: world.clock,
+        })
+        extra.unshift(next)
+        await next.listen({ port })
+      },
+    }
+  }
+
+  it('a peer started while the coordinator is down delivers a send made meanwhile once it is up, 5 s later', async () => {
+    const { world, restart } = await restartable()
+    const bob = await sessionPeer(world, await world.member('bob'))
+    const aliceMember = await world.member('alice')
+    await bob.whenConnected()
+    await world.coordinator.close()
+
+    const alice = await sessionPeer(world, aliceMember)
+    expect(alice.connected).toBe(false)
+    const sending = alice.send(bob.identity.publicKey, { text: 'sent while down' })
+    // The scenario is the outage itself: the coordinator comes back 5 s later.
+    await new Promise((resolve) => setTimeout(resolve, 5_000))
+    expect(alice.connected).toBe(false)
+    await restart()
+
+    const receipt = await sending
+    expect(await texts(bob, 1)).toEqual(['sent while down'])
+    await expect
+      .poll(async () => (await alice.status(receipt.clientMessageId))?.state, { timeout: 5_000 })
+      .toBe('done')
+  })
+
+  it('with the coordinator down for 10 minutes no outbox row goes dead, and all arrive after', async () => {
+    const { world, restart } = await restartable()
+    const clock = new ManualClock(Date.now())
+    const store = memoryStore()
+    const bob = await sessionPeer(world, await world.member('bob'))
+    const alice = await sessionPeer(world, await world.member('alice'), { clock, store })
+    await Promise.all([alice.whenConnected(), bob.whenConnected()])
+    await alice.listPeers()
+    await world.coordinator.close()
+    await expect.poll(() => alice.connected, { timeout: 5_000 }).toBe(false)
+
+    const ids: string[] = []
+    for (let i = 0; i < 20; i++)
+      ids.push((await alice.send(bob.identity.publicKey, { text: `m${i}` })).clientMessageId)
+    // Ten minutes in 5 s steps: every reconnect attempt and every outbox retry falls due and fails.
+    for (let t = 0; t < 10 * 60_000; t += 5_000) await clock.advance(5_000)
+    const rows = await store.listOutbox(['pending', 'inflight', 'accepted', 'done', 'dead'], 100)
+    expect(rows).toHaveLength(20)
+    expect(rows.filter((r) => r.state === 'dead')).toEqual([])
+    expect(rows.every((r) => r.attempts === 0)).toBe(true)
+
+    await restart()
+    for (let i = 0; i < 200 && !alice.connected; i++) await clock.advance(1_000)
+    expect(alice.connected).toBe(true)
+    const got = await texts(bob, 20)
+    expect(got.sort()).toEqual(ids.map((_, i) => `m${i}`).sort())
+    for (let i = 0; i < 50; i++) {
+      const states = await Promise.all(ids.map(async (id) => (await alice.status(id))?.state))
+      if (states.every((s) => s === 'done')) break
+      await clock.advance(1_000)
+    }
+    const states = await Promise.all(ids.map(async (id) => (await alice.status(id))?.state))
+    expect(states.every((s) => s === 'done')).toBe(true)
+  })
+})

@@ -1,0 +1,107 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import { createIdentity, mintSessionAttestation, toHex } from '../../protocol/index.js'
+import { storeLegs } from '../../coordinator/store/testing.js'
+import { worldsPerTest } from '../../test/support/coordinator-world.js'
+import { closePeers, sessionPeer } from '../../test/support/peer-world.js'
+import { rejectionCode } from '../../test/support/rejection.js'
+import { memoryStore } from '../store/memory.js'
+import type { Peer } from '../peer.js'
+import type { InboundMessage } from '../inbox.js'
+
+/** The next `n` messages of `peer`'s inbox (consumed as read). */
+async function take(peer: Peer, n: number, timeoutMs = 10_000): Promise<InboundMessage[]> {
+  const got: InboundMessage[] = []
+  const signal = AbortSignal.timeout(timeoutMs)
+  for await (const m of peer.messages({ signal })) {
+    got.push(m)
+    if (got.length === n) break
+  }
+  if (got.length < n) throw new Error(`got ${got.length} of ${n} messages in ${timeoutMs} ms`)
+  return got
+}
+
+describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
+  const start = worldsPerTest(driver)
+  afterEach(closePeers)
+
+  it('two session peers DM each other both ways; the outbox rows end done, the inbox holds each once', async () => {
+    const world = await start()
+    const alice = await sessionPeer(world, await world.member('alice'), { store: 'sqlite' })
+    const bob = await sessionPeer(world, await world.member('bob'), { store: 'sqlite' })
+    await Promise.all([alice.whenConnected(), bob.whenConnected()])
+
+    const sent = await alice.send(bob.identity.publicKey, { text: 'hello bob' })
+    const [atBob] = await take(bob, 1)
+    expect(atBob).toMatchObject({ payload: { text: 'hello bob' }, status: 'ok', via: 'relay', e2e: true })
+    expect(toHex(atBob!.from)).toBe(toHex(alice.identity.publicKey))
+    expect(atBob!.clientMessageId).toBe(sent.clientMessageId)
+
+    await bob.send(toHex(alice.identity.publicKey), { text: 'hello alice' })
+    const [atAlice] = await take(alice, 1)
+    expect(atAlice).toMatchObject({ payload: { text: 'hello alice' } })
+
+    await alice.settled(AbortSignal.timeout(5_000))
+    const row = await alice.status(sent.clientMessageId)
+    expect(row?.state).toBe('done')
+    expect(row?.recipients).toEqual({ [toHex(bob.identity.publicKey)]: 'delivered' })
+  })
+
+  it('a DM to an offline session is accepted (queued), arrives once when it connects, and the receipt makes it done', async () => {
+    const world = await start()
+    const bobMember = await world.member('bob')
+    const alice = await sessionPeer(world, await world.member('alice'))
+    // Bob's session was online once (the coordinator lists its leased presence), then went away.
+    const bobFirst = await sessionPeer(world, bobMember, { sessionId: 'bob-1', store: 'sqlite' })
+    await bobFirst.whenConnected()
+    const bobKey = bobFirst.identity
+    await bobFirst.close()
+    await alice.whenConnected()
+
+    const sent = await alice.send(bobKey.publicKey, { text: 'while you were out' })
+    await expect
+      .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
+      .toBe('accepted')
+
+    const bob = await sessionPeer(world, bobMember, { sessionId: 'bob-1', identity: bobKey })
+    const [got] = await take(bob, 1)
+    expect(got).toMatchObject({ payload: { text: 'while you were out' }, via: 'relay' })
+    await expect
+      .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
+      .toBe('done')
+  })
+
+  it('refuses to seal to a key the coordinator lists but no admin signed for (nothing is stored)', async () => {
+    const world = await start()
+    const store = memoryStore()
+    const alice = await sessionPeer(world, await world.member('alice'), { store })
+    await alice.whenConnected()
+    // The test hook: a presence row in the store for a key no member attested: it names carol's member
+    // (so the coordinator, which checks only that the member exists, lists it), but its attestation was
+    // signed by a key the roster never admitted, as a compromised coordinator or store would serve it.
+    const carol = await world.member('carol')
+    const outsider = createIdentity('member')
+    const ghost = createIdentity('session')
+    const att = mintSessionAttestation({
+      mesh: world.mesh,
+      member: outsider,
+      sessionPk: ghost.publicKey,
+      sessionId: 'ghost',
+      now: world.clock.now(),
+    })
+    await world.store.query(
+      `insert into presence (mesh, pk, member_pk, role, session_id, instance_id, presence_id, connected, status,
+         attestation_signed, attestation_sig, updated_at)
+       values ($1, $2, $3, 'session', 'ghost', 'i-ghost', 'p-ghost', true, 'idle', $4, $5, $6)`,
+      [world.mesh, ghost.publicKey, carol.publicKey, att.signed, att.sig, world.clock.now()],
+    )
+
+    const refused: string[] = []
+    alice.on('refused', (record, err) =>
+      refused.push(`${toHex(record.pk)}:${(err as { code?: string }).code}`),
+    )
+    const code = await rejectionCode(alice.send(ghost.publicKey, { text: 'secret' }))
+    expect(code).toBe('MESH_ERR_UNKNOWN_KEY')
+    expect(refused).toEqual([`${toHex(ghost.publicKey)}:MESH_ERR_WRONG_SIGNER`])
+    expect(await store.listOutbox(['pending', 'inflight', 'accepted', 'done', 'dead'], 10)).toEqual([])
+  })
+})

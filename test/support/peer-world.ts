@@ -1,0 +1,100 @@
+/**
+ * Runtime peers on a coordinator `World`: session peers of joined members, each with its own store, so a
+ * test reads like the user's story ("alice's session sends bob's session a DM"). Peers made here are
+ * closed by `closePeers()` (call it in `afterEach`, before the world closes).
+ */
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import {
+  createIdentity,
+  mintSessionAttestation,
+  randomBytes,
+  systemClock,
+  toHex,
+  type Clock,
+  type Identity,
+} from '../../protocol/index.js'
+import { createNodePeer, type NodePeerOptions } from '../../peer-runtime/node/node-peer.js'
+import { sqliteStore } from '../../peer-runtime/node/sqlite-store.js'
+import type { Peer } from '../../peer-runtime/peer.js'
+import { memoryStore } from '../../peer-runtime/store/memory.js'
+import type { RuntimeStore } from '../../peer-runtime/store/types.js'
+import type { World } from './coordinator-world.js'
+
+const open: { peer: Peer; store: RuntimeStore; ownsStore: boolean }[] = []
+const dirs: string[] = []
+
+/** Options of `sessionPeer`. */
+export interface SessionPeerOptions {
+  sessionId?: string
+  /** `memory` (default), `sqlite` (a file in a fresh temp dir), or a store the test keeps. */
+  store?: 'memory' | 'sqlite' | RuntimeStore
+  /** P2P off by default: most tests are about the relay path. */
+  p2p?: NodePeerOptions['p2p']
+  clock?: Clock
+  /** A coordinator URL other than the world's (a test that restarts it on a fixed port). */
+  url?: string
+  /** Fast reconnects for tests (default: 50 ms doubling to 500 ms). */
+  connection?: NodePeerOptions['connection']
+  outbox?: NodePeerOptions['outbox']
+  /** A known session key (a relaunch). */
+  identity?: Identity
+}
+
+/** A temp dir removed by `closePeers`. */
+export function tempDir(prefix = 'agentmesh-peer-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  dirs.push(dir)
+  return dir
+}
+
+/** A started session peer of `member` on `world`'s mesh. */
+export async function sessionPeer(world: World, member: Identity, o: SessionPeerOptions = {}): Promise<Peer> {
+  const sessionId = o.sessionId ?? `s-${toHex(randomBytes(4))}`
+  const identity = o.identity ?? createIdentity('session')
+  const attested = {
+    sessionId,
+    attestation: mintSessionAttestation({
+      mesh: world.mesh,
+      member,
+      sessionPk: identity.publicKey,
+      sessionId,
+      now: world.clock.now(),
+    }),
+  }
+  const store =
+    o.store === undefined || o.store === 'memory'
+      ? memoryStore()
+      : o.store === 'sqlite'
+        ? sqliteStore({ path: join(tempDir(), 'runtime.db') })
+        : o.store
+  const peer = createNodePeer({
+    url: o.url ?? world.wsUrl,
+    mesh: world.mesh,
+    ownerPk: world.owner.publicKey,
+    coordinatorPk: world.coordinatorIdentity.publicKey,
+    identity,
+    role: 'session',
+    sessionId: attested.sessionId,
+    attestation: () => attested.attestation,
+    store,
+    p2p: o.p2p ?? false,
+    // The world's ManualClock moves only when a test says so; a peer's reconnects need real time.
+    clock: o.clock ?? systemClock,
+    connection: o.connection ?? { backoffBaseMs: 50, backoffCapMs: 500 },
+    ...(o.outbox !== undefined && { outbox: o.outbox }),
+  })
+  open.push({ peer, store, ownsStore: typeof o.store !== 'object' })
+  await peer.start()
+  return peer
+}
+
+/** Closes every peer made by `sessionPeer` (and the stores it made), then removes temp dirs. */
+export async function closePeers(): Promise<void> {
+  for (const { peer, store, ownsStore } of open.splice(0).reverse()) {
+    await peer.close().catch(() => undefined)
+    if (ownsStore) await store.close().catch(() => undefined)
+  }
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
+}
