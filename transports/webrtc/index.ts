@@ -63,6 +63,11 @@ export interface WebrtcTransportInit {
    * still be buffered), after which the connection closes anyway.
    */
   closeTimeoutMs?: number
+  /**
+   * Test hook: never send or take ICE candidates. Offers and answers carry none (candidates trickle), so
+   * no pair can form and every handshake fails at its budget, as behind a NAT that blocks P2P.
+   */
+  dropCandidates?: boolean
 }
 
 /** The adapter, with its signaling hooks exposed for the runtime's logs and tests. */
@@ -111,7 +116,7 @@ class WebrtcAdapter implements WebrtcTransport {
     this.#signaler = new Signaler({
       identity: init.identity,
       mesh: init.mesh,
-      channel: init.signaling,
+      channel: init.dropCandidates === true ? withoutCandidates(init.signaling) : init.signaling,
       vouch: init.vouch,
       clock: this.#clock,
       budgetMs,
@@ -207,4 +212,16 @@ class WebrtcAdapter implements WebrtcTransport {
   #newPeerConnection(): RTCPeerConnection {
     return new this.#init.RTCPeerConnection({ iceServers: this.#init.iceServers ?? [] })
   }
+}
+
+/** The `dropCandidates` test hook: `channel` with every `p2p_candidate` dropped, both ways. */
+function withoutCandidates(channel: SignalingChannel): SignalingChannel {
+  const wrapped: SignalingChannel = {
+    send: (frame) => {
+      if (frame.t !== 'p2p_candidate') channel.send(frame)
+    },
+    onFrame: (listener) => channel.onFrame((frame) => frame.t !== 'p2p_candidate' && listener(frame)),
+  }
+  if (channel.onError !== undefined) wrapped.onError = channel.onError.bind(channel)
+  return wrapped
 }
