@@ -237,4 +237,23 @@ describe('P2PManager over webrtc through a real coordinator', () => {
     })
     expect(a.manager.sessions(bPk)).toBe(0)
   })
+
+  it('glare: both ends send their first message at once; one session, replies P2P both ways', async () => {
+    const [a, b] = await pair()
+    const upA = waitFor(events(a), 'session', { signal: AbortSignal.timeout(10_000) })
+    const upB = waitFor(events(b), 'session', { signal: AbortSignal.timeout(10_000) })
+    await Promise.all([send(a, b).outcome, send(b, a).outcome])
+    await Promise.all([upA, upB])
+    // Both dialed (the adapter resolves the glare: the lower key's offer wins) or one end's session
+    // reached the other before it dialed: either way each end holds one session.
+    expect(a.manager.sessions(b.identity.publicKey)).toBe(1)
+    expect(b.manager.sessions(a.identity.publicKey)).toBe(1)
+    const ab = Array.from({ length: 50 }, (_, i) => send(a, b, `ab ${i}`))
+    const ba = Array.from({ length: 50 }, (_, i) => send(b, a, `ba ${i}`))
+    const outcomes = await Promise.all([...ab, ...ba].map((m) => m.outcome))
+    expect(outcomes.every((o) => o.via === 'p2p' && o.status === 'ok')).toBe(true)
+    expect(ab.every((m) => b.viaP2p.get(m.id) === 1)).toBe(true)
+    expect(ba.every((m) => a.viaP2p.get(m.id) === 1)).toBe(true)
+    expect(a.manager.counters.handshakesFailed + b.manager.counters.handshakesFailed).toBe(0)
+  })
 })
