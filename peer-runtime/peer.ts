@@ -129,6 +129,12 @@ export interface PeerEvents {
   presence: (event: 'joined' | 'left' | 'updated', peer: KnownPeer) => void
   /** An outbox row changed state. */
   outbox: (row: OutboxRow) => void
+  /** P2P session changes and failures, for logs (a handshake that failed keeps the pair on the relay). */
+  p2p: (
+    event: 'session' | 'closed' | 'demoted' | 'handshake_failed' | 'refused',
+    pk: Uint8Array,
+    detail?: unknown,
+  ) => void
   /** A presence record the view refused (the coordinator listed a key nobody vouched for). */
   refused: (record: PeerRecord, error: Error) => void
 }
@@ -222,10 +228,16 @@ export class Peer extends Emitter<PeerEvents> {
     return this.#p2p?.counters
   }
 
-  /** Resolves when the coordinator connection is up (and mesh state caught up). */
+  /** True when a verified P2P session to `pk` is open (messages to it go peer to peer). */
+  p2pWarm(pk: Uint8Array): boolean {
+    return this.#p2p?.warm(pk) ?? false
+  }
+
+  /** Resolves when the coordinator connection is up, mesh state caught up and the peers listed. */
   async whenConnected(signal?: AbortSignal): Promise<void> {
     await this.#connection.whenReady(signal)
     await this.#catchingUp
+    await this.#peersLoaded
   }
 
   /**
@@ -358,6 +370,16 @@ export class Peer extends Emitter<PeerEvents> {
       reachable: (pk) => this.#connection.ready && this.#directory.reachableP2P(pk, this.#clock.now()),
       vouch,
     })
+    const p2p = this.#p2p
+    p2p.on('session', (pk, dialed) => this.emit('p2p', 'session', pk, { dialed }))
+    p2p.on('sessionClosed', (pk) => this.emit('p2p', 'closed', pk))
+    p2p.on('demoted', (pk, reason, resent) => this.emit('p2p', 'demoted', pk, { reason, resent }))
+    p2p.on('handshakeFailed', (pk, error) => this.emit('p2p', 'handshake_failed', pk, error))
+    if ('onRefused' in transport && typeof transport.onRefused === 'function') {
+      ;(transport as { onRefused: (l: (err: MeshError, pk: Uint8Array) => void) => void }).onRefused(
+        (err, pk) => this.emit('p2p', 'refused', pk, err),
+      )
+    }
   }
 
   #capabilities(): Capabilities {
@@ -502,7 +524,6 @@ export class Peer extends Emitter<PeerEvents> {
     const wait = signal === undefined ? deadline : AbortSignal.any([signal, deadline])
     try {
       await this.whenConnected(wait)
-      await this.#peersLoaded
       const again = this.#directory.get(pk, this.#clock.now())
       if (again !== undefined) return again
       await this.listPeers({ includeOffline: true, includeDaemons: true, signal: wait })
