@@ -1,5 +1,12 @@
 import { Builtins, Cli, type BaseContext } from 'clipanion'
 import { CoordinatorUpCommand } from './commands/coordinator/up.js'
+import { InviteCreateCommand } from './commands/invite/create.js'
+import { JoinCommand } from './commands/join/join.js'
+import { ListenCommand } from './commands/listen/listen.js'
+import { MeshCreateCommand } from './commands/mesh/create.js'
+import { MeshListCommand } from './commands/mesh/list.js'
+import { PeersListCommand } from './commands/peers/list.js'
+import { SendCommand } from './commands/send/send.js'
 import { version } from './version.js'
 
 /** Builds the agentmesh CLI with every command registered. */
@@ -13,6 +20,13 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   cli.register(Builtins.HelpCommand)
   cli.register(Builtins.VersionCommand)
   cli.register(CoordinatorUpCommand)
+  cli.register(MeshCreateCommand)
+  cli.register(MeshListCommand)
+  cli.register(InviteCreateCommand)
+  cli.register(JoinCommand)
+  cli.register(PeersListCommand)
+  cli.register(SendCommand)
+  cli.register(ListenCommand)
   return cli
 }
 

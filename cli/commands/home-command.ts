@@ -1,0 +1,106 @@
+import { UsageError } from 'clipanion'
+import { isMeshError, MeshError } from '../../protocol/errors.js'
+import { listMeshes } from '../../peer-runtime/node/home.js'
+import { openMeshPeer, type MeshPeer, type OpenMeshPeer } from '../../peer-runtime/node/home-peer.js'
+import { BaseCommand } from './base.js'
+
+/** What a failed command prints with `--json`: a stable contract beside each command's own shape. */
+export interface ErrorJson {
+  error: { code: string; message: string; details?: Record<string, unknown> }
+}
+
+/**
+ * The base of the commands that work on the local home (`--home`): a `MeshError` becomes one line
+ * `error: <code>: <message>` on stderr (and `{error}` on stdout with `--json`) and exit code 1; a
+ * `UsageError` stays clipanion's; anything else is a bug and keeps its stack.
+ */
+export abstract class HomeCommand extends BaseCommand {
+  /** The command's work; resolves to the exit code. */
+  abstract run(): Promise<number>
+
+  override async execute(): Promise<number> {
+    try {
+      return await this.run()
+    } catch (err) {
+      if (!isMeshError(err)) throw err
+      return this.fail(err)
+    }
+  }
+
+  /** Reports `err` as the module comment says and returns exit code 1. */
+  protected fail(err: MeshError): number {
+    this.context.stderr.write(`error: ${err.code}: ${err.message}\n`)
+    if (this.json) {
+      const error: ErrorJson['error'] = { code: err.code, message: err.message }
+      if (err.details !== undefined) error.details = err.details
+      this.printJson({ error })
+    }
+    return 1
+  }
+
+  /** One JSON document (one line) on stdout. */
+  protected printJson(value: unknown): void {
+    this.context.stdout.write(JSON.stringify(value, jsonBytes) + '\n')
+  }
+
+  /** A line for people on stderr (stdout stays for results). */
+  protected note(text: string): void {
+    this.context.stderr.write(`agentmesh: ${text}\n`)
+  }
+
+  /** `--mesh`, or the home's only mesh when it holds exactly one. */
+  protected async meshOrOnly(mesh: string | undefined): Promise<string> {
+    if (mesh !== undefined) return mesh
+    const meshes = await listMeshes(this.home)
+    if (meshes.length === 1) return meshes[0]!.mesh
+    throw new UsageError(
+      meshes.length === 0
+        ? `this home (${this.home}) has joined no mesh: run \`agentmesh join <token>\` first`
+        : `this home holds several meshes (${meshes.map((m) => m.mesh).join(', ')}): pass --mesh`,
+    )
+  }
+
+  /**
+   * Opens and starts the `Peer` of `presence`, and waits until the coordinator accepted its hello.
+   * `MESH_ERR_COORDINATOR_UNREACHABLE` when that takes longer than `timeoutMs`; the peer's own error when
+   * it stopped for good (revoked, replaced).
+   */
+  protected async connect(mesh: string, o: OpenMeshPeer & { timeoutMs: number }): Promise<MeshPeer> {
+    const { timeoutMs, ...open } = o
+    const opened = await openMeshPeer(this.home, mesh, {
+      ...open,
+      ...(this.coordinator !== undefined && { coordinatorUrl: this.coordinator }),
+    })
+    try {
+      await opened.peer.start()
+      const deadline = AbortSignal.timeout(timeoutMs)
+      const stopped = new Promise<never>((_resolve, reject) => {
+        opened.peer.on('stopped', (err) =>
+          reject(err ?? new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the connection stopped')),
+        )
+      })
+      stopped.catch(() => undefined)
+      try {
+        await Promise.race([opened.peer.whenConnected(deadline), stopped])
+      } catch (err) {
+        if (!deadline.aborted) throw err
+        throw new MeshError(
+          'MESH_ERR_COORDINATOR_UNREACHABLE',
+          `could not connect to the coordinator at ${opened.config.wsUrl} within ${timeoutMs} ms ` +
+            '(is it running, and is this home still a member of the mesh?)',
+          { details: { url: opened.config.wsUrl } },
+        )
+      }
+      return opened
+    } catch (err) {
+      await opened.close()
+      throw err
+    }
+  }
+}
+
+/** Bytes in `--json` output are hex strings (JSON has no binary). */
+function jsonBytes(_key: string, value: unknown): unknown {
+  if (value instanceof Uint8Array) return Buffer.from(value).toString('hex')
+  return value
+}

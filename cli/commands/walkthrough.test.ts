@@ -1,0 +1,184 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import {
+  runAgentmesh,
+  spawnAgentmesh,
+  startCoordinator,
+  type AgentmeshProcess,
+  type RunningCoordinator,
+} from '../../test/support/coordinator-process.js'
+
+/** Resolves once the child's stderr contains `text`; rejects if it exits first or after `timeoutMs`. */
+async function stderrSays(p: AgentmeshProcess, text: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!p.stderr.includes(text)) {
+    if (p.child.exitCode !== null || p.child.signalCode !== null) {
+      throw new Error(
+        `exited before saying ${JSON.stringify(text)}\nstdout:\n${p.stdout}\nstderr:\n${p.stderr}`,
+      )
+    }
+    if (Date.now() > deadline)
+      throw new Error(`no ${JSON.stringify(text)} after ${timeoutMs} ms:\n${p.stderr}`)
+    await new Promise((resolve) => p.child.stderr?.once('data', resolve).once('close', resolve))
+  }
+}
+
+// The README's "Two peers" walkthrough, command for command, with the real binary and a real coordinator.
+describe('the two-peer walkthrough (the real binary)', () => {
+  let root: string
+  let coordinator: RunningCoordinator
+  const running: AgentmeshProcess[] = []
+  const home = (name: string): string => join(root, name)
+
+  async function am(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const r = await runAgentmesh(args)
+    return { code: r.code, stdout: r.stdout, stderr: r.stderr }
+  }
+
+  function spawn(args: string[]): AgentmeshProcess {
+    const p = spawnAgentmesh(args)
+    running.push(p)
+    return p
+  }
+
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'agentmesh-walk-'))
+    coordinator = await startCoordinator(['--data-dir', join(root, 'coordinator'), '--log-level', 'warn'])
+  }, 90_000) // a first PGlite start runs initdb
+
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((p) => p.stop('SIGKILL')))
+  })
+
+  afterAll(async () => {
+    await coordinator?.process.stop('SIGKILL')
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('creates a mesh, invites, joins alice and bob; bob sends by name and alice prints it', async () => {
+    const url = coordinator.ready.url
+    const created = await am([
+      'mesh',
+      'create',
+      'team',
+      '--coordinator',
+      url,
+      '--admin-token-file',
+      join(root, 'coordinator', 'admin-token'),
+      '--name',
+      'owner',
+      '--home',
+      home('owner'),
+      '--json',
+    ])
+    expect(created.code, created.stderr).toBe(0)
+    expect(JSON.parse(created.stdout)).toMatchObject({
+      mesh: 'team',
+      role: 'owner',
+      coordinatorUrl: url,
+      coordinatorPk: coordinator.ready.coordinatorPk,
+    })
+
+    const invite = await am(['invite', 'create', '--mesh', 'team', '--uses', '2', '--home', home('owner')])
+    expect(invite.code, invite.stderr).toBe(0)
+    const token = invite.stdout.trim()
+    expect(token).toMatch(/^am1\.[A-Za-z0-9_-]+$/)
+
+    for (const name of ['alice', 'bob']) {
+      const joined = await am(['join', token, '--name', name, '--home', home(name), '--json'])
+      expect(joined.code, joined.stderr).toBe(0)
+      expect(JSON.parse(joined.stdout)).toMatchObject({ mesh: 'team', role: 'member', displayName: name })
+    }
+    const again = await am(['join', token, '--name', 'alice', '--home', home('alice')])
+    expect(again.code).toBe(1)
+    expect(again.stderr).toMatch(/^error: MESH_ERR_ALREADY_JOINED: /)
+
+    const alice = spawn(['listen', '--mesh', 'team', '--count', '1', '--json', '--home', home('alice')])
+    await stderrSays(alice, 'listening on mesh team', 30_000)
+
+    const sent = await am(['send', '--mesh', 'team', 'alice', 'hello', '--home', home('bob'), '--json'])
+    expect(sent.code, sent.stderr).toBe(0)
+    const receipt = JSON.parse(sent.stdout) as Record<string, unknown>
+    expect(receipt).toMatchObject({ mesh: 'team', toName: 'alice', state: 'delivered' })
+
+    const line = await alice.waitForJson((l) => 'clientMessageId' in l, 15_000)
+    expect(line).toEqual({
+      from: expect.stringMatching(/^[0-9a-f]{64}$/),
+      fromName: 'bob',
+      clientMessageId: receipt['clientMessageId'],
+      payload: { text: 'hello' },
+      via: 'relay',
+      e2e: true,
+    })
+    expect(await alice.exited).toEqual({ code: 0, signal: null })
+
+    const peers = await am(['peers', '--mesh', 'team', '--home', home('bob'), '--json'])
+    expect(peers.code, peers.stderr).toBe(0)
+    expect((JSON.parse(peers.stdout) as { peers: unknown[] }).peers).toContainEqual(
+      expect.objectContaining({
+        displayName: 'alice',
+        role: 'control-plane',
+        pk: receipt['to'],
+        mine: false,
+      }),
+    )
+  }, 90_000)
+
+  it('queues a send to an offline alice, who prints it when she listens again', async () => {
+    const sent = await am([
+      'send',
+      '--mesh',
+      'team',
+      'alice',
+      'while',
+      'you',
+      'were',
+      'out',
+      '--home',
+      home('bob'),
+    ])
+    expect(sent.code, sent.stderr).toBe(0)
+    expect(sent.stdout).toMatch(/^queued to alice \(\w{26}\)\n$/)
+
+    const alice = spawn(['listen', '--mesh', 'team', '--count', '1', '--home', home('alice')])
+    expect(await alice.exited).toEqual({ code: 0, signal: null })
+    expect(alice.stdout).toBe('bob: while you were out\n')
+  }, 60_000)
+
+  it('reports mistakes with a code and exit 1: no such mesh, no such peer, a send that times out', async () => {
+    const noMesh = await am(['send', '--mesh', 'nope', 'alice', 'hi', '--home', home('bob'), '--json'])
+    expect(noMesh.code).toBe(1)
+    expect(JSON.parse(noMesh.stdout)).toMatchObject({ error: { code: 'MESH_ERR_NOT_JOINED' } })
+
+    const noPeer = await am(['send', '--mesh', 'team', 'carol', 'hi', '--home', home('bob')])
+    expect(noPeer.code).toBe(1)
+    expect(noPeer.stderr).toMatch(
+      /^error: MESH_ERR_UNKNOWN_KEY: no verified peer is named "carol" \(known: .*alice/,
+    )
+
+    // alice is offline: the coordinator queues it, which is not "delivered".
+    const late = await am([
+      'send',
+      '--mesh',
+      'team',
+      'alice',
+      'are you there',
+      '--wait',
+      'delivered',
+      '--timeout',
+      '2s',
+      '--home',
+      home('bob'),
+    ])
+    expect(late.code).toBe(1)
+    expect(late.stderr).toMatch(
+      /^error: MESH_ERR_WAIT_TIMEOUT: not delivered within 2s \(outbox state accepted/,
+    )
+
+    const usage = await am(['send', '--mesh', 'team', 'alice', 'x', '--wait', 'soon', '--home', home('bob')])
+    expect(usage.code).toBe(1)
+    expect(usage.stdout).toMatch(/^Usage Error: --wait is queued or delivered/)
+  }, 60_000)
+})
