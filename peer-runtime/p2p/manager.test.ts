@@ -47,8 +47,8 @@ interface Side {
   autoAck: boolean
   /** clientMessageId → times `inbound` was called. */
   inbox: Map<string, number>
-  /** The status `inbound` answers. */
-  inboundStatus: AckStatus
+  /** The status `inbound` answers, or `'fail'` to reject (the runtime could not store it). */
+  inboundStatus: AckStatus | 'fail'
   /** Keys this side's roster vouches for. */
   vouched: Set<string>
   /** Keys this side sees as online with p2p. */
@@ -114,6 +114,7 @@ function side(
       }),
     inbound: async (envelope) => {
       const id = decodeEnvelope(envelope).clientMessageId
+      if (s.inboundStatus === 'fail') throw new Error('the inbox is unavailable')
       s.inbox.set(id, (s.inbox.get(id) ?? 0) + 1)
       return s.inboundStatus
     },
@@ -396,6 +397,19 @@ describe('P2PManager over the memory transport', () => {
     expect(await send(a, b).outcome).toEqual({ via: 'p2p', status: 'duplicate' })
     b.inboundStatus = 'undecryptable'
     expect(await send(a, b).outcome).toEqual({ via: 'p2p', status: 'undecryptable' })
+  })
+
+  it('leaves an envelope the runtime could not store unacked: the sender resends it by relay', async () => {
+    newWorld()
+    const [a, b] = pair()
+    await warmUp(a, b)
+    b.inboundStatus = 'fail'
+    const m = send(a, b)
+    const demoted = waitFor(events(a), 'demoted', { signal: timeout() })
+    await clock.advance(3_000)
+    expect(await demoted).toEqual([b.pk, 'ack-timeout', 1])
+    expect(await m.outcome).toMatchObject({ via: 'relay' })
+    expect(a.relayed.at(-1)!.envelope).toEqual(m.bytes)
   })
 
   it('closes the session on the next frame from a peer the roster stopped vouching for', async () => {

@@ -296,9 +296,18 @@ export class P2PSession<T> {
     this.#write(encodeFrame({ t: 'p2p_ack', clientMessageId: envelope.clientMessageId, status }))
   }
 
+  /**
+   * A clean close, waited for at most `ackTimeoutMs`: a peer that vanished without a word would hold a
+   * WebRTC close for its own timeout (10 s), and nothing on this session is unacked anyway.
+   */
   async #closeTransport(): Promise<void> {
     this.#closing ??= this.transport.close('retired').catch(() => undefined)
-    await this.#closing
+    let timer: ClockTimer | undefined
+    const bound = new Promise<void>((resolve) => {
+      timer = this.#host.clock.setTimeout(resolve, this.#host.ackTimeoutMs)
+    })
+    await Promise.race([this.#closing, bound])
+    timer?.cancel()
     this.#end(undefined)
   }
 
