@@ -145,6 +145,24 @@ describe('the two-peer walkthrough (the real binary)', () => {
     const alice = spawn(['listen', '--mesh', 'team', '--count', '1', '--home', home('alice')])
     expect(await alice.exited).toEqual({ code: 0, signal: null })
     expect(alice.stdout).toBe('bob: while you were out\n')
+
+    // Both sends came from bob's one stable session key: alice sees one `cli` session of bob.
+    const peers = await am(['peers', '--mesh', 'team', '--home', home('alice'), '--json'])
+    expect(peers.code, peers.stderr).toBe(0)
+    const bobs = (JSON.parse(peers.stdout) as { peers: Record<string, unknown>[] }).peers.filter(
+      (p) => p['displayName'] === 'bob',
+    )
+    expect(bobs).toEqual([expect.objectContaining({ role: 'session', sessionId: 'cli', mine: false })])
+  }, 60_000)
+
+  it('listen: a second one replaces the first (MESH_ERR_SESSION_REPLACED, exit 1); SIGTERM exits 0', async () => {
+    const first = spawn(['listen', '--mesh', 'team', '--home', home('alice')])
+    await stderrSays(first, 'listening on mesh team', 30_000)
+    const second = spawn(['listen', '--mesh', 'team', '--home', home('alice')])
+    await stderrSays(second, 'listening on mesh team', 30_000)
+    expect(await first.exited).toEqual({ code: 1, signal: null })
+    expect(first.stderr).toMatch(/^error: MESH_ERR_SESSION_REPLACED: /m)
+    expect(await second.stop('SIGTERM')).toEqual({ code: 0, signal: null })
   }, 60_000)
 
   it('reports mistakes with a code and exit 1: no such mesh, no such peer, a send that times out', async () => {

@@ -4,6 +4,8 @@
  * Each presence key gets its own sqlite store (`stores/<pk prefix>.db`), so a session's outbox survives
  * its restarts and never mixes with another presence's.
  */
+import { open } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { systemClock, type Clock } from '../../protocol/clock.js'
 import { parseKeyHex } from '../../protocol/encoding.js'
 import type { Identity } from '../../protocol/keys.js'
@@ -21,7 +23,6 @@ import {
 import { coordinatorUrls } from './home-membership.js'
 import { createNodePeer, type NodePeerOptions } from './node-peer.js'
 import { sqliteStore } from './sqlite-store.js'
-import { dirname } from 'node:path'
 
 /** Which presence to open: the member's control plane, or a session of that member. */
 export type MeshPresence = 'control-plane' | { sessionId: string }
@@ -62,6 +63,8 @@ export async function openMeshPeer(home: string, mesh: string, o: OpenMeshPeer):
   const identity = session?.key ?? member
   const path = storePath(home, mesh, identity.publicKey)
   await makePrivateDir(dirname(path))
+  // SQLite creates its -wal and -shm files with the database file's mode: make that 0600 first.
+  await (await open(path, 'a', 0o600)).close()
   const store: RuntimeStore = sqliteStore({ path })
   const displayName = o.displayName ?? config.displayName
   const url = o.coordinatorUrl === undefined ? config.wsUrl : coordinatorUrls(o.coordinatorUrl).ws

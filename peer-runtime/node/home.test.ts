@@ -195,6 +195,9 @@ describe('the local home', () => {
     const b = await openMeshPeer(bob, 'talk', { role: { sessionId: 'cli' }, p2p: false })
     peers.push(a, b)
     expect(a.storePath).toBe(join(alice, 'meshes', 'talk', 'stores', `${a.config.memberPk.slice(0, 16)}.db`))
+    for (const dir of ['stores', 'sessions']) {
+      expect((await stat(join(bob, 'meshes', 'talk', dir))).mode & 0o777).toBe(0o700)
+    }
     await Promise.all([a.peer.start(), b.peer.start()])
     const signal = AbortSignal.timeout(15_000)
     await Promise.all([a.peer.whenConnected(signal), b.peer.whenConnected(signal)])
@@ -215,6 +218,9 @@ describe('the local home', () => {
       })
       expect(toHex(m.from)).toBe(toHex(b.identity.publicKey))
       break
+    }
+    for (const file of await readdir(join(bob, 'meshes', 'talk', 'stores'))) {
+      expect((await stat(join(bob, 'meshes', 'talk', 'stores', file))).mode & 0o777, file).toBe(0o600)
     }
     // The session key is the stable one on disk, not the member key.
     expect(toHex(b.identity.publicKey)).not.toBe(b.config.memberPk)

@@ -49,7 +49,7 @@ export class SendCommand extends HomeCommand {
   mesh = Option.String('--mesh', { description: "The mesh (default: the home's only one)" })
 
   wait = Option.String('--wait', 'queued', {
-    description: 'What to wait for: queued (or delivered) or delivered',
+    description: 'queued (default): until the coordinator or the recipient has it; delivered: the recipient',
   })
 
   timeout = Option.String('--timeout', '30s', { description: 'How long to wait in all (default 30s)' })
