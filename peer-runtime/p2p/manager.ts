@@ -139,14 +139,14 @@ export class P2PManager extends Emitter<P2PManagerEvents> {
    * bytes), and their `deliver` promises settle with the relay's outcome. An abort of `signal` rejects
    * this call only; an envelope already sent still gets its ack or its resend.
    */
-  deliver(
+  async deliver(
     to: Uint8Array,
     clientMessageId: string,
     envelope: Uint8Array,
     signal: AbortSignal,
   ): Promise<Delivery> {
-    if (signal.aborted) return Promise.reject(signal.reason as Error)
-    if (this.#closing !== undefined) return Promise.reject(closedError('the P2P manager is closed'))
+    signal.throwIfAborted()
+    if (this.#closing !== undefined) throw closedError('the P2P manager is closed')
     return this.#link(to).deliver(clientMessageId, envelope, signal)
   }
 

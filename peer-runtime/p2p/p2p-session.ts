@@ -127,8 +127,10 @@ export class P2PSession<T> {
 
   /** Sends one envelope as `p2p_env`; its waiters settle on the ack, or through the link on a loss. */
   sendEnvelope(entry: Unacked<T>): void {
+    // Encoded first: bytes the frame schema refuses throw here, before anything waits for an ack.
+    const frame = encodeFrame({ t: 'p2p_env', envelope: entry.envelope })
     this.#unacked.set(entry.clientMessageId, entry)
-    this.#write(encodeFrame({ t: 'p2p_env', envelope: entry.envelope }), entry)
+    this.#write(frame, entry)
   }
 
   /** Removes and returns the unacked envelope `clientMessageId` names (its ack arrived). */

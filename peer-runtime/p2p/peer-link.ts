@@ -132,11 +132,11 @@ export class PeerLink implements P2PSessionHost<Delivery> {
     if (inFlight !== undefined) return wait(inFlight, signal)
     const session = this.warm()
     if (session !== undefined && this.#relayInFlight === 0) {
-      this.#ctx.countP2pSent()
       const entry: Unacked<Delivery> = { clientMessageId, envelope, waiters: [] }
-      const outcome = wait(entry, signal)
+      // A loss inside `sendEnvelope` settles waiters only on a later turn, so waiting after it is in time.
       session.sendEnvelope(entry)
-      return outcome
+      this.#ctx.countP2pSent()
+      return wait(entry, signal)
     }
     if (session === undefined && vouched && this.#ctx.reachable(this.pk)) this.dial()
     return this.#relay(envelope, signal).then((ack) => ({ via: 'relay', ack }))
