@@ -172,6 +172,8 @@ export interface JoinMesh {
   /** An `am1.` invite token. */
   token: string
   displayName?: string
+  /** Another address for the coordinator the invite names (its key is still the invite's). */
+  coordinatorUrl?: string
   force?: boolean
   now?: number
   signal?: AbortSignal
@@ -188,7 +190,7 @@ export async function joinMesh(o: JoinMesh): Promise<MeshConfig> {
   const invite = decodeInviteToken(o.token)
   const f = verifyInvite(invite, now)
   await assertNotJoined(o.home, f.mesh, o.force)
-  const urls = coordinatorUrls(f.coordinatorUrl)
+  const urls = coordinatorUrls(o.coordinatorUrl ?? f.coordinatorUrl)
   const member = createIdentity('member')
   return installMembership(o.home, f.mesh, member, o.force, async () => {
     const reply = await post<{ role?: MeshRole; coordinatorPk: Uint8Array; ownerPk: Uint8Array }>(

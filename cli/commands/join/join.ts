@@ -14,7 +14,8 @@ export class JoinCommand extends HomeCommand {
       Checks the invite (signature, expiry), makes a new member key, signs the join with it and sends it
       to the coordinator the invite names; then keeps the key, the pinned coordinator and owner keys, and
       the address in \`<home>/meshes/<mesh>/\` (mode 0600). A coordinator answering with another key than
-      the invite's is refused (\`MESH_ERR_COORDINATOR_MISMATCH\`).
+      the invite's is refused (\`MESH_ERR_COORDINATOR_MISMATCH\`); \`--coordinator\` reaches it at another
+      address than the invite's (behind a proxy, another port), its key still pinned from the invite.
 
       One home joins a mesh once (\`MESH_ERR_ALREADY_JOINED\`): for a second user on one machine, use
       another \`--home\`. \`--force\` replaces this home's membership with a new one.
@@ -36,6 +37,7 @@ export class JoinCommand extends HomeCommand {
       home: this.home,
       token: this.token,
       force: this.force,
+      ...(this.coordinator !== undefined && { coordinatorUrl: this.coordinator }),
       ...(this.name !== undefined && { displayName: this.name }),
     })
     if (this.json) this.printJson({ ...config, home: this.home } satisfies MembershipJson)
