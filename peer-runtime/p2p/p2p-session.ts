@@ -115,11 +115,6 @@ export class P2PSession<T> {
     return this.#state === 'active' && this.transport.open
   }
 
-  /** Envelopes sent and not yet acked (queued ones included). */
-  get unackedCount(): number {
-    return this.#unacked.size
-  }
-
   /** The envelope waiting for an ack under `clientMessageId`, if any. */
   unacked(clientMessageId: string): Unacked<T> | undefined {
     return this.#unacked.get(clientMessageId)

@@ -101,11 +101,6 @@ export class PeerLink implements P2PSessionHost<Delivery> {
     return this.#sessions.length
   }
 
-  /** True while a handshake to this peer is in progress. */
-  get dialing(): boolean {
-    return this.#dialing
-  }
-
   /** Nothing on this link worth keeping: no session, handshake, relay send or pause in force. */
   get idle(): boolean {
     return (
