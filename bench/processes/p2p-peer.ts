@@ -59,17 +59,21 @@ export interface Received {
   arrivals?: { ids: string[]; at: number[] }
 }
 
-/** `burst` job (sender): `count` fresh DMs of `size` on `lane`, as fast as backpressure lets them. */
-export interface BurstArgs {
+/** `prepare` job (sender): seals `count` fresh DMs of `size` for `lane`, before any clock or meter starts. */
+export interface PrepareArgs {
   lane: Lane
   count: number
   size: DmSize
+}
+
+/** `burst` job (sender): the prepared DMs, as fast as backpressure lets them. */
+export interface BurstArgs {
   /** Return the frames sent (the correctness probe). */
   keep?: boolean
 }
 
 export interface BurstResult {
-  /** Wall-clock ms of the first send, after sealing. */
+  /** Wall-clock ms of the first send. */
   startedAt: number
   /** Wall-clock ms when the last frame was taken by `send`. */
   takenAt: number
@@ -80,11 +84,8 @@ export interface BurstResult {
   frames?: Uint8Array[]
 }
 
-/** `paced` job (sender): `count` fresh DMs of `size` on `lane` at `perSecond`, on a fixed schedule. */
+/** `paced` job (sender): the prepared DMs at `perSecond`, on a fixed schedule. */
 export interface PacedArgs {
-  lane: Lane
-  count: number
-  size: DmSize
   perSecond: number
 }
 
@@ -168,6 +169,10 @@ function clientMessageIdOf(lane: Lane, frame: Uint8Array): string {
 function watch(lane: 'webrtc' | 'relay', session: TransportSession): void {
   sessions[lane] = session
   session.on('message', (frame) => receive(lane, frame))
+  session.once('close', (err) => {
+    // A session ending before `close` is a failed run: say why, where the parent shows a child's stderr.
+    if (closing === undefined) process.stderr.write(`${lane} session closed: ${String(err)}\n`)
+  })
   sessionSeen[lane]?.()
 }
 
@@ -206,9 +211,18 @@ function sealFor(lane: Lane, count: number, size: DmSize): { frames: Uint8Array[
   return { frames, ids: batch.clientMessageIds }
 }
 
+/** What `prepare` sealed, taken by the next `burst` or `paced`. */
+let prepared: { lane: Lane; frames: Uint8Array[]; ids: string[] } | undefined
+
+function takePrepared(): { out: Outlet; frames: Uint8Array[]; ids: string[] } {
+  const p = prepared
+  if (p === undefined) throw new Error('burst or paced before prepare')
+  prepared = undefined
+  return { out: outlet(p.lane), frames: p.frames, ids: p.ids }
+}
+
 async function burst(a: BurstArgs): Promise<BurstResult> {
-  const out = outlet(a.lane)
-  const { frames } = sealFor(a.lane, a.count, a.size)
+  const { out, frames } = takePrepared()
   let refused = 0
   let next = 0
   const startedAt = wallClock()
@@ -237,8 +251,7 @@ async function burst(a: BurstArgs): Promise<BurstResult> {
 }
 
 async function paced(a: PacedArgs): Promise<PacedResult> {
-  const out = outlet(a.lane)
-  const { frames, ids } = sealFor(a.lane, a.count, a.size)
+  const { out, frames, ids } = takePrepared()
   const intervalMs = 1000 / a.perSecond
   const sentAt: number[] = []
   let maxLagMs = 0
@@ -296,12 +309,16 @@ serveJobs(
         ? Promise.resolve({})
         : new Promise((resolve) => (sessionSeen[lane] = () => resolve({}))),
     rawOffer: async () => {
+      raw?.close() // a failed attempt's
+      raw = undefined
       const { channel, offer } = await RawChannel.offer(ADAPTER_MARKS)
       raw = channel
       raw.onMessage((bytes) => receive('raw', bytes))
       return offer
     },
     rawAnswer: async (offer: RawDescription) => {
+      raw?.close()
+      raw = undefined
       const { channel, answer } = await RawChannel.answer(offer, ADAPTER_MARKS)
       raw = channel
       raw.onMessage((bytes) => receive('raw', bytes))
@@ -310,6 +327,10 @@ serveJobs(
     rawAccept: async (answer: RawDescription) => {
       raw!.accept(answer)
       await raw!.opened
+      return {}
+    },
+    rawCandidates: async (candidates: RawDescription['candidates']) => {
+      raw!.addCandidates(candidates)
       return {}
     },
     rawOpened: async () => {
@@ -354,6 +375,10 @@ serveJobs(
         ...(c.frames !== undefined && { frames: c.frames }),
         ...(c.arrivals !== undefined && { arrivals: c.arrivals }),
       }
+    },
+    prepare: async (a: PrepareArgs) => {
+      prepared = { lane: a.lane, ...sealFor(a.lane, a.count, a.size) }
+      return {}
     },
     burst: (a: BurstArgs) => burst(a),
     paced: (a: PacedArgs) => paced(a),

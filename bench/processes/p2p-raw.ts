@@ -2,15 +2,20 @@
  * The `p2p` scenario's baseline channel: a bare node-datachannel peer connection and data channel on the
  * native API (no W3C polyfill, no session, no copy), with the adapter's channel options (one ordered,
  * reliable channel, no ICE servers) and its flow control (refuse at the high-water mark, resume on
- * `bufferedAmountLow`). The description goes over the bench's IPC, ICE candidates inside it (gathering
- * completes before it is handed over): how the channel is introduced is not what the figure measures.
+ * `bufferedAmountLow`). Descriptions and candidates go over the bench's IPC (how the channel is
+ * introduced is not what the figure measures), in the order the adapter keeps (docs/ARCHITECTURE.md,
+ * departure 16): the offer without its candidates, the answer with the answerer's, and the offerer's
+ * candidates to the answerer only after its answer went out. libdatachannel fails an offerer now and
+ * then when the answerer's connectivity checks arrive around the answer, which an offer carrying its
+ * candidates makes likely.
  */
 import nodeDataChannel, { type DataChannel, type PeerConnection } from 'node-datachannel'
 
-/** What one side hands the other: its description, candidates included. */
+/** What one side hands the other: its description, and its candidates when they are not in it. */
 export interface RawDescription {
   sdp: string
   type: 'offer' | 'answer'
+  candidates: { candidate: string; mid: string }[]
 }
 
 /** One end of the raw channel. */
@@ -18,8 +23,12 @@ export class RawChannel {
   readonly #pc: PeerConnection
   #dc: DataChannel | undefined
   #opened!: () => void
-  /** Settles when the data channel is open. */
-  readonly opened = new Promise<void>((resolve) => (this.#opened = resolve))
+  #failed!: (err: Error) => void
+  /** Resolves when the data channel is open; rejects when the connection fails or closes first. */
+  readonly opened = new Promise<void>((resolve, reject) => {
+    this.#opened = resolve
+    this.#failed = reject
+  })
   #onMessage: (bytes: Buffer) => void = () => {}
   #onDrain: () => void = () => {}
   #wantDrain = false
@@ -31,9 +40,13 @@ export class RawChannel {
     this.#highWaterMark = marks.highWaterMark
     this.#lowWaterMark = marks.lowWaterMark
     this.#pc.onDataChannel((dc) => this.#attach(dc))
+    this.#pc.onStateChange((state) => {
+      if (state === 'failed' || state === 'closed') this.#failed(new Error(`raw peer connection ${state}`))
+    })
+    void this.opened.catch(() => {}) // a failure is read by whoever awaits `opened`
   }
 
-  /** The offering side: creates the channel and returns the offer once ICE gathering completed. */
+  /** The offering side: creates the channel and returns the offer, its candidates beside the SDP. */
   static async offer(marks: {
     highWaterMark: number
     lowWaterMark: number
@@ -41,7 +54,16 @@ export class RawChannel {
     const channel = new RawChannel('raw-offerer', marks)
     const gathered = channel.#gathered()
     channel.#attach(channel.#pc.createDataChannel('agentmesh', { unordered: false }))
-    return { channel, offer: await gathered }
+    const offer = await gathered
+    const lines = offer.sdp.split('\r\n')
+    const withoutCandidates = lines.filter(
+      (l) => !l.startsWith('a=candidate:') && l !== 'a=end-of-candidates',
+    )
+    const mid = lines.find((l) => l.startsWith('a=mid:'))?.slice('a=mid:'.length) ?? '0'
+    const candidates = lines
+      .filter((l) => l.startsWith('a=candidate:'))
+      .map((l) => ({ candidate: l.slice('a='.length), mid }))
+    return { channel, offer: { ...offer, sdp: withoutCandidates.join('\r\n'), candidates } }
   }
 
   /** The answering side: takes the offer and returns the answer once ICE gathering completed. */
@@ -55,9 +77,14 @@ export class RawChannel {
     return { channel, answer: await gathered }
   }
 
-  /** The offerer takes the answer; `opened` follows. */
+  /** The offerer takes the answer (its candidates are in the SDP); `opened` follows. */
   accept(answer: RawDescription): void {
     this.#pc.setRemoteDescription(answer.sdp, answer.type)
+  }
+
+  /** The answerer takes the offerer's candidates, once its answer went out. */
+  addCandidates(candidates: RawDescription['candidates']): void {
+    for (const c of candidates) this.#pc.addRemoteCandidate(c.candidate, c.mid)
   }
 
   /** Sends one binary message, or returns false at the high-water mark (a `drain` follows). */
@@ -105,7 +132,9 @@ export class RawChannel {
     return new Promise((resolve) => {
       const done = (): void => {
         const d = this.#pc.localDescription()
-        if (d !== null && (d.type === 'offer' || d.type === 'answer')) resolve({ sdp: d.sdp, type: d.type })
+        if (d !== null && (d.type === 'offer' || d.type === 'answer')) {
+          resolve({ sdp: d.sdp, type: d.type, candidates: [] })
+        }
       }
       this.#pc.onGatheringStateChange((state) => {
         if (state === 'complete') done()

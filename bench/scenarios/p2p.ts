@@ -12,13 +12,15 @@
  * 2. Latency: `send` → the receiver's `message`, at a modest fixed rate. Goal: webrtc's p50 and p99 below
  *    ws-relay's.
  */
-import { bytesEqual, initCrypto, type Identity } from '../../protocol/index.js'
+import { initCrypto, toHex, type Identity } from '../../protocol/index.js'
 import { median, report } from '../measure.js'
 import { Children, type ChildHandle } from '../processes/child.js'
-import { seedFor, startMesh, type Driver } from '../processes/mesh.js'
+import { cpuMeter } from '../processes/cpu.js'
+import { seedFor, startMesh, type BenchMesh, type Driver } from '../processes/mesh.js'
 import type { RawDescription } from '../processes/p2p-raw.js'
 import type { BurstResult, Lane, PacedResult, Received } from '../processes/p2p-peer.js'
 import type { DmSize } from '../processes/sealed-frames.js'
+import { mergeCounts, perDm } from './relay-report.js'
 
 const SCENARIO = 'p2p'
 const LANES: readonly Lane[] = ['webrtc', 'raw', 'relay']
@@ -28,6 +30,8 @@ const LANE_NAMES: Record<Lane, string> = {
   relay: 'ws-relay adapter',
 }
 const SIZES: readonly DmSize[] = ['1KiB', '60KiB']
+/** Bound on each setup step (connect, handshake, raw channel): a hung step fails the run instead. */
+const SETUP_MS = 20_000
 /** The latency figure's fixed rate, messages/s: well under every lane's capacity. */
 const PACED_RATE = 200
 
@@ -56,7 +60,7 @@ export async function p2pScenario(opts: { quick: boolean }): Promise<void> {
   process.once('SIGINT', stop)
   const m = await startMesh(children, { driver, ...(databaseUrl !== undefined && { databaseUrl }) })
   try {
-    const pair = await connectPair(children, m.wsUrl, m.mesh, await m.join(2))
+    const pair = await connectPair(children, m, await m.join(2))
     // AGENTMESH_BENCH_P2P=throughput,latency (either) runs only those figures, e.g. to profile one.
     const only = process.env['AGENTMESH_BENCH_P2P']?.split(',')
     const wanted = (figure: string): boolean => only === undefined || only.includes(figure)
@@ -74,46 +78,73 @@ export async function p2pScenario(opts: { quick: boolean }): Promise<void> {
 interface Pair {
   sender: ChildHandle
   receiver: ChildHandle
+  coordinatorPid: number
   handshakeMs: number
 }
 
-async function connectPair(
-  children: Children,
-  wsUrl: string,
-  mesh: string,
-  members: Identity[],
-): Promise<Pair> {
+async function connectPair(children: Children, m: BenchMesh, members: Identity[]): Promise<Pair> {
   const [a, b] = members as [Identity, Identity]
+  const { wsUrl, mesh } = m
   // AGENTMESH_BENCH_CPU_PROF=<dir>: the peers write V8 CPU profiles there when they stop (as the coordinator).
   const profDir = process.env['AGENTMESH_BENCH_CPU_PROF']
   const nodeArgs = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []
   const receiver = await children.start('p2p receiver', 'p2p-peer', { nodeArgs })
   const sender = await children.start('p2p sender', 'p2p-peer', { nodeArgs })
-  await receiver.run('connect', { wsUrl, mesh, seed: seedFor(b), peerPk: a.publicKey })
-  await sender.run('connect', { wsUrl, mesh, seed: seedFor(a), peerPk: b.publicKey })
+  await receiver.run('connect', { wsUrl, mesh, seed: seedFor(b), peerPk: a.publicKey }, SETUP_MS)
+  await sender.run('connect', { wsUrl, mesh, seed: seedFor(a), peerPk: b.publicKey }, SETUP_MS)
   // The webrtc handshake goes through the coordinator's signaling relay, as in production.
-  const { handshakeMs } = await sender.run<{ handshakeMs: number }>('open')
-  await receiver.run('accepted', 'webrtc')
-  // The raw channel's descriptions go over IPC: introducing it is not what it stands for.
-  const offer = await sender.run<RawDescription>('rawOffer')
-  const answer = await receiver.run<RawDescription>('rawAnswer', offer)
-  await Promise.all([sender.run('rawAccept', answer), receiver.run('rawOpened')])
-  const pair = { sender, receiver, handshakeMs }
+  const { handshakeMs } = await sender.run<{ handshakeMs: number }>('open', undefined, SETUP_MS)
+  await receiver.run('accepted', 'webrtc', SETUP_MS)
+  process.stderr.write(`  webrtc handshake through the coordinator: ${Math.round(handshakeMs)} ms\n`)
+  await openRaw(sender, receiver)
+  const pair = { sender, receiver, coordinatorPid: m.coordinator.pid, handshakeMs }
   // Correctness first: on every lane and size, what arrives is what was sent, byte for byte.
   for (const size of SIZES) for (const lane of LANES) await probe(pair, lane, size)
   return pair
 }
 
+/**
+ * The raw channel, its descriptions over IPC (introducing it is not what it stands for). libdatachannel
+ * now and then fails a fresh connection within milliseconds (the adapter retries once for the same reason,
+ * transports/webrtc/index.ts), so a failed attempt is retried with new connections.
+ */
+async function openRaw(sender: ChildHandle, receiver: ChildHandle): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const offer = await sender.run<RawDescription>('rawOffer', undefined, SETUP_MS)
+      const answer = await receiver.run<RawDescription>('rawAnswer', offer, SETUP_MS)
+      const opened = Promise.all([
+        sender.run('rawAccept', answer, SETUP_MS),
+        receiver.run('rawOpened', undefined, SETUP_MS),
+      ])
+      await receiver.run('rawCandidates', offer.candidates, SETUP_MS)
+      await opened
+      return
+    } catch (err) {
+      if (attempt === 3) throw err
+      process.stderr.write(
+        `  raw channel, attempt ${attempt} failed (${String(err).split('\n')[0]}); again\n`,
+      )
+    }
+  }
+}
+
 async function probe(pair: Pair, lane: Lane, size: DmSize): Promise<void> {
   const count = 3
+  await pair.sender.run('prepare', { lane, count, size })
   await pair.receiver.run('arm', { lane, count, keep: true })
   const [sent, got] = await Promise.all([
-    pair.sender.run<BurstResult>('burst', { lane, count, size, keep: true }),
+    pair.sender.run<BurstResult>('burst', { keep: true }),
     pair.receiver.run<Received>('received', 30_000),
   ])
   const received = got.frames ?? []
-  const same = received.length === count && sent.frames!.every((frame, i) => bytesEqual(frame, received[i]!))
-  if (!same) throw new Error(`${lane} ${size}: the frames received differ from the frames sent`)
+  // The webrtc and raw channels are ordered; ws-relay is not (capabilities.ordered: false).
+  const key = (frames: Uint8Array[]): string[] => frames.map(toHex)
+  const [want, have] =
+    lane === 'relay' ? [key(sent.frames!).sort(), key(received).sort()] : [key(sent.frames!), key(received)]
+  if (want.length !== have.length || want.some((hex, i) => hex !== have[i])) {
+    throw new Error(`${lane} ${size}: the frames received differ from the frames sent`)
+  }
 }
 
 // ── 1. throughput ────────────────────────────────────────────────────────────
@@ -122,20 +153,30 @@ interface Round {
   perSecond: number
   frameBytes: number
   refused: number
+  /** CPU seconds per process over the burst (user + system, every thread: libdatachannel's too). */
+  cpu: Record<string, number>
 }
 
 /** One burst of `count` on `lane`: first send → the receiver's last frame, on the shared wall clock. */
 async function timedBurst(pair: Pair, lane: Lane, count: number, size: DmSize): Promise<Round> {
+  await pair.sender.run('prepare', { lane, count, size })
   await pair.receiver.run('arm', { lane, count })
+  const meter = cpuMeter({
+    sender: [pair.sender.pid],
+    receiver: [pair.receiver.pid],
+    coordinator: [pair.coordinatorPid],
+  })
   const [sent, got] = await Promise.all([
-    pair.sender.run<BurstResult>('burst', { lane, count, size }),
+    pair.sender.run<BurstResult>('burst', {}),
     pair.receiver.run<Received>('received', 120_000),
   ])
+  const cpu = meter.stop()
   if (got.wrongSize !== 0) throw new Error(`${lane} ${size}: ${got.wrongSize} frames not whole`)
   return {
     perSecond: (count * 1000) / (got.lastAt - sent.startedAt),
     frameBytes: sent.frameBytes,
     refused: sent.refused,
+    cpu,
   }
 }
 
@@ -158,6 +199,7 @@ async function throughputFigure(pair: Pair, driver: Driver, size: DmSize, quick:
     rounds: c.rounds,
     perRound: rounds[lane].map((x) => Math.round(x.perSecond)),
     refusedPerRound: median(rounds[lane].map((x) => x.refused)),
+    cpuMsPerMessage: cpuPerMessage(rounds[lane], c.perLane[lane], lane !== 'relay'),
   })
   report({
     scenario: SCENARIO,
@@ -183,13 +225,21 @@ async function throughputFigure(pair: Pair, driver: Driver, size: DmSize, quick:
   })
 }
 
+/** CPU ms per message of each process over the rounds (sealing is done before the meter starts). */
+function cpuPerMessage(rounds: Round[], perRound: number, p2p: boolean): Record<string, number> {
+  const total = mergeCounts(rounds.map((r) => r.cpu))
+  if (p2p) delete total['coordinator'] // idle: nothing of a P2P burst goes through it
+  return perDm(total, perRound * rounds.length)
+}
+
 // ── 2. latency ───────────────────────────────────────────────────────────────
 
 /** Send → arrival of each paced message on `lane`, ms. */
 async function pacedRound(pair: Pair, lane: Lane, count: number, size: DmSize): Promise<number[]> {
+  await pair.sender.run('prepare', { lane, count, size })
   await pair.receiver.run('arm', { lane, count, arrivals: true })
   const [sent, got] = await Promise.all([
-    pair.sender.run<PacedResult>('paced', { lane, count, size, perSecond: PACED_RATE }),
+    pair.sender.run<PacedResult>('paced', { perSecond: PACED_RATE }),
     pair.receiver.run<Received>('received', 120_000),
   ])
   const sentAt = new Map(sent.ids.map((id, i) => [id, sent.sentAt[i]!]))
