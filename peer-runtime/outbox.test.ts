@@ -1,0 +1,451 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { ManualClock } from '../protocol/clock.js'
+import { bytesEqual, toHex } from '../protocol/encoding.js'
+import { waitFor } from '../transports/emitter.js'
+import type { TypedEmitter } from '../transports/types.js'
+import { eventually } from '../test/support/eventually.js'
+import { sqliteStore } from './node/sqlite-store.js'
+import { Outbox, type DispatchResult, type OutboxEvents, type OutboxInit } from './outbox.js'
+import { testKey, testMessageId, testOutboxRow } from './store/compliance.js'
+import { memoryStore } from './store/memory.js'
+import type { NewOutboxRow, OutboxRow, OutboxState, RuntimeStore } from './store/types.js'
+
+const T0 = Date.UTC(2026, 0, 1)
+const DAY = 86_400_000
+const B = toHex(testKey(2))
+const C = toHex(testKey(3))
+const D = toHex(testKey(4))
+const DISCONNECTED = { code: 'MESH_ERR_DISCONNECTED', message: 'no coordinator connection' }
+const QUEUE_FULL = { code: 'MESH_ERR_QUEUE_FULL', message: 'recipient queue full' }
+
+const signal = (): AbortSignal => AbortSignal.timeout(10_000)
+/** The outbox as `waitFor` infers event maps (through the `TypedEmitter` interface). */
+const events = (outbox: Outbox): TypedEmitter<OutboxEvents> => outbox
+
+interface Call {
+  id: string
+  at: number
+  signal: AbortSignal
+}
+
+interface Fixture {
+  clock: ManualClock
+  store: RuntimeStore
+  outbox: Outbox
+  calls: Call[]
+  /** Rows enqueued at the clock's time: `row(n)` is message n to key 2. */
+  row(n: number, overrides?: Partial<NewOutboxRow>): NewOutboxRow
+}
+
+const open: { outbox: Outbox; store: RuntimeStore }[] = []
+afterEach(async () => {
+  for (const { outbox, store } of open.splice(0)) {
+    await outbox.stop()
+    await store.close()
+  }
+})
+
+const root = mkdtempSync(join(tmpdir(), 'agentmesh-outbox-'))
+afterAll(() => rmSync(root, { recursive: true, force: true }))
+
+/** An outbox on a memory store (unless given one) with a ManualClock and a scripted dispatch. */
+async function setup(
+  script: (row: OutboxRow, call: number, signal: AbortSignal) => DispatchResult | Promise<DispatchResult>,
+  init: Partial<OutboxInit> = {},
+): Promise<Fixture> {
+  const clock = new ManualClock(T0)
+  const store = init.store ?? memoryStore()
+  const calls: Call[] = []
+  const perRow = new Map<string, number>()
+  const outbox = new Outbox({
+    store,
+    clock,
+    random: () => 0.5,
+    dispatch: async (row, signal) => {
+      calls.push({ id: row.id, at: clock.now(), signal })
+      const call = (perRow.get(row.id) ?? 0) + 1
+      perRow.set(row.id, call)
+      return script(row, call, signal)
+    },
+    ...init,
+  })
+  outbox.on('error', (err) => {
+    throw err
+  })
+  open.push({ outbox, store })
+  await outbox.start()
+  return {
+    clock,
+    store,
+    outbox,
+    calls,
+    row: (n, overrides) => testOutboxRow(n, { createdAt: clock.now(), ...overrides }),
+  }
+}
+
+const stateOf = async (outbox: Outbox, id: string): Promise<OutboxState | undefined> =>
+  (await outbox.status(id))?.state
+
+describe('Outbox', () => {
+  it('moves a row pending → inflight → done and reports each change', async () => {
+    const f = await setup(() => ({ kind: 'done', recipients: { [B]: 'delivered' } }))
+    const seen: OutboxState[] = []
+    f.outbox.on('state', (row) => seen.push(row.state))
+    const stored = await f.outbox.enqueue(f.row(1))
+    expect(stored).toMatchObject({ state: 'pending', attempts: 0 })
+    await f.outbox.idle(signal())
+    expect(seen).toEqual(['pending', 'inflight', 'done'])
+    expect(await f.outbox.status(stored.id)).toMatchObject({
+      state: 'done',
+      attempts: 0,
+      recipients: { [B]: 'delivered' },
+    })
+    expect(f.calls).toHaveLength(1)
+  })
+
+  it('stores before it resolves, and a second enqueue of the id sends nothing more', async () => {
+    const f = await setup(() => ({ kind: 'done' }))
+    await f.outbox.stop()
+    const first = await f.outbox.enqueue(f.row(1))
+    expect(await f.store.getOutbox(first.id)).toMatchObject({ state: 'pending' })
+    await f.outbox.start()
+    await f.outbox.idle(signal())
+    const again = await f.outbox.enqueue(f.row(1, { target: '*' }))
+    expect(again).toMatchObject({ state: 'done', target: B })
+    await f.outbox.idle(signal())
+    expect(f.calls).toHaveLength(1)
+  })
+
+  it('accepted waits for receipts, and is done once every known recipient is final', async () => {
+    const f = await setup((row) =>
+      row.channel === 'dm'
+        ? { kind: 'accepted', recipients: { [B]: 'queued' } }
+        : { kind: 'accepted', recipients: { [B]: 'delivered', [C]: 'queued', [D]: 'queued' } },
+    )
+    const dm = await f.outbox.enqueue(f.row(1))
+    const group = await f.outbox.enqueue(f.row(2, { channel: 'group', target: '@ops' }))
+    await f.outbox.idle(signal())
+    expect(await stateOf(f.outbox, dm.id)).toBe('accepted')
+    expect(await f.outbox.receipt(dm.id, B, 'delivered')).toMatchObject({
+      state: 'done',
+      recipients: { [B]: 'delivered' },
+    })
+
+    expect(await f.outbox.receipt(group.id, C, 'delivered')).toMatchObject({ state: 'accepted' })
+    // A late `queued` never replaces a final outcome.
+    expect(await f.outbox.receipt(group.id, C, 'queued')).toMatchObject({ recipients: { [C]: 'delivered' } })
+    expect(await f.outbox.receipt(group.id, D, 'undecryptable')).toMatchObject({
+      state: 'done',
+      recipients: { [B]: 'delivered', [C]: 'delivered', [D]: 'undecryptable' },
+    })
+    expect(await f.outbox.receipt(testMessageId(99), B, 'delivered')).toBeUndefined()
+    expect(f.calls).toHaveLength(2)
+  })
+
+  it('a receipt that arrives while the dispatch is in flight is kept by its result', async () => {
+    let release: (result: DispatchResult) => void = () => {}
+    const f = await setup(() => new Promise<DispatchResult>((resolve) => (release = resolve)))
+    const inflight = waitFor(events(f.outbox), 'state', {
+      signal: signal(),
+      filter: (r) => r.state === 'inflight',
+    })
+    const row = await f.outbox.enqueue(f.row(1))
+    await inflight
+    expect(await f.outbox.receipt(row.id, B, 'delivered')).toMatchObject({ state: 'inflight' })
+    release({ kind: 'accepted', recipients: { [B]: 'queued' } })
+    await f.outbox.idle(signal())
+    expect(await f.outbox.status(row.id)).toMatchObject({ state: 'done', recipients: { [B]: 'delivered' } })
+  })
+
+  it('counted retries use an attempt each and back off with full jitter, doubling', async () => {
+    const f = await setup((_row, call) =>
+      call <= 3 ? { kind: 'retry', counted: true, error: QUEUE_FULL } : { kind: 'done' },
+    )
+    const retried = waitFor(events(f.outbox), 'state', { signal: signal(), filter: (r) => r.attempts === 1 })
+    const row = await f.outbox.enqueue(f.row(1))
+    await retried
+    expect(await f.outbox.status(row.id)).toMatchObject({
+      state: 'pending',
+      attempts: 1,
+      nextAttemptAt: T0 + 250, // random 0.5 × 500 ms
+      lastError: QUEUE_FULL,
+    })
+    await f.clock.advance(249)
+    expect(f.calls).toHaveLength(1)
+    await f.clock.advance(1)
+    expect(f.calls).toHaveLength(2)
+    await f.clock.advance(500) // 0.5 × 1 s
+    expect(f.calls).toHaveLength(3)
+    expect((await f.outbox.status(row.id))?.attempts).toBe(3)
+    await f.clock.advance(1_000) // 0.5 × 2 s
+    await f.outbox.idle(signal())
+    expect(f.calls.map((c) => c.at - T0)).toEqual([0, 250, 750, 1_750])
+    const done = await f.outbox.status(row.id)
+    expect(done).toMatchObject({ state: 'done', attempts: 3 })
+    expect(done?.lastError).toBeUndefined()
+  })
+
+  it('uncounted retries use no attempt; their own backoff doubles to the 30 s cap', async () => {
+    const f = await setup(
+      (_row, call) =>
+        call <= 12 ? { kind: 'retry', counted: false, error: DISCONNECTED } : { kind: 'done' },
+      { random: () => 0.9999 },
+    )
+    const row = await f.outbox.enqueue(f.row(1))
+    while (f.calls.length < 13) await f.clock.advance(1_000)
+    await f.outbox.idle(signal())
+    const gaps = f.calls.slice(1).map((c, i) => c.at - (f.calls[i] as Call).at)
+    // Just under the ceilings 0.5, 1, 2, 4, 8, 16, then 30 s from there on.
+    expect(gaps).toEqual([499, 999, 1_999, 3_999, 7_999, 15_998, ...Array<number>(6).fill(29_997)])
+    expect(await f.outbox.status(row.id)).toMatchObject({ state: 'done', attempts: 0 })
+  })
+
+  it('a rate-limited row waits retryAfterMs without an attempt, and wake() does not hurry it', async () => {
+    const f = await setup((_row, call) =>
+      call === 1
+        ? {
+            kind: 'retry',
+            counted: false,
+            retryAfterMs: 1_234,
+            error: { code: 'MESH_ERR_RATE_LIMITED', message: 'slow down' },
+          }
+        : { kind: 'done' },
+    )
+    const row = await f.outbox.enqueue(f.row(1))
+    await eventually(async () => (await f.outbox.status(row.id))?.nextAttemptAt === T0 + 1_234)
+    f.outbox.wake()
+    await f.clock.advance(1_233)
+    expect(f.calls).toHaveLength(1)
+    await f.clock.advance(1)
+    await f.outbox.idle(signal())
+    expect(f.calls.map((c) => c.at - T0)).toEqual([0, 1_234])
+    expect(await f.outbox.status(row.id)).toMatchObject({ state: 'done', attempts: 0 })
+  })
+
+  it('a counted retry with retryAfterMs waits exactly that long', async () => {
+    const f = await setup((_row, call) =>
+      call === 1
+        ? { kind: 'retry', counted: true, retryAfterMs: 7_000, error: QUEUE_FULL }
+        : { kind: 'done' },
+    )
+    const retried = waitFor(events(f.outbox), 'state', { signal: signal(), filter: (r) => r.attempts === 1 })
+    await f.outbox.enqueue(f.row(1))
+    await retried
+    await f.clock.advance(6_999)
+    expect(f.calls).toHaveLength(1)
+    await f.clock.advance(1)
+    await f.outbox.idle(signal())
+    expect(f.calls.map((c) => c.at - T0)).toEqual([0, 7_000])
+  })
+
+  it('goes dead after 25 counted attempts with MESH_ERR_TOO_MANY_ATTEMPTS', async () => {
+    const f = await setup(() => ({ kind: 'retry', counted: true, error: QUEUE_FULL }))
+    const row = await f.outbox.enqueue(f.row(1))
+    while ((await stateOf(f.outbox, row.id)) !== 'dead') await f.clock.advance(30_000)
+    const dead = await f.outbox.status(row.id)
+    expect(dead).toMatchObject({ state: 'dead', attempts: 25 })
+    expect(dead?.lastError?.code).toBe('MESH_ERR_TOO_MANY_ATTEMPTS')
+    expect(dead?.lastError?.message).toContain('MESH_ERR_QUEUE_FULL')
+    expect(f.calls).toHaveLength(25)
+    await f.clock.advance(DAY)
+    expect(f.calls).toHaveLength(25)
+  })
+
+  it('goes dead at 6 days of age with MESH_ERR_OUTBOX_EXPIRED, waits counted toward the age', async () => {
+    const hour = 3_600_000
+    const f = await setup(() => ({
+      kind: 'retry',
+      counted: false,
+      retryAfterMs: hour,
+      error: { code: 'MESH_ERR_RATE_LIMITED', message: 'slow down' },
+    }))
+    const row = await f.outbox.enqueue(f.row(1))
+    // A row whose retryAfterMs reaches past its expiry dies on time, not later.
+    const late = await f.outbox.enqueue(f.row(2, { createdAt: T0 - 6 * DAY + 90_000 }))
+    for (let h = 0; h < 6 * 24; h++) await f.clock.advance(hour)
+    await f.outbox.idle(signal())
+    const dead = await f.outbox.status(row.id)
+    expect(dead).toMatchObject({ state: 'dead', attempts: 0, updatedAt: T0 + 6 * DAY })
+    expect(dead?.lastError?.code).toBe('MESH_ERR_OUTBOX_EXPIRED')
+    expect(dead?.lastError?.message).toContain('MESH_ERR_RATE_LIMITED')
+    expect(f.calls.filter((c) => c.id === row.id)).toHaveLength(6 * 24)
+    expect(await f.outbox.status(late.id)).toMatchObject({ state: 'dead', updatedAt: T0 + 90_000 })
+    expect(f.calls.filter((c) => c.id === late.id)).toHaveLength(1)
+  })
+
+  it('a 10-minute outage leaves no row dead, polls at most every 30 s, and delivers after wake()', async () => {
+    let connected = false
+    let seed = 7
+    const f = await setup(
+      () =>
+        connected
+          ? { kind: 'done', recipients: { [B]: 'delivered' } }
+          : { kind: 'retry', counted: false, error: DISCONNECTED },
+      { random: () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 },
+    )
+    const rows = await Promise.all(Array.from({ length: 20 }, (_, i) => f.outbox.enqueue(f.row(i + 1))))
+    for (let s = 0; s < 600; s++) await f.clock.advance(1_000)
+    const during = await f.store.listOutbox(['pending', 'inflight', 'dead', 'done'], 100)
+    expect(during.every((r) => r.state === 'pending' && r.attempts === 0)).toBe(true)
+    expect(during).toHaveLength(20)
+    for (const row of rows) {
+      const times = [...f.calls.filter((c) => c.id === row.id).map((c) => c.at), f.clock.now()]
+      const gaps = times.slice(1).map((t, i) => t - (times[i] as number))
+      expect(Math.max(...gaps)).toBeLessThanOrEqual(30_000 + 1_000) // plus one clock step
+    }
+    connected = true
+    const before = f.calls.length
+    f.outbox.wake()
+    await f.outbox.idle(signal()) // no clock movement: wake() made them due now
+    expect(f.calls.length - before).toBe(20)
+    const after = await f.store.listOutbox(['done'], 100)
+    expect(after).toHaveLength(20)
+    expect(after.every((r) => r.attempts === 0 && r.lastError === undefined)).toBe(true)
+  })
+
+  it('a dispatch that throws is an uncounted retry with MESH_ERR_INTERNAL', async () => {
+    const f = await setup((_row, call) => {
+      if (call === 1) throw new Error('transport bug')
+      return { kind: 'done' }
+    })
+    const row = await f.outbox.enqueue(f.row(1))
+    await eventually(async () => (await f.outbox.status(row.id))?.lastError !== undefined)
+    const retried = await f.outbox.status(row.id)
+    expect(retried).toMatchObject({ state: 'pending', attempts: 0 })
+    expect(retried?.lastError?.code).toBe('MESH_ERR_INTERNAL')
+    expect(retried?.lastError?.message).toContain('transport bug')
+    await f.clock.advance(250)
+    await f.outbox.idle(signal())
+    expect(await stateOf(f.outbox, row.id)).toBe('done')
+  })
+
+  it('a dead result is final; requeue makes it aborted and sends the new row', async () => {
+    const f = await setup((row) =>
+      row.id === testMessageId(1)
+        ? { kind: 'dead', error: { code: 'MESH_ERR_UNKNOWN_KEY', message: 'no such key' } }
+        : { kind: 'done' },
+    )
+    const row = await f.outbox.enqueue(f.row(1))
+    await f.outbox.idle(signal())
+    expect(await f.outbox.status(row.id)).toMatchObject({
+      state: 'dead',
+      lastError: { code: 'MESH_ERR_UNKNOWN_KEY' },
+    })
+    const fresh = await f.outbox.requeue(row.id, f.row(2))
+    expect(fresh).toMatchObject({ id: testMessageId(2), state: 'pending' })
+    await f.outbox.idle(signal())
+    expect(await f.outbox.status(row.id)).toMatchObject({ state: 'aborted', requeuedAs: testMessageId(2) })
+    expect(await stateOf(f.outbox, testMessageId(2))).toBe('done')
+    expect(await f.outbox.requeue(testMessageId(2), f.row(3))).toBeUndefined()
+    expect(f.calls.map((c) => c.id)).toEqual([testMessageId(1), testMessageId(2)])
+  })
+
+  it('never has more than `concurrency` dispatches in flight, and starts the next as one ends', async () => {
+    const pending: (() => void)[] = []
+    let active = 0
+    let most = 0
+    const f = await setup(
+      () =>
+        new Promise<DispatchResult>((resolve) => {
+          active++
+          most = Math.max(most, active)
+          pending.push(() => {
+            active--
+            resolve({ kind: 'done' })
+          })
+        }),
+      { concurrency: 8 },
+    )
+    for (let i = 1; i <= 100; i++) await f.outbox.enqueue(f.row(i))
+    let finished = 0
+    while (finished < 100) {
+      await eventually(() => active === Math.min(8, 100 - finished), {
+        what: `${Math.min(8, 100 - finished)} active`,
+      })
+      expect(f.outbox.inflight).toBeLessThanOrEqual(8)
+      pending.shift()?.()
+      finished++
+    }
+    await f.outbox.idle(signal())
+    expect(most).toBe(8)
+    expect(f.calls).toHaveLength(100)
+    expect(new Set(f.calls.map((c) => c.id)).size).toBe(100)
+  })
+
+  it('dispatches many rows at once, each exactly once', async () => {
+    const f = await setup(async () => ({ kind: 'done' }))
+    const n = 5_000
+    await Promise.all(Array.from({ length: n }, (_, i) => f.outbox.enqueue(f.row(i + 1))))
+    await f.outbox.idle(signal())
+    expect(f.calls).toHaveLength(n)
+    expect(new Set(f.calls.map((c) => c.id)).size).toBe(n)
+    expect(await f.store.listOutbox(['done'], n + 1)).toHaveLength(n)
+  })
+
+  it('stop() aborts in-flight dispatches; their rows go back to pending without an attempt', async () => {
+    let mode: 'hang' | 'ignore' | 'done' = 'hang'
+    const f = await setup((_row, _call, sig) => {
+      if (mode === 'done') return { kind: 'done' }
+      if (mode === 'ignore') return new Promise<DispatchResult>(() => {}) // never settles
+      return new Promise<DispatchResult>((_resolve, reject) =>
+        sig.addEventListener('abort', () => reject(new Error('aborted'))),
+      )
+    })
+    const rows = await Promise.all([1, 2, 3].map((n) => f.outbox.enqueue(f.row(n))))
+    await eventually(() => f.outbox.inflight === 3)
+    await f.clock.advance(5_000)
+    await f.outbox.stop()
+    expect(f.calls.every((c) => c.signal.aborted)).toBe(true)
+    for (const row of rows) {
+      expect(await f.outbox.status(row.id)).toMatchObject({
+        state: 'pending',
+        attempts: 0,
+        nextAttemptAt: T0 + 5_000,
+      })
+    }
+    mode = 'ignore'
+    await f.outbox.start()
+    await eventually(() => f.outbox.inflight === 3)
+    await f.outbox.stop() // resolves although the dispatches never settle
+    expect(f.outbox.inflight).toBe(0)
+    mode = 'done'
+    await f.outbox.start()
+    await f.outbox.idle(signal())
+    expect(await f.store.listOutbox(['done'], 10)).toHaveLength(3)
+  })
+
+  it('a second Outbox on the same sqlite file recovers rows the first left inflight', async () => {
+    const path = join(root, 'recover', 'runtime.db')
+    const store1 = sqliteStore({ path })
+    const clock = new ManualClock(T0)
+    const first = new Outbox({ store: store1, clock, dispatch: () => new Promise<DispatchResult>(() => {}) })
+    await first.start()
+    const sent = await Promise.all(
+      [1, 2, 3, 4, 5].map((n) =>
+        first.enqueue(testOutboxRow(n, { createdAt: T0, envelope: new Uint8Array(1_000).fill(n) })),
+      ),
+    )
+    await eventually(() => first.inflight === 5)
+    expect(await store1.listOutbox(['inflight'], 10)).toHaveLength(5)
+    await store1.close() // the first runtime dies mid-dispatch: no stop(), nothing written back
+
+    const f = await setup(() => ({ kind: 'done' }), { store: sqliteStore({ path }) })
+    await f.outbox.idle(signal())
+    expect(f.calls.map((c) => c.id).sort()).toEqual(sent.map((r) => r.id).sort())
+    for (const row of sent) {
+      const done = await f.outbox.status(row.id)
+      expect(done?.state).toBe('done')
+      expect(done?.attempts).toBe(0)
+      expect(bytesEqual(done!.envelope, row.envelope)).toBe(true)
+    }
+  })
+
+  it('idle() rejects when its signal aborts while rows wait', async () => {
+    const f = await setup(() => ({ kind: 'retry', counted: false, error: DISCONNECTED }))
+    await f.outbox.enqueue(f.row(1))
+    await expect(f.outbox.idle(AbortSignal.timeout(50))).rejects.toMatchObject({ name: 'TimeoutError' })
+  })
+})

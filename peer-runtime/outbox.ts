@@ -1,0 +1,560 @@
+/**
+ * The outbox scheduler (DESIGN.md §5): takes sealed envelopes that are already stored, hands due rows to
+ * a `dispatch` function (the runtime's transport choice), and moves each row through
+ * `pending → inflight → accepted → done | dead` by what dispatch answers.
+ *
+ * - Many rows are in flight at once (`concurrency`, default 256); due rows are claimed in batches with
+ *   one store write per batch (`RuntimeStore.claimDue`), never one dispatch awaited before the next.
+ * - An attempt counts only when the coordinator refused retryably (`retry`, `counted: true`); 25 of
+ *   those and the row is `dead` (`MESH_ERR_TOO_MANY_ATTEMPTS`). Waits while disconnected or rate limited
+ *   (`counted: false`) use no attempt and back off on their own doubling, so an outage of any length
+ *   polls at most every 30 s and leaves no row dead by attempts. Age always applies: a row 6 days old is
+ *   `dead` (`MESH_ERR_OUTBOX_EXPIRED`).
+ * - Backoff is full jitter (a random delay below `min(cap, base · 2^(n-1))`); `retryAfterMs`, when the
+ *   refusal gave one, is the delay instead.
+ * - Every timer comes from the injected clock, so tests drive a six-day life with a `ManualClock`.
+ *
+ * Platform-neutral. One Outbox per store: it assumes no other writer moves its rows.
+ */
+import { systemClock, type Clock, type ClockTimer } from '../protocol/clock.js'
+import { isDirectChannel } from '../protocol/envelope.js'
+import type { MeshErrorCode } from '../protocol/errors.js'
+import { Emitter } from '../transports/emitter.js'
+import type {
+  NewOutboxRow,
+  OutboxPatch,
+  OutboxRow,
+  RecipientState,
+  RowError,
+  RuntimeStore,
+} from './store/types.js'
+
+/** What one dispatch of a row came to. */
+export type DispatchResult =
+  /** A receiver acked (a P2P ack, `send_ack{delivered}`). */
+  | { kind: 'done'; recipients?: Record<string, RecipientState> }
+  /** The coordinator answered `queued` (or partly queued): no more retransmission; receipts may follow. */
+  | { kind: 'accepted'; recipients?: Record<string, RecipientState> }
+  /**
+   * Try again later. `counted: true` for a retryable coordinator refusal (counts toward `maxAttempts`);
+   * `counted: false` while disconnected, or after `MESH_ERR_RATE_LIMITED` (waits without an attempt).
+   */
+  | { kind: 'retry'; error: RowError; counted: boolean; retryAfterMs?: number }
+  /** A permanent refusal, or no valid target: give up now. */
+  | { kind: 'dead'; error: RowError }
+
+/** How `Outbox` is wired and tuned (DESIGN.md §6 gives the defaults). */
+export interface OutboxInit {
+  store: RuntimeStore
+  clock?: Clock
+  /**
+   * Sends one row's envelope. It must settle promptly once `signal` aborts (on `stop()`); a dispatch
+   * still running then is abandoned and its row goes back to `pending`. A throw counts as an uncounted
+   * retry with `MESH_ERR_INTERNAL` in `lastError`.
+   */
+  dispatch: (row: OutboxRow, signal: AbortSignal) => Promise<DispatchResult>
+  /** Rows in flight at once. Default 256. */
+  concurrency?: number
+  /** Counted attempts before a row is `dead`. Default 25. */
+  maxAttempts?: number
+  /** Age (from `createdAt`) at which an undelivered row is `dead`. Default 6 days. */
+  maxAgeMs?: number
+  /** The first backoff ceiling; it doubles per attempt. Default 500 ms. */
+  backoffBaseMs?: number
+  /** The largest backoff ceiling. Default 30 s. */
+  backoffCapMs?: number
+  /** Uniform in [0, 1); injected by tests. Default `Math.random`. */
+  random?: () => number
+}
+
+/** The events of an `Outbox`. */
+export interface OutboxEvents {
+  /** A row as it is after a change (stored, claimed, retried, accepted, done, dead, requeued). */
+  state: (row: OutboxRow) => void
+  /** A store write failed in the background (the row stays as the store last had it). */
+  error: (err: Error) => void
+}
+
+const DAY_MS = 86_400_000
+const FINAL_STATES: ReadonlySet<RecipientState> = new Set<RecipientState>([
+  'delivered',
+  'undecryptable',
+  'rejected',
+  'dropped_revoked',
+  'expired',
+])
+
+/** One row being dispatched. `row` follows receipts that arrive meanwhile. */
+interface Flight {
+  row: OutboxRow
+  controller: AbortController
+}
+
+const ABORTED = Symbol('aborted')
+
+/** Schedules the outbox's rows onto `dispatch`. */
+export class Outbox extends Emitter<OutboxEvents> {
+  readonly #store: RuntimeStore
+  readonly #clock: Clock
+  readonly #dispatch: OutboxInit['dispatch']
+  readonly #concurrency: number
+  readonly #maxAttempts: number
+  readonly #maxAgeMs: number
+  readonly #baseMs: number
+  readonly #capMs: number
+  readonly #random: () => number
+
+  #running = false
+  readonly #flights = new Map<string, Flight>()
+  /** The settling of every flight, so `stop()` can wait for rows to be written back. */
+  readonly #settling = new Set<Promise<void>>()
+  /** Uncounted retries in a row, per row: their own doubling. */
+  readonly #uncounted = new Map<string, number>()
+  /** Rows waiting after an uncounted retry without `retryAfterMs` (disconnected): `wake()` frees them. */
+  readonly #waitingLink = new Set<string>()
+  /** Per-row chains, so a receipt and a dispatch result never interleave their read-modify-writes. */
+  readonly #locks = new Map<string, Promise<void>>()
+  /** The loop's run, for `stop()` to wait on; `#pumpActive` says whether it is still going. */
+  #pumping: Promise<void> | undefined
+  #pumpActive = false
+  #again = false
+  #claiming = 0
+  #timer: ClockTimer | undefined
+  #timerAt: number | undefined
+  /** Bumped whenever the outbox may have become idle; `idle()` waits for a change. */
+  #version = 0
+  readonly #versionWaiters = new Set<() => void>()
+
+  constructor(init: OutboxInit) {
+    super()
+    this.#store = init.store
+    this.#clock = init.clock ?? systemClock
+    this.#dispatch = init.dispatch
+    this.#concurrency = Math.max(1, init.concurrency ?? 256)
+    this.#maxAttempts = Math.max(1, init.maxAttempts ?? 25)
+    this.#maxAgeMs = init.maxAgeMs ?? 6 * DAY_MS
+    this.#baseMs = init.backoffBaseMs ?? 500
+    this.#capMs = init.backoffCapMs ?? 30_000
+    this.#random = init.random ?? Math.random
+  }
+
+  /** How many rows are being dispatched now. */
+  get inflight(): number {
+    return this.#flights.size
+  }
+
+  /** Puts rows a previous run left `inflight` back to `pending`, then starts dispatching. */
+  async start(): Promise<void> {
+    if (this.#running) return
+    await this.#store.recoverInflight(this.#clock.now())
+    this.#running = true
+    this.#kick()
+  }
+
+  /**
+   * Stores a new row (`pending`) and wakes the loop; resolves once the row is stored. An id already
+   * stored resolves with that row unchanged (the caller's retry of the same send).
+   */
+  async enqueue(row: NewOutboxRow): Promise<OutboxRow> {
+    const { inserted, row: stored } = await this.#store.insertOutbox(row)
+    if (inserted) {
+      this.emit('state', stored)
+      this.#kick()
+    }
+    return stored
+  }
+
+  /**
+   * Makes rows that wait after a disconnect (an uncounted retry without `retryAfterMs`) due now and
+   * restarts their backoff: call it when the coordinator connection is back. Rate-limited rows keep
+   * their `retryAfterMs`.
+   */
+  wake(): void {
+    const ids = [...this.#waitingLink]
+    this.#waitingLink.clear()
+    for (const id of ids) this.#uncounted.delete(id)
+    if (ids.length === 0) {
+      this.#kick()
+      return
+    }
+    const freeing = (async () => {
+      const now = this.#clock.now()
+      for (const id of ids) {
+        const row = await this.#locked(id, () =>
+          this.#store.updateOutbox(id, { nextAttemptAt: now, updatedAt: now }, ['pending']),
+        )
+        if (row !== undefined) this.emit('state', row)
+      }
+      this.#kick()
+    })()
+    freeing.catch((err: unknown) => this.#fail(err))
+  }
+
+  /**
+   * Records a recipient's outcome (a `delivery_receipt`, a late ack). An `accepted` row whose every known
+   * recipient is final becomes `done`, and so does a waiting direct (`dm`, `rpc`, `stream`) row. A final
+   * outcome is never replaced by `queued`. Resolves with the row after the change, or undefined when the
+   * row is unknown.
+   */
+  async receipt(id: string, recipientHex: string, status: RecipientState): Promise<OutboxRow | undefined> {
+    return this.#locked(id, async () => {
+      const now = this.#clock.now()
+      const flight = this.#flights.get(id)
+      if (flight !== undefined) {
+        // The dispatch result will settle the state; keep the outcome for it, and store it now.
+        flight.row.recipients = mergeRecipients(flight.row.recipients, { [recipientHex]: status })
+        const row = await this.#store.updateOutbox(
+          id,
+          { recipients: flight.row.recipients, updatedAt: now },
+          ['inflight'],
+        )
+        if (row !== undefined) this.emit('state', row)
+        return row
+      }
+      const row = await this.#store.getOutbox(id)
+      if (row === undefined) return undefined
+      const recipients = mergeRecipients(row.recipients, { [recipientHex]: status })
+      const finished =
+        allFinal(recipients) &&
+        (row.state === 'accepted' || (row.state === 'pending' && isDirectChannel(row.channel)))
+      const patch: OutboxPatch = { recipients, updatedAt: now }
+      if (finished) {
+        patch.state = 'done'
+        patch.lastError = null
+      }
+      const updated = await this.#store.updateOutbox(id, patch, [row.state])
+      if (updated === undefined) return undefined
+      if (finished) this.#forget(id)
+      this.emit('state', updated)
+      this.#bump()
+      return updated
+    })
+  }
+
+  /**
+   * Requeues a `dead` row under a fresh id: the old row becomes `aborted` (`requeuedAs`) and `newRow` is
+   * stored `pending`. Resolves with the new row, or undefined when `id` is not `dead`.
+   */
+  async requeue(id: string, newRow: NewOutboxRow): Promise<OutboxRow | undefined> {
+    return this.#locked(id, async () => {
+      const created = await this.#store.requeueDead(id, newRow, this.#clock.now())
+      if (created === undefined) return undefined
+      const old = await this.#store.getOutbox(id)
+      if (old !== undefined) this.emit('state', old)
+      this.emit('state', created)
+      this.#kick()
+      return created
+    })
+  }
+
+  /** The row as stored (for `message_status`). */
+  async status(id: string): Promise<OutboxRow | undefined> {
+    return this.#store.getOutbox(id)
+  }
+
+  /** Resolves when no row is `pending` or `inflight` (rows waiting for a later retry are pending). */
+  async idle(signal?: AbortSignal): Promise<void> {
+    for (;;) {
+      signal?.throwIfAborted()
+      const version = this.#version
+      if (await this.#isIdle()) return
+      await this.#changedSince(version, signal)
+    }
+  }
+
+  /**
+   * Stops dispatching: no new claims, in-flight dispatches are aborted and their rows go back to
+   * `pending` (due now, no attempt used). Resolves when those rows are written. `start()` resumes.
+   */
+  async stop(): Promise<void> {
+    this.#running = false
+    this.#disarm()
+    await this.#pumping
+    for (const flight of this.#flights.values()) flight.controller.abort()
+    await Promise.all([...this.#settling])
+    this.#bump()
+  }
+
+  // The loop: claim what is due into free slots, then sleep until the next row is due.
+
+  #kick(): void {
+    if (!this.#running) return
+    if (this.#pumpActive) {
+      this.#again = true
+      return
+    }
+    this.#pumpActive = true
+    this.#pumping = this.#pump()
+  }
+
+  async #pump(): Promise<void> {
+    try {
+      do {
+        this.#again = false
+        await this.#fill()
+      } while (this.#again && this.#running)
+    } catch (err) {
+      this.#fail(err)
+      // A store that failed (disk full, closed under us) is tried again after a pause.
+      if (this.#running) this.#arm(this.#clock.now() + this.#baseMs)
+    } finally {
+      // In the same turn as the last `#again` check, so a kick cannot fall between the two.
+      this.#pumpActive = false
+    }
+  }
+
+  async #fill(): Promise<void> {
+    for (;;) {
+      if (!this.#running) return
+      const room = this.#concurrency - this.#flights.size
+      if (room <= 0) {
+        this.#disarm() // a finishing flight kicks the loop
+        return
+      }
+      this.#claiming++
+      try {
+        const rows = await this.#store.claimDue(this.#clock.now(), room)
+        for (const row of rows) this.#launch(row)
+        if (rows.length < room) break
+      } finally {
+        this.#claiming--
+        this.#bump() // an idle() that saw the claim running looks again
+      }
+    }
+    const next = await this.#store.nextDue()
+    if (next !== undefined && next <= this.#clock.now()) this.#again = true
+    else this.#arm(next)
+  }
+
+  #arm(at: number | undefined): void {
+    if (at === this.#timerAt && this.#timer !== undefined) return
+    this.#disarm()
+    if (at === undefined || !this.#running) return
+    this.#timerAt = at
+    this.#timer = this.#clock.setTimeout(
+      () => {
+        this.#timer = undefined
+        this.#timerAt = undefined
+        this.#kick()
+      },
+      Math.max(0, at - this.#clock.now()),
+    )
+  }
+
+  #disarm(): void {
+    this.#timer?.cancel()
+    this.#timer = undefined
+    this.#timerAt = undefined
+  }
+
+  /** Starts one claimed (`inflight`) row; does not wait for it. */
+  #launch(row: OutboxRow): void {
+    const flight: Flight = { row, controller: new AbortController() }
+    this.#flights.set(row.id, flight)
+    this.emit('state', row)
+    const settling = this.#fly(flight)
+    this.#settling.add(settling)
+    void settling.finally(() => this.#settling.delete(settling))
+  }
+
+  async #fly(flight: Flight): Promise<void> {
+    const { row, controller } = flight
+    try {
+      let result: DispatchResult | typeof ABORTED
+      if (!this.#running) result = ABORTED
+      else if (this.#expired(row, this.#clock.now())) result = this.#expiry(row.lastError)
+      else {
+        try {
+          result = await untilAborted(this.#dispatch(row, controller.signal), controller.signal)
+        } catch (err) {
+          result = controller.signal.aborted
+            ? ABORTED
+            : {
+                kind: 'retry',
+                counted: false,
+                error: { code: 'MESH_ERR_INTERNAL', message: `dispatch threw: ${String(err)}` },
+              }
+        }
+      }
+      await this.#locked(row.id, () => this.#settle(flight, result))
+    } catch (err) {
+      this.#fail(err) // the row stays inflight in the store; the next start() recovers it
+    } finally {
+      this.#flights.delete(row.id)
+      this.#bump()
+      this.#kick()
+    }
+  }
+
+  /** Writes the outcome of one dispatch (the row is `inflight` in the store). */
+  async #settle(flight: Flight, result: DispatchResult | typeof ABORTED): Promise<void> {
+    const { row } = flight
+    const now = this.#clock.now()
+    let patch: OutboxPatch
+    if (result === ABORTED) {
+      patch = { state: 'pending', nextAttemptAt: now, updatedAt: now }
+    } else if (result.kind === 'done' || result.kind === 'accepted') {
+      const recipients = mergeRecipients(row.recipients, result.recipients ?? {})
+      const state = result.kind === 'done' || allFinal(recipients) ? 'done' : 'accepted'
+      patch = { state, lastError: null, updatedAt: now }
+      if (Object.keys(recipients).length > 0) patch.recipients = recipients
+    } else if (result.kind === 'dead') {
+      patch = { state: 'dead', lastError: result.error, updatedAt: now }
+    } else {
+      patch = this.#retry(row, result, now)
+    }
+    if (patch.state !== 'pending') this.#forget(row.id)
+    const updated = await this.#store.updateOutbox(row.id, patch, ['inflight'])
+    if (updated !== undefined) this.emit('state', updated)
+  }
+
+  /** The patch for a `retry` result: back to `pending` at the backoff, or `dead` by age or attempts. */
+  #retry(row: OutboxRow, result: Extract<DispatchResult, { kind: 'retry' }>, now: number): OutboxPatch {
+    if (this.#expired(row, now))
+      return { state: 'dead', lastError: this.#expiry(result.error).error, updatedAt: now }
+    const given =
+      result.retryAfterMs !== undefined && Number.isFinite(result.retryAfterMs) && result.retryAfterMs >= 0
+        ? result.retryAfterMs
+        : undefined
+    let attempts = row.attempts
+    let delay: number
+    if (result.counted) {
+      attempts++
+      this.#uncounted.delete(row.id)
+      this.#waitingLink.delete(row.id)
+      if (attempts >= this.#maxAttempts) {
+        return {
+          state: 'dead',
+          attempts,
+          lastError: {
+            code: 'MESH_ERR_TOO_MANY_ATTEMPTS' satisfies MeshErrorCode,
+            message: `refused ${attempts} times; last: ${result.error.code}: ${result.error.message}`,
+          },
+          updatedAt: now,
+        }
+      }
+      delay = given ?? this.#backoff(attempts)
+    } else {
+      const streak = (this.#uncounted.get(row.id) ?? 0) + 1
+      this.#uncounted.set(row.id, streak)
+      if (given === undefined) this.#waitingLink.add(row.id)
+      else this.#waitingLink.delete(row.id)
+      delay = given ?? this.#backoff(streak)
+    }
+    // Never sleep past the row's expiry: it is declared dead on time.
+    const nextAttemptAt = Math.min(now + delay, row.createdAt + this.#maxAgeMs)
+    return { state: 'pending', attempts, nextAttemptAt, lastError: result.error, updatedAt: now }
+  }
+
+  /** Full jitter: uniform below `min(cap, base · 2^(n-1))` for the n-th retry. */
+  #backoff(n: number): number {
+    const ceiling = Math.min(this.#capMs, this.#baseMs * 2 ** Math.min(n - 1, 40))
+    return Math.floor(this.#random() * ceiling)
+  }
+
+  #expired(row: OutboxRow, now: number): boolean {
+    return now - row.createdAt >= this.#maxAgeMs
+  }
+
+  #expiry(last: RowError | undefined): { kind: 'dead'; error: RowError } {
+    const why = last === undefined ? '' : `; last: ${last.code}: ${last.message}`
+    return {
+      kind: 'dead',
+      error: {
+        code: 'MESH_ERR_OUTBOX_EXPIRED' satisfies MeshErrorCode,
+        message: `undelivered after ${Math.round(this.#maxAgeMs / 1000)} s${why}`,
+      },
+    }
+  }
+
+  /** Drops the per-row retry memory of a row that left the retry cycle. */
+  #forget(id: string): void {
+    this.#uncounted.delete(id)
+    this.#waitingLink.delete(id)
+  }
+
+  #locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.#locks.get(id) ?? Promise.resolve()
+    const run = previous.then(fn)
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.#locks.set(id, tail)
+    void tail.then(() => {
+      if (this.#locks.get(id) === tail) this.#locks.delete(id)
+    })
+    return run
+  }
+
+  async #isIdle(): Promise<boolean> {
+    if (this.#flights.size > 0 || this.#claiming > 0) return false
+    const next = await this.#store.nextDue()
+    return next === undefined && this.#flights.size === 0 && this.#claiming === 0
+  }
+
+  #bump(): void {
+    this.#version++
+    for (const wake of [...this.#versionWaiters]) wake()
+  }
+
+  #changedSince(version: number, signal: AbortSignal | undefined): Promise<void> {
+    if (version !== this.#version) return Promise.resolve()
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        this.#versionWaiters.delete(wake)
+        reject(signal?.reason as Error)
+      }
+      const wake = (): void => {
+        this.#versionWaiters.delete(wake)
+        signal?.removeEventListener('abort', onAbort)
+        resolve()
+      }
+      this.#versionWaiters.add(wake)
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  }
+
+  #fail(err: unknown): void {
+    this.emit('error', err instanceof Error ? err : new Error(String(err)))
+  }
+}
+
+/** Merges outcomes; a final outcome already known is never replaced by `queued`. */
+function mergeRecipients(
+  known: Record<string, RecipientState> | undefined,
+  incoming: Record<string, RecipientState>,
+): Record<string, RecipientState> {
+  const merged = { ...known }
+  for (const [key, state] of Object.entries(incoming)) {
+    const was = merged[key]
+    if (state === 'queued' && was !== undefined && FINAL_STATES.has(was)) continue
+    merged[key] = state
+  }
+  return merged
+}
+
+/** True when at least one recipient is known and none is still `queued`. */
+function allFinal(recipients: Record<string, RecipientState>): boolean {
+  const states = Object.values(recipients)
+  return states.length > 0 && states.every((state) => FINAL_STATES.has(state))
+}
+
+/** `promise`, or `ABORTED` as soon as `signal` aborts (the promise is then left to settle unobserved). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T | typeof ABORTED> {
+  if (signal.aborted) return Promise.resolve(ABORTED)
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => resolve(ABORTED)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(value)
+      },
+      (err: Error) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(err)
+      },
+    )
+  })
+}
