@@ -120,13 +120,15 @@ export class Inbox extends Emitter<InboxEvents> {
   /**
    * The inbox in arrival order, from the oldest message not yet consumed; waits for more until `signal`
    * aborts (then the iterator ends). A message is marked consumed when the next one is asked for, or
-   * when the loop breaks.
+   * when the loop breaks. Only `channels` are read (default `dm`): `rpc` and `stream` rows belong to
+   * their handlers, which consume them themselves.
    */
   async *messages(
-    o: { signal?: AbortSignal; recipients?: readonly Uint8Array[] } = {},
+    o: { signal?: AbortSignal; recipients?: readonly Uint8Array[]; channels?: readonly Channel[] } = {},
   ): AsyncGenerator<InboundMessage> {
     let after = 0
     const recipients = o.recipients ?? [this.#me.publicKey]
+    const channels = new Set<Channel>(o.channels ?? ['dm'])
     while (o.signal?.aborted !== true) {
       const rows = await this.#store.readInbox({
         mesh: this.#mesh,
@@ -141,6 +143,7 @@ export class Inbox extends Emitter<InboxEvents> {
       }
       for (const row of rows) {
         after = row.seq
+        if (!channels.has(row.channel)) continue
         try {
           yield toMessage(row)
         } finally {

@@ -290,9 +290,19 @@ export class Peer extends Emitter<PeerEvents> {
     return this.#outbox.idle(signal)
   }
 
-  /** The inbox in arrival order, from the oldest message not yet consumed; ends when `signal` aborts. */
-  messages(o: { signal?: AbortSignal } = {}): AsyncGenerator<InboundMessage> {
+  /**
+   * The inbox in arrival order, from the oldest message not yet consumed; ends when `signal` aborts.
+   * Reads `dm` messages unless `channels` says otherwise.
+   */
+  messages(
+    o: { signal?: AbortSignal; channels?: readonly DirectChannel[] } = {},
+  ): AsyncGenerator<InboundMessage> {
     return this.#inbox.messages(o)
+  }
+
+  /** Marks inbox rows consumed (handlers of `rpc` and `stream` messages, which `messages()` skips). */
+  consume(seqs: readonly number[]): Promise<void> {
+    return this.#inbox.consume(seqs)
   }
 
   /**
