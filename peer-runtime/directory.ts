@@ -61,16 +61,34 @@ export class PeerDirectory {
     return peer
   }
 
-  /** The peer, if it is known and the view still vouches for it (and its attestation has not run out). */
+  /**
+   * The peer, if it is known and the view still vouches for it (and its attestation has not run out). A
+   * member key of the verified roster is always known, even one that never connected: a DM to it is
+   * queued for the member's daemon.
+   */
   get(pk: Uint8Array, now: number): KnownPeer | undefined {
     const hex = toHex(pk)
     const peer = this.#peers.get(hex)
-    if (peer === undefined) return undefined
+    if (peer === undefined) return this.#member(pk)
     if (!this.#view.stillVouches(peer) || (peer.expiresAt !== undefined && peer.expiresAt <= now)) {
       this.#peers.delete(hex)
       return undefined
     }
     return peer
+  }
+
+  #member(pk: Uint8Array): KnownPeer | undefined {
+    const state = this.#view.state
+    if (state.roleOf(pk) === undefined) return undefined
+    const displayName = state.displayNames.get(toHex(pk))
+    return {
+      pk: Uint8Array.from(pk),
+      memberPk: Uint8Array.from(pk),
+      role: 'control-plane',
+      online: false,
+      status: 'idle',
+      ...(displayName !== undefined && { displayName }),
+    }
   }
 
   /** Every peer the view still vouches for. */

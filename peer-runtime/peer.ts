@@ -123,6 +123,8 @@ export interface PeerEvents {
   /** A hello was accepted (again). */
   connected: (ack: FrameOf<'hello_ack'>) => void
   disconnected: (info: DownInfo) => void
+  /** A connection attempt failed before its hello was accepted (coordinator down, hello refused, wrong key). */
+  failed: (info: DownInfo) => void
   /** The coordinator connection stopped for good (kicked, revoked, replaced, or `close()`). */
   stopped: (error?: MeshError) => void
   /** A presence event about a peer the view vouches for. */
@@ -193,6 +195,7 @@ export class Peer extends Emitter<PeerEvents> {
     this.#connection.on('ready', (ack) => this.#onReady(ack))
     this.#connection.on('frame', (frame) => this.#onFrame(frame))
     this.#connection.on('down', (info) => this.emit('disconnected', info))
+    this.#connection.on('failed', (info) => this.emit('failed', info))
     this.#connection.on('stopped', (err) => this.emit('stopped', err))
     this.#outbox = new Outbox({
       store: o.store,

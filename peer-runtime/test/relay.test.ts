@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createIdentity, mintSessionAttestation, toHex } from '../../protocol/index.js'
 import { storeLegs } from '../../coordinator/store/testing.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
-import { closePeers, sessionPeer } from '../../test/support/peer-world.js'
+import { closePeers, memberPeer, sessionPeer } from '../../test/support/peer-world.js'
 import { rejectionCode } from '../../test/support/rejection.js'
 import { memoryStore } from '../store/memory.js'
 import type { Peer } from '../peer.js'
@@ -68,6 +68,21 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     await expect
       .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
       .toBe('done')
+  })
+
+  it("a DM to a member key that never connected is queued, and reaches the member's daemon when it comes", async () => {
+    const world = await start()
+    const carol = await world.member('carol')
+    const alice = await sessionPeer(world, await world.member('alice'))
+    await alice.whenConnected()
+
+    const sent = await alice.send(carol.publicKey, { text: 'for your daemon' })
+    await expect
+      .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
+      .toBe('accepted')
+    const daemon = await memberPeer(world, carol)
+    const [got] = await take(daemon, 1)
+    expect(got).toMatchObject({ payload: { text: 'for your daemon' }, status: 'ok' })
   })
 
   it('refuses to seal to a key the coordinator lists but no admin signed for (nothing is stored)', async () => {

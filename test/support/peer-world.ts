@@ -90,6 +90,35 @@ export async function sessionPeer(world: World, member: Identity, o: SessionPeer
   return peer
 }
 
+/** A started control-plane peer holding `member`'s own key (what a daemon runs per mesh). */
+export async function memberPeer(
+  world: World,
+  member: Identity,
+  o: Omit<SessionPeerOptions, 'sessionId' | 'identity'> = {},
+): Promise<Peer> {
+  const store =
+    o.store === undefined || o.store === 'memory'
+      ? memoryStore()
+      : o.store === 'sqlite'
+        ? sqliteStore({ path: join(tempDir(), 'runtime.db') })
+        : o.store
+  const peer = createNodePeer({
+    url: o.url ?? world.wsUrl,
+    mesh: world.mesh,
+    ownerPk: world.owner.publicKey,
+    coordinatorPk: world.coordinatorIdentity.publicKey,
+    identity: member,
+    role: 'control-plane',
+    store,
+    p2p: o.p2p ?? false,
+    clock: o.clock ?? systemClock,
+    connection: o.connection ?? { backoffBaseMs: 50, backoffCapMs: 500 },
+  })
+  open.push({ peer, store, ownsStore: typeof o.store !== 'object' })
+  await peer.start()
+  return peer
+}
+
 /** Closes every peer made by `sessionPeer` (and the stores it made), then removes temp dirs. */
 export async function closePeers(): Promise<void> {
   for (const { peer, store, ownsStore } of open.splice(0).reverse()) {
