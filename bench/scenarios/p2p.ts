@@ -277,6 +277,10 @@ async function latencyFigure(pair: Pair, driver: Driver, size: DmSize, quick: bo
     relay,
     raw,
   })
+  const line = (p: Percentiles): string => `${p.p50} / ${p.p95} / ${p.p99} / ${p.max}`
+  process.stderr.write(
+    `    p50 / p95 / p99 / max ms: webrtc ${line(webrtc)}, ws-relay ${line(relay)}, raw ${line(raw)}\n`,
+  )
 }
 
 interface Percentiles {
