@@ -114,6 +114,8 @@ export interface SendOptions {
   meta?: Meta
   /** Defaults to a fresh ULID. */
   clientMessageId?: string
+  /** The request fingerprint of an idempotent IPC send, kept on the outbox row (the daemon compares it). */
+  fingerprint?: Uint8Array
   signal?: AbortSignal
 }
 
@@ -279,6 +281,7 @@ export class Peer extends Emitter<PeerEvents> {
       channel,
       envelope: encodeEnvelope(env),
       createdAt: now,
+      ...(o.fingerprint !== undefined && { fingerprint: o.fingerprint }),
     })
     return { clientMessageId, state: row.state }
   }
