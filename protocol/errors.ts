@@ -185,6 +185,22 @@ export const ERROR_CODES = {
     permanent: false,
     summary: 'the awaited outcome did not come within the timeout; the message stays in the outbox',
   },
+  MESH_ERR_DAEMON_RUNNING: {
+    permanent: true,
+    summary: 'a daemon already holds this home (its pid is in daemon.lock)',
+  },
+  MESH_ERR_DAEMON_NOT_RUNNING: {
+    permanent: false,
+    summary: 'no daemon runs on this home (or it does not answer on its socket)',
+  },
+  MESH_ERR_UNKNOWN_SESSION: {
+    permanent: true,
+    summary: 'the daemon has no registered session of that id (or the token belongs to none)',
+  },
+  MESH_ERR_UNKNOWN_MESSAGE: {
+    permanent: true,
+    summary: "the session's outbox holds no message of that id",
+  },
   MESH_ERR_INTERNAL: { permanent: false, summary: 'an unexpected coordinator failure' },
 } as const satisfies Record<string, { permanent: boolean; summary: string }>
 
