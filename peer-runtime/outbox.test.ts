@@ -375,6 +375,28 @@ describe('Outbox', () => {
     expect(new Set(f.calls.map((c) => c.id)).size).toBe(100)
   })
 
+  it('at saturation refills in batches of an eighth of the slots', async () => {
+    const finish: (() => void)[] = []
+    const f = await setup(
+      () => new Promise<DispatchResult>((resolve) => finish.push(() => resolve({ kind: 'done' }))),
+      { concurrency: 64 },
+    )
+    await Promise.all(Array.from({ length: 200 }, (_, i) => f.outbox.enqueue(f.row(i + 1))))
+    await eventually(() => f.calls.length === 64)
+    for (let i = 0; i < 7; i++) finish.shift()?.()
+    await eventually(() => f.outbox.inflight === 57)
+    expect(f.calls).toHaveLength(64) // 7 free slots: not worth a claim yet
+    finish.shift()?.()
+    await eventually(() => f.calls.length === 72)
+    expect(f.outbox.inflight).toBe(64)
+    while (f.calls.length < 200 || finish.length > 0) {
+      finish.splice(0).forEach((done) => done())
+      await eventually(() => finish.length > 0 || f.outbox.inflight === 0)
+    }
+    await f.outbox.idle(signal())
+    expect(new Set(f.calls.map((c) => c.id)).size).toBe(200)
+  })
+
   it('dispatches many rows at once, each exactly once', async () => {
     const f = await setup(async () => ({ kind: 'done' }))
     const n = 5_000

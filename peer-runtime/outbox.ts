@@ -98,6 +98,7 @@ export class Outbox extends Emitter<OutboxEvents> {
   readonly #clock: Clock
   readonly #dispatch: OutboxInit['dispatch']
   readonly #concurrency: number
+  readonly #refillAt: number
   readonly #maxAttempts: number
   readonly #maxAgeMs: number
   readonly #baseMs: number
@@ -131,6 +132,7 @@ export class Outbox extends Emitter<OutboxEvents> {
     this.#clock = init.clock ?? systemClock
     this.#dispatch = init.dispatch
     this.#concurrency = Math.max(1, init.concurrency ?? 256)
+    this.#refillAt = Math.max(1, Math.floor(this.#concurrency / 8))
     this.#maxAttempts = Math.max(1, init.maxAttempts ?? 25)
     this.#maxAgeMs = init.maxAgeMs ?? 6 * DAY_MS
     this.#baseMs = init.backoffBaseMs ?? 500
@@ -277,12 +279,15 @@ export class Outbox extends Emitter<OutboxEvents> {
 
   // The loop: claim what is due into free slots, then sleep until the next row is due.
 
-  #kick(): void {
+  /** Runs the loop, or has the running loop go round once more. */
+  #kick(afterFlight = false): void {
     if (!this.#running) return
     if (this.#pumpActive) {
       this.#again = true
       return
     }
+    // Saturated, refill in batches: one claim per `#refillAt` finished flights, not a claim per flight.
+    if (afterFlight && this.#concurrency - this.#flights.size < this.#refillAt) return
     this.#pumpActive = true
     this.#pumping = this.#pump()
   }
@@ -382,7 +387,7 @@ export class Outbox extends Emitter<OutboxEvents> {
     } finally {
       this.#flights.delete(row.id)
       this.#bump()
-      this.#kick()
+      this.#kick(true)
     }
   }
 
