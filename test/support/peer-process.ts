@@ -19,7 +19,14 @@ export interface PeerProcessStart {
   p2p: boolean
 }
 
-type FromChild = { t: 'ready' } | { t: 'received'; fresh: number } | { t: 'error'; message: string }
+type FromChild =
+  | { t: 'ready' }
+  | { t: 'received'; fresh: number }
+  | { t: 'sent'; p2pSent: number; viaP2p: number }
+  | { t: 'error'; message: string }
+
+type ToChild =
+  ({ t: 'start' } & PeerProcessStart) | { t: 'send'; to: Uint8Array; count: number } | { t: 'close' }
 
 /** The parent's handle on a peer process. */
 export interface PeerProcess {
@@ -29,6 +36,16 @@ export interface PeerProcess {
   ready: Promise<void>
   /** Resolves when the process reported at least `n` fresh rows. */
   received(n: number, timeoutMs: number): Promise<void>
+  /**
+   * Sends `count` DMs to `to` and resolves once every one is done (a receiver acked it), with how many
+   * went P2P and how many of what this process received came P2P.
+   */
+  send(to: Uint8Array, count: number, timeoutMs: number): Promise<{ p2pSent: number; viaP2p: number }>
+  /**
+   * Asks the peer to close (its store too) and then lets the process end by itself, with no
+   * `process.exit`: resolves with the milliseconds until it exited, so a handle left open shows.
+   */
+  close(): Promise<number>
   /** `kill -9`, resolving once it is gone. */
   kill(): Promise<void>
   /** Asks it to close cleanly (SIGTERM) and waits for the exit. */
@@ -52,7 +69,7 @@ export function peerProcess(start: PeerProcessStart): PeerProcess {
       else if (m.t === 'received') {
         fresh = m.fresh
         for (const w of waiters) w()
-      } else {
+      } else if (m.t === 'error') {
         failed = new Error(`peer process: ${m.message}`)
         reject(failed)
       }
@@ -60,7 +77,8 @@ export function peerProcess(start: PeerProcessStart): PeerProcess {
     void gone.then(() => reject(new Error('peer process exited before it was ready')))
   })
   ready.catch(() => undefined)
-  child.send({ t: 'start', ...start })
+  const tell = (m: ToChild): void => void child.send(m)
+  tell({ t: 'start', ...start })
   return {
     child,
     get fresh() {
@@ -86,6 +104,28 @@ export function peerProcess(start: PeerProcessStart): PeerProcess {
         check()
       })
     },
+    send(to, count, timeoutMs) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error(`${count} sends not done in ${timeoutMs} ms`)),
+          timeoutMs,
+        )
+        const onMessage = (m: FromChild): void => {
+          if (m.t !== 'sent') return
+          clearTimeout(timer)
+          child.off('message', onMessage)
+          resolve({ p2pSent: m.p2pSent, viaP2p: m.viaP2p })
+        }
+        child.on('message', onMessage)
+        tell({ t: 'send', to, count })
+      })
+    },
+    async close() {
+      const t0 = Date.now()
+      tell({ t: 'close' })
+      await gone
+      return Date.now() - t0
+    },
     async kill() {
       child.kill('SIGKILL')
       await gone
@@ -103,7 +143,9 @@ async function runChild(): Promise<void> {
   const { initCrypto } = await import('../../protocol/index.js')
   await initCrypto()
   const start = await new Promise<PeerProcessStart>((resolve) =>
-    process.once('message', (m: PeerProcessStart & { t: string }) => resolve(m)),
+    process.once('message', (m: ToChild) => {
+      if (m.t === 'start') resolve(m)
+    }),
   )
   const store = sqliteStore({ path: start.storePath })
   const peer = createNodePeer({
@@ -121,7 +163,11 @@ async function runChild(): Promise<void> {
   })
   let fresh = 0
   let reported = 0
-  peer.on('message', () => fresh++)
+  let viaP2p = 0
+  peer.on('message', (m) => {
+    fresh++
+    if (m.via === 'p2p') viaP2p++
+  })
   // Batched reports: an IPC message per inbox row would cost more than the row.
   const report = setInterval(() => {
     if (fresh !== reported) process.send?.({ t: 'received', fresh: (reported = fresh) })
@@ -133,6 +179,30 @@ async function runChild(): Promise<void> {
       .then(() => store.close())
       .then(() => process.exit(0))
   })
+  process.on('message', (m: ToChild) => {
+    if (m.t === 'send') {
+      void sendAll(m.to, m.count).then(
+        () => process.send?.({ t: 'sent', p2pSent: peer.p2pCounters?.p2pSent ?? 0, viaP2p }),
+        (err: unknown) => process.send?.({ t: 'error', message: String(err) }),
+      )
+    } else if (m.t === 'close') {
+      clearInterval(report)
+      // No process.exit: the process must end by itself once everything is closed.
+      void peer
+        .close()
+        .then(() => store.close())
+        .then(() => process.disconnect())
+    }
+  })
+  async function sendAll(to: Uint8Array, count: number): Promise<void> {
+    const ids: string[] = []
+    for (let n = 0; n < count; n++) ids.push((await peer.send(to, { n })).clientMessageId)
+    for (;;) {
+      const rows = await Promise.all(ids.map((id) => peer.status(id)))
+      if (rows.every((r) => r?.state === 'done')) return
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
   await peer.start()
   await peer.whenConnected()
   process.send?.({ t: 'ready' })
