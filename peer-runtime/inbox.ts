@@ -44,6 +44,8 @@ export interface Taken {
 
 export interface InboxEvents {
   message: (message: InboundMessage) => void
+  /** A redelivery of a stored message (the stored row; rpc re-sends its cached response on it). */
+  duplicate: (message: InboundMessage) => void
 }
 
 export class Inbox extends Emitter<InboxEvents> {
@@ -108,6 +110,7 @@ export class Inbox extends Emitter<InboxEvents> {
       if (this.acksOnConsumption && row.consumedAt === undefined && row.status === 'ok') {
         this.#defer(row.seq, () => o.ack('duplicate'))
       } else o.ack('duplicate')
+      if (this.listenerCount('duplicate') > 0) this.emit('duplicate', toMessage(row))
       return { status: 'duplicate', fresh: false, row }
     }
     if (this.acksOnConsumption && status === 'ok') this.#defer(row.seq, () => o.ack('ok'))

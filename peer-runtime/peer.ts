@@ -122,6 +122,8 @@ export interface SendOptions {
 export interface PeerEvents {
   /** A message was stored in the inbox (read it with `messages()` to mark it consumed). */
   message: (message: InboundMessage) => void
+  /** A message already in the inbox came again (a retry); carries the stored row. */
+  duplicate: (message: InboundMessage) => void
   /** A hello was accepted (again). */
   connected: (ack: FrameOf<'hello_ack'>) => void
   disconnected: (info: DownInfo) => void
@@ -181,6 +183,7 @@ export class Peer extends Emitter<PeerEvents> {
       clock: this.#clock,
     })
     this.#inbox.on('message', (m) => this.emit('message', m))
+    this.#inbox.on('duplicate', (m) => this.emit('duplicate', m))
     this.#connection = new CoordinatorConnection({
       url: o.url,
       socket: o.socket,

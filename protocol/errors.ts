@@ -169,6 +169,30 @@ export const ERROR_CODES = {
     permanent: true,
     summary: 'an outbox row was refused retryably 25 times and went dead',
   },
+  MESH_ERR_RPC_TIMEOUT: {
+    permanent: false,
+    summary: 'an rpc call got no answer within its timeoutMs',
+  },
+  MESH_ERR_RPC_HANDLER: {
+    permanent: false,
+    summary: 'the rpc handler threw an error that carries no code of its own',
+  },
+  MESH_ERR_RPC_NO_HANDLER: {
+    permanent: true,
+    summary: 'the callee serves no handler for the rpc method named',
+  },
+  MESH_ERR_STREAM_ABORTED: {
+    permanent: false,
+    summary: 'the other end of a stream aborted it (the sender) or cancelled it (the receiver)',
+  },
+  MESH_ERR_STREAM_PROTOCOL: {
+    permanent: true,
+    summary: 'a stream chunk broke the rules: outside the granted window, after fin, or malformed',
+  },
+  MESH_ERR_STREAM_TIMEOUT: {
+    permanent: false,
+    summary: 'a stream saw no chunk (receiver) or no credit (sender) within its idle timeout',
+  },
   MESH_ERR_NOT_JOINED: {
     permanent: true,
     summary: 'this home has not joined (or created) the mesh named',
