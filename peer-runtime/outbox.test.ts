@@ -119,6 +119,30 @@ describe('Outbox', () => {
     expect(f.calls).toHaveLength(1)
   })
 
+  it('stores rows enqueued in one turn with one insertOutboxMany', async () => {
+    const inner = memoryStore()
+    const batches: number[] = []
+    const insertMany = (rows: readonly NewOutboxRow[]): ReturnType<RuntimeStore['insertOutboxMany']> => {
+      batches.push(rows.length)
+      return inner.insertOutboxMany(rows)
+    }
+    // Every other method goes to the memory store itself (its private fields need it as `this`).
+    const store = new Proxy(inner, {
+      get: (target, key) => {
+        if (key === 'insertOutboxMany') return insertMany
+        const value: unknown = Reflect.get(target, key)
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value
+      },
+    })
+    const f = await setup(() => ({ kind: 'done' }), { store })
+    const rows = await Promise.all(Array.from({ length: 100 }, (_, i) => f.outbox.enqueue(f.row(i + 1))))
+    await f.outbox.enqueue(f.row(101))
+    expect(batches).toEqual([100, 1])
+    expect(rows.map((r) => r.id)).toEqual(Array.from({ length: 100 }, (_, i) => testMessageId(i + 1)))
+    await f.outbox.idle(signal())
+    expect(f.calls).toHaveLength(101)
+  })
+
   it('accepted waits for receipts, and is done once every known recipient is final', async () => {
     const f = await setup((row) =>
       row.channel === 'dm'

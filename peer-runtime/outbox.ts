@@ -107,6 +107,13 @@ export class Outbox extends Emitter<OutboxEvents> {
 
   #running = false
   readonly #flights = new Map<string, Flight>()
+  /** Rows `enqueue` was given this turn, stored together by `#insertBatch`. */
+  readonly #toInsert: {
+    row: NewOutboxRow
+    resolve: (row: OutboxRow) => void
+    reject: (err: unknown) => void
+  }[] = []
+  #inserting = 0
   /** The settling of every flight, so `stop()` can wait for rows to be written back. */
   readonly #settling = new Set<Promise<void>>()
   /** Uncounted retries in a row, per row: their own doubling. */
@@ -155,15 +162,31 @@ export class Outbox extends Emitter<OutboxEvents> {
 
   /**
    * Stores a new row (`pending`) and wakes the loop; resolves once the row is stored. An id already
-   * stored resolves with that row unchanged (the caller's retry of the same send).
+   * stored resolves with that row unchanged (the caller's retry of the same send). Rows enqueued in the
+   * same turn of the event loop are stored in one transaction (one commit, one sync at most).
    */
-  async enqueue(row: NewOutboxRow): Promise<OutboxRow> {
-    const { inserted, row: stored } = await this.#store.insertOutbox(row)
-    if (inserted) {
-      this.emit('state', stored)
-      this.#kick()
+  enqueue(row: NewOutboxRow): Promise<OutboxRow> {
+    return new Promise((resolve, reject) => {
+      this.#toInsert.push({ row, resolve, reject })
+      if (this.#toInsert.length === 1) queueMicrotask(() => void this.#insertBatch())
+    })
+  }
+
+  async #insertBatch(): Promise<void> {
+    const batch = this.#toInsert.splice(0)
+    this.#inserting++
+    try {
+      const results = await this.#store.insertOutboxMany(batch.map((entry) => entry.row))
+      results.forEach(({ inserted, row }, i) => {
+        if (inserted) this.emit('state', row)
+        batch[i]?.resolve(row)
+      })
+      if (results.some((result) => result.inserted)) this.#kick()
+    } catch (err) {
+      for (const entry of batch) entry.reject(err)
+    } finally {
+      this.#inserting--
     }
-    return stored
   }
 
   /**
@@ -493,7 +516,8 @@ export class Outbox extends Emitter<OutboxEvents> {
   }
 
   async #isIdle(): Promise<boolean> {
-    if (this.#flights.size > 0 || this.#claiming > 0) return false
+    if (this.#flights.size > 0 || this.#claiming > 0 || this.#toInsert.length + this.#inserting > 0)
+      return false
     const next = await this.#store.nextDue()
     return next === undefined && this.#flights.size === 0 && this.#claiming === 0
   }

@@ -7,8 +7,8 @@
  *   survives a crash of the process (`kill -9`) but the last commits may be lost to a power loss or a
  *   kernel crash. Commits cost tens of microseconds.
  * - `'full'`: the log is synced at every commit, so a committed write also survives a power loss. Each
- *   commit then waits for the disk (about a millisecond or more); batch writes (`insertInboxMany`,
- *   `claimDue`) to share one sync.
+ *   commit then waits for the disk (about a millisecond or more); batch writes (`insertOutboxMany`,
+ *   `insertInboxMany`, `claimDue`) to share one sync.
  *
  * The store belongs to one process: it takes no lock file, and two runtimes on one file would each
  * dispatch the other's outbox rows. The file is created 0600 in a directory created 0700 (SQLite gives
@@ -206,6 +206,7 @@ class SqliteStore implements RuntimeStore {
   readonly #stmt: ReturnType<typeof prepare>
   /** `readInbox` statements by recipient count and `unconsumed`. */
   readonly #readers = new Map<string, Database.Statement>()
+  readonly #insertOutboxTx: (rows: readonly NewOutboxRow[]) => { inserted: boolean; row: OutboxRow }[]
   readonly #insertInboxTx: (rows: readonly NewInboxRow[]) => InboxInsert[]
   readonly #claimTx: (now: number, limit: number) => OutboxRow[]
   readonly #requeueTx: (id: string, row: NewOutboxRow, now: number) => OutboxRow | undefined
@@ -233,6 +234,9 @@ class SqliteStore implements RuntimeStore {
     }
     const stmt = this.#stmt
     db = this.#db
+    this.#insertOutboxTx = db.transaction((rows: readonly NewOutboxRow[]) =>
+      rows.map((row) => this.#insertOutboxRow(row)),
+    )
     this.#insertInboxTx = db.transaction((rows: readonly NewInboxRow[]) =>
       rows.map((row) => this.#insertInboxRow(row)),
     )
@@ -255,12 +259,11 @@ class SqliteStore implements RuntimeStore {
   }
 
   async insertOutbox(row: NewOutboxRow): Promise<{ inserted: boolean; row: OutboxRow }> {
-    return this.#run(() => {
-      if (this.#stmt.insertOutbox.run(outboxParams(row)).changes === 1) {
-        return { inserted: true, row: newOutboxRow(row) }
-      }
-      return { inserted: false, row: toOutboxRow(this.#stmt.getOutbox.get(row.id) as OutboxRecord) }
-    })
+    return this.#run(() => this.#insertOutboxRow(row))
+  }
+
+  async insertOutboxMany(rows: readonly NewOutboxRow[]): Promise<{ inserted: boolean; row: OutboxRow }[]> {
+    return this.#run(() => (rows.length === 0 ? [] : this.#insertOutboxTx(rows)))
   }
 
   async getOutbox(id: string): Promise<OutboxRow | undefined> {
@@ -363,6 +366,13 @@ class SqliteStore implements RuntimeStore {
       if (isMeshError(err)) throw err
       throw new MeshError('MESH_ERR_STORE_UNAVAILABLE', 'the runtime store failed', { cause: err })
     }
+  }
+
+  #insertOutboxRow(row: NewOutboxRow): { inserted: boolean; row: OutboxRow } {
+    if (this.#stmt.insertOutbox.run(outboxParams(row)).changes === 1) {
+      return { inserted: true, row: newOutboxRow(row) }
+    }
+    return { inserted: false, row: toOutboxRow(this.#stmt.getOutbox.get(row.id) as OutboxRecord) }
   }
 
   #insertInboxRow(row: NewInboxRow): InboxInsert {

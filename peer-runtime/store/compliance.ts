@@ -166,6 +166,28 @@ export function runtimeStoreCompliance(
       check((await store.getOutbox(testMessageId(99))) === undefined, 'a missing id returned a row')
     })
 
+    test('insertOutboxMany inserts in order; a repeated id is a duplicate of the first', async (store) => {
+      await store.insertOutbox(testOutboxRow(1))
+      const results = await store.insertOutboxMany([
+        testOutboxRow(2),
+        testOutboxRow(1, { target: '*' }),
+        testOutboxRow(3),
+        testOutboxRow(2, { target: '*' }),
+      ])
+      checkEqual(
+        results.map((r) => r.inserted),
+        [true, false, true, false],
+        'which rows of the batch were inserted',
+      )
+      checkEqual(
+        results.map((r) => r.row),
+        [2, 1, 3, 2].map((n) => expectedNew(testOutboxRow(n))),
+        'the rows the batch returned',
+      )
+      checkEqual(await store.insertOutboxMany([]), [], 'an empty batch')
+      checkEqual(ids(await store.dueOutbox(T0 + 100, 10)), [1, 2, 3].map(testMessageId), 'the stored rows')
+    })
+
     test('keeps its own copy of the bytes it was given', async (store) => {
       const input = testOutboxRow(2)
       await store.insertOutbox(input)
@@ -489,6 +511,7 @@ export function runtimeStoreCompliance(
       await store.close()
       const calls: [string, () => Promise<unknown>][] = [
         ['insertOutbox', () => store.insertOutbox(testOutboxRow(2))],
+        ['insertOutboxMany', () => store.insertOutboxMany([testOutboxRow(2)])],
         ['getOutbox', () => store.getOutbox(testMessageId(1))],
         ['updateOutbox', () => store.updateOutbox(testMessageId(1), { updatedAt: T0 })],
         ['dueOutbox', () => store.dueOutbox(T0, 1)],

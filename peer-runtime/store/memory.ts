@@ -93,6 +93,11 @@ class MemoryStore implements RuntimeStore {
     return { inserted: true, row: cloneOutbox(row) }
   }
 
+  async insertOutboxMany(rows: readonly NewOutboxRow[]): Promise<{ inserted: boolean; row: OutboxRow }[]> {
+    this.#assertOpen()
+    return Promise.all(rows.map((row) => this.insertOutbox(row)))
+  }
+
   async getOutbox(id: string): Promise<OutboxRow | undefined> {
     this.#assertOpen()
     const row = this.#outbox.get(id)

@@ -141,6 +141,11 @@ export interface RuntimeStore {
 
   /** Inserts a `pending` row; if the id exists, returns the existing row and changes nothing. */
   insertOutbox(row: NewOutboxRow): Promise<{ inserted: boolean; row: OutboxRow }>
+  /**
+   * `insertOutbox` for many rows in one transaction (one commit): the results in the order of `rows`; a
+   * row repeating an earlier id of the batch gets that row. If any row fails, none is stored.
+   */
+  insertOutboxMany(rows: readonly NewOutboxRow[]): Promise<{ inserted: boolean; row: OutboxRow }[]>
   getOutbox(id: string): Promise<OutboxRow | undefined>
   /**
    * Applies `patch` to row `id` if its state is one of `expect` (any state when absent). Resolves with
