@@ -74,6 +74,8 @@ export class PeerLink implements P2PSessionHost<Delivery> {
   readonly #sessions: P2PSession<Delivery>[] = []
   /** Relay sends to this peer still waiting for their `send_ack` (or their failure). */
   #relayInFlight = 0
+  /** Messages waiting for the relay sends in flight to be acked before they go P2P. */
+  readonly #drainWaiters = new Set<() => void>()
   #dialing = false
   /** No handshake starts before this time (after a failed one, or a demotion). */
   #retryAt = 0
@@ -126,15 +128,46 @@ export class PeerLink implements P2PSessionHost<Delivery> {
     const inFlight = this.#unacked(clientMessageId)
     if (inFlight !== undefined) return wait(inFlight, signal)
     const session = this.warm()
-    if (session !== undefined && this.#relayInFlight === 0) {
-      const entry: Unacked<Delivery> = { clientMessageId, envelope, waiters: [] }
-      // A loss inside `sendEnvelope` settles waiters only on a later turn, so waiting after it is in time.
-      session.sendEnvelope(entry)
-      this.#ctx.countP2pSent()
-      return wait(entry, signal)
+    if (session !== undefined && this.#relayInFlight === 0)
+      return this.#sendP2P(session, clientMessageId, envelope, signal)
+    if (session !== undefined) {
+      // Warm, but relay sends to this peer are still unacked: wait for them, then go P2P. Under steady
+      // load (an outbox keeps hundreds in flight) the relay count never reaches zero by itself, so new
+      // messages must stop joining it, or the pair would never switch.
+      return this.#relayDrained(signal).then(() => this.deliver(clientMessageId, envelope, signal))
     }
-    if (session === undefined && vouched && this.#ctx.reachable(this.pk)) this.dial()
+    if (vouched && this.#ctx.reachable(this.pk)) this.dial()
     return this.#relay(envelope, signal).then((ack) => ({ via: 'relay', ack }))
+  }
+
+  #sendP2P(
+    session: P2PSession<Delivery>,
+    clientMessageId: string,
+    envelope: Uint8Array,
+    signal: AbortSignal,
+  ): Promise<Delivery> {
+    const entry: Unacked<Delivery> = { clientMessageId, envelope, waiters: [] }
+    // A loss inside `sendEnvelope` settles waiters only on a later turn, so waiting after it is in time.
+    session.sendEnvelope(entry)
+    this.#ctx.countP2pSent()
+    return wait(entry, signal)
+  }
+
+  /** Resolves when no relay send to this peer is in flight (rejects when `signal` aborts first). */
+  #relayDrained(signal: AbortSignal): Promise<void> {
+    if (this.#relayInFlight === 0) return Promise.resolve()
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        this.#drainWaiters.delete(done)
+        reject(signal.reason as Error)
+      }
+      const done = (): void => {
+        signal.removeEventListener('abort', onAbort)
+        resolve()
+      }
+      this.#drainWaiters.add(done)
+      signal.addEventListener('abort', onAbort, { once: true })
+    })
   }
 
   /** Starts a handshake unless one runs or the pair is waiting out a failure; `replacing` retires after. */
@@ -257,6 +290,11 @@ export class PeerLink implements P2PSessionHost<Delivery> {
       return await this.#ctx.relay(this.pk, envelope, signal)
     } finally {
       this.#relayInFlight--
+      if (this.#relayInFlight === 0) {
+        const waiters = [...this.#drainWaiters]
+        this.#drainWaiters.clear()
+        for (const w of waiters) w()
+      }
     }
   }
 

@@ -45,11 +45,12 @@ describe('two peer processes over P2P', () => {
 
     // Warm the pair up (the first message goes by relay and starts the handshake), then 500 each way.
     await a.send(bKey.publicKey, 1, 10_000)
+    await b.send(aKey.publicKey, 1, 10_000)
     const [fromA, fromB] = await Promise.all([
       a.send(bKey.publicKey, 500, 30_000),
       b.send(aKey.publicKey, 500, 30_000),
     ])
-    await Promise.all([a.received(500, 10_000), b.received(501, 10_000)])
+    await Promise.all([a.received(501, 10_000), b.received(501, 10_000)])
     expect(fromA.p2pSent + fromB.p2pSent).toBeGreaterThanOrEqual(900)
 
     const [aMs, bMs] = await Promise.all([a.close(), b.close()])

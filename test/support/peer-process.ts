@@ -164,6 +164,15 @@ async function runChild(): Promise<void> {
   let fresh = 0
   let reported = 0
   let viaP2p = 0
+  if (process.env['PEER_DEBUG'] !== undefined)
+    peer.on('p2p', (e, _pk, d) =>
+      console.error(
+        '[peer-process]',
+        start.sessionId,
+        e,
+        String(d instanceof Error ? d.message : JSON.stringify(d)),
+      ),
+    )
   peer.on('message', (m) => {
     fresh++
     if (m.via === 'p2p') viaP2p++
@@ -195,6 +204,10 @@ async function runChild(): Promise<void> {
     }
   })
   async function sendAll(to: Uint8Array, count: number): Promise<void> {
+    // A bulk send starts once the pair is warm (the warm-up message's handshake), bounded at 10 s.
+    for (let i = 0; i < 200 && start.p2p && count > 1 && !peer.p2pWarm(to); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
     const ids: string[] = []
     for (let n = 0; n < count; n++) ids.push((await peer.send(to, { n })).clientMessageId)
     for (;;) {
