@@ -76,6 +76,7 @@ export interface OutboxEvents {
 }
 
 const DAY_MS = 86_400_000
+const MAX_TIMER_MS = 3_600_000
 const FINAL_STATES: ReadonlySet<RecipientState> = new Set<RecipientState>([
   'delivered',
   'undecryptable',
@@ -365,7 +366,8 @@ export class Outbox extends Emitter<OutboxEvents> {
         this.#timerAt = undefined
         this.#kick()
       },
-      Math.max(0, at - this.#clock.now()),
+      // Capped: Node fires a timer above 2^31 - 1 ms at once; a long wait is re-armed hourly instead.
+      Math.min(Math.max(0, at - this.#clock.now()), MAX_TIMER_MS),
     )
   }
 
