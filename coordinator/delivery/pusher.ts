@@ -5,7 +5,7 @@
  * that outlives its lease makes the delivery claimable again. A delivery is never pushed to two open
  * connections, because one key has one live connection and a push needs that connection's claim.
  */
-import { ulidFactory, type FrameOf } from '../../protocol/index.js'
+import { ulidFactory, type ClockTimer, type FrameOf } from '../../protocol/index.js'
 import type { Connection } from '../connection.js'
 import type { CoordinatorContext } from '../context.js'
 import type { QueueQuota } from './quota.js'
@@ -20,7 +20,10 @@ interface Pending {
   recipientHex: string
   /** fast: a sender waits in memory; committing: its row is being written; stored: its row exists. */
   phase: 'fast' | 'committing' | 'stored'
-  settle?: (status: AckStatus | 'closed') => void
+  /** The waiting sender of a fast push, until it is answered (ack, timeout or close). */
+  settle?: (status: AckStatus | 'closed' | 'timeout') => void
+  /** A fast push's deadline: `ackWaitMs` after it went out. */
+  until?: number
   lateAck?: AckStatus
 }
 
@@ -44,6 +47,13 @@ export class Pusher {
   readonly #pending = new Map<string, Pending>()
   readonly #draining = new Map<Connection, { again: boolean }>()
   readonly #quota: QueueQuota
+  /**
+   * Fast pushes in the order they went out, which is their deadline order too (each waits `ackWaitMs`):
+   * one timer for the oldest unanswered one instead of a timer per push. Answered entries are skipped.
+   */
+  #fast: Pending[] = []
+  #fastHead = 0
+  #fastTimer: ClockTimer | undefined
   readonly nextId: () => string
 
   constructor(ctx: CoordinatorContext, quota: QueueQuota) {
@@ -73,23 +83,55 @@ export class Pusher {
     recipientHex: string,
   ): Promise<AckStatus | 'closed' | 'timeout'> {
     return new Promise((resolve) => {
-      const entry: Pending = { conn, size: envelope.length, mesh, recipientHex, phase: 'fast' }
-      const timer = this.#ctx.clock.setTimeout(() => {
-        if (entry.phase !== 'fast') return
-        entry.phase = 'committing'
-        resolve('timeout')
-      }, this.#ctx.limits.ackWaitMs)
-      entry.settle = (status) => {
-        timer.cancel()
-        resolve(status)
+      const entry: Pending = {
+        conn,
+        size: envelope.length,
+        mesh,
+        recipientHex,
+        phase: 'fast',
+        settle: resolve,
+        until: this.#ctx.clock.now() + this.#ctx.limits.ackWaitMs,
       }
       this.#track(deliveryId, entry)
       if (!conn.send({ t: 'push', deliveryId, envelope })) {
         this.#untrack(deliveryId)
-        timer.cancel()
-        resolve('closed')
+        answer(entry, 'closed')
+        return
       }
+      this.#fast.push(entry)
+      if (this.#fastTimer === undefined) this.#armFast(entry.until!)
     })
+  }
+
+  #armFast(at: number): void {
+    this.#fastTimer = this.#ctx.clock.setTimeout(this.#expireFast, Math.max(0, at - this.#ctx.clock.now()))
+  }
+
+  /** Fast pushes past their deadline go on to be stored (claimed by their connection); see pushFast. */
+  readonly #expireFast = (): void => {
+    this.#fastTimer = undefined
+    const now = this.#ctx.clock.now()
+    const queue = this.#fast
+    let head = this.#fastHead
+    for (; head < queue.length; head++) {
+      const entry = queue[head]!
+      if (entry.settle === undefined || entry.phase !== 'fast') continue
+      if (entry.until! > now) break
+      entry.phase = 'committing'
+      answer(entry, 'timeout')
+    }
+    if (head === queue.length) {
+      this.#fast = []
+      this.#fastHead = 0
+      return
+    }
+    // Drop the answered prefix now and then, not on every expiry.
+    if (head > 4096) {
+      this.#fast = queue.slice(head)
+      head = 0
+    }
+    this.#fastHead = head
+    this.#armFast(this.#fast[head]!.until!)
   }
 
   /**
@@ -125,7 +167,7 @@ export class Pusher {
     if (entry !== undefined && entry.mesh === p.mesh && entry.recipientHex === p.pkHex) {
       if (entry.phase === 'fast') {
         this.#untrack(deliveryId)
-        entry.settle?.(status)
+        answer(entry, status)
       } else if (entry.phase === 'committing') {
         entry.lateAck = status
         this.#release(entry)
@@ -177,16 +219,21 @@ export class Pusher {
     }
     const flag = { again: true }
     this.#draining.set(conn, flag)
+    // Drains are started and not awaited (`void drain()`): a failure is logged, never an unhandled
+    // rejection. What stays stored is pushed by the next drain (an ack, a reconnect, the claim sweep).
+    const failed = (err: unknown): void =>
+      this.#ctx.log[this.#ctx.closing ? 'debug' : 'warn']({ err, conn: conn.id }, 'drain failed')
     try {
       while (flag.again && conn.open && !this.#ctx.closing) {
         flag.again = false
         await this.#drainOnce(conn, flag)
       }
-    } finally {
-      this.#draining.delete(conn)
-      // Claims taken by a drain that raced the close are given back too.
-      if (!conn.open) await this.releaseClaims(conn)
+    } catch (err) {
+      failed(err)
     }
+    this.#draining.delete(conn)
+    // Claims taken by a drain that raced the close are given back too.
+    if (!conn.open) await this.releaseClaims(conn).catch(failed)
   }
 
   async #drainOnce(conn: Connection, flag: { again: boolean }): Promise<void> {
@@ -230,7 +277,7 @@ export class Pusher {
       if (entry.conn !== conn) continue
       if (entry.phase === 'fast') {
         this.#untrack(id)
-        entry.settle?.('closed')
+        answer(entry, 'closed')
       } else if (entry.phase === 'stored') this.#untrack(id)
     }
     await this.#ctx.store.query(
@@ -277,4 +324,11 @@ export class Pusher {
     entry.conn.inFlightBytes -= entry.size
     entry.size = -1
   }
+}
+
+/** Answers a fast push's waiting sender once; later answers (a late ack, a close) find none. */
+function answer(entry: Pending, status: AckStatus | 'closed' | 'timeout'): void {
+  const settle = entry.settle
+  entry.settle = undefined
+  settle?.(status)
 }
