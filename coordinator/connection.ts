@@ -219,12 +219,15 @@ export class Connection {
     }
     // Frames are handled concurrently (a send may wait for its ack); each failure answers its own frame.
     // A handler that throws synchronously is answered the same way as one that rejects.
-    Promise.resolve()
-      .then(() => handler(this, frame))
-      .catch((err: unknown) => {
-        if (this.state === 'closed') return
-        this.sendError(err, reqId)
-      })
+    const failed = (err: unknown): void => {
+      if (this.state === 'closed') return
+      this.sendError(err, reqId)
+    }
+    try {
+      handler(this, frame).catch(failed)
+    } catch (err) {
+      failed(err)
+    }
   }
 
   #schedulePing(): void {

@@ -4,7 +4,7 @@
  * `MESH_ERR_IDEMPOTENCY_CONFLICT`. Three places answer, in order: sends still in flight on this node,
  * the in-memory window of fast-path ids (never stored), and the store's `dedupe` table.
  */
-import { bytesEqual, decode, MeshError, toHex, type FrameOf } from '../../protocol/index.js'
+import { bytesEqual, decode, MeshError, type FrameOf } from '../../protocol/index.js'
 import type { Sql } from '../store/types.js'
 import { DedupeLookups } from './lookup-batch.js'
 
@@ -22,8 +22,9 @@ export interface Accepted extends SendOutcome {
   hash: Uint8Array
 }
 
-export function dedupeKey(mesh: string, from: Uint8Array, clientMessageId: string): string {
-  return `${mesh}|${toHex(from)}|${clientMessageId}`
+/** The in-memory name of a message; `fromHex` is the sender's key in hex (the caller has it already). */
+export function dedupeKey(mesh: string, fromHex: string, clientMessageId: string): string {
+  return `${mesh}|${fromHex}|${clientMessageId}`
 }
 
 /** The right to send a claimed id; `settle` with the send's outcome (a rejection frees the id). */
@@ -51,10 +52,11 @@ export class Dedupe {
   async claim(
     mesh: string,
     from: Uint8Array,
+    fromHex: string,
     clientMessageId: string,
     hash: Uint8Array,
   ): Promise<{ prior: SendOutcome } | { ticket: DedupeTicket }> {
-    const key = dedupeKey(mesh, from, clientMessageId)
+    const key = dedupeKey(mesh, fromHex, clientMessageId)
     for (;;) {
       const known = this.#fromMemory(key, hash, clientMessageId)
       if (known !== undefined) {
@@ -68,7 +70,7 @@ export class Dedupe {
       const outcome = new Promise<SendOutcome>((res, rej) => ((resolve = res), (reject = rej)))
       this.#track(key, hash, outcome)
       try {
-        const row = await this.#lookups.get(mesh, from, clientMessageId)
+        const row = await this.#lookups.get(mesh, from, fromHex, clientMessageId)
         if (row === undefined) {
           return { ticket: { settle: (p) => void p.then(resolve, reject) } }
         }

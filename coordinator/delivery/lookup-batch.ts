@@ -51,10 +51,15 @@ export class DedupeLookups {
     this.#sql = sql
   }
 
-  /** The committed row of this id, if any. */
-  get(mesh: string, sender: Uint8Array, clientMessageId: string): Promise<DedupeRecord | undefined> {
+  /** The committed row of this id, if any (`senderHex`: the sender's key in hex). */
+  get(
+    mesh: string,
+    sender: Uint8Array,
+    senderHex: string,
+    clientMessageId: string,
+  ): Promise<DedupeRecord | undefined> {
     return new Promise((resolve, reject) => {
-      const group = `${mesh}|${toHex(sender)}`
+      const group = `${mesh}|${senderHex}`
       const key = `${group}|${clientMessageId}`
       let w = this.#wanted.get(key)
       if (w === undefined) {

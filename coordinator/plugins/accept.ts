@@ -7,6 +7,7 @@
  */
 import fp from 'fastify-plugin'
 import {
+  bytesEqual,
   decodeEnvelope,
   envelopeHash,
   MeshError,
@@ -76,7 +77,7 @@ export async function acceptSend(
   if (ctx.closing) throw new MeshError('MESH_ERR_SHUTTING_DOWN', 'the coordinator is shutting down')
   const env = decodeEnvelope(bytes)
   const clientMessageId = env.clientMessageId
-  if (toHex(env.from) !== sender.pkHex) {
+  if (!bytesEqual(env.from, sender.pk)) {
     throw new MeshError(
       'MESH_ERR_FROM_MISMATCH',
       "the envelope's from is not the key this connection authenticated",
@@ -92,7 +93,7 @@ export async function acceptSend(
   }
   const d = ctx.delivery
   const hash = envelopeHash(bytes)
-  const claim = await d.dedupe.claim(sender.mesh, env.from, clientMessageId, hash)
+  const claim = await d.dedupe.claim(sender.mesh, env.from, sender.pkHex, clientMessageId, hash)
   if ('prior' in claim) return { ...claim.prior, clientMessageId, duplicate: true }
 
   const outcome = (async (): Promise<SendOutcome> => {
@@ -143,16 +144,19 @@ export function expiryOf(ctx: CoordinatorContext, env: Envelope, now: number): n
   return env.meta.expiresAt === undefined ? ttl : Math.min(ttl, env.meta.expiresAt)
 }
 
-/** Throws unless `target` is a key the mesh knows: a member, a service, or a session that said hello. */
+/**
+ * Throws unless `target` is a key the mesh knows: a member, a service, or a session that said hello.
+ * `hex` is the target in hex when the caller has it.
+ */
 export async function assertKnownTarget(
   ctx: CoordinatorContext,
   state: MeshState,
   target: Uint8Array,
+  hex = toHex(target),
 ): Promise<void> {
-  const hex = toHex(target)
   if (state.revoked.has(hex)) throw new MeshError('MESH_ERR_REVOKED', 'the recipient was revoked')
-  if (state.isMember(target) || state.services.has(hex)) return
-  if (ctx.connections.get(state.id, target) !== undefined) return
+  if (state.isMember(hex) || state.services.has(hex)) return
+  if (ctx.connections.get(state.id, hex) !== undefined) return
   const rows = await ctx.store.query<{ member_pk: Uint8Array }>(
     'select member_pk from presence where mesh = $1 and pk = $2',
     [state.id, target],
@@ -177,10 +181,36 @@ async function routeDirect(
   const d = ctx.delivery
   const target = env.target as Uint8Array
   const targetHex = toHex(target)
-  await assertKnownTarget(ctx, state, target)
+  await assertKnownTarget(ctx, state, target, targetHex)
   const now = ctx.clock.now()
+  const id = d.pusher.nextId()
+  let attempts = 0
+  let claim: { owner: string; until: number } | undefined
+  const live = ctx.connections.get(sender.mesh, targetHex)
+  if (live !== undefined && live.open && d.pusher.fits(live, bytes.length)) {
+    const r = await d.pusher.pushFast(live, id, bytes, sender.mesh, targetHex)
+    if (r !== 'timeout' && r !== 'closed') {
+      ctx.metrics.sends.inc({ path: 'fast' })
+      const outcome: SendOutcome = { state: 'delivered', recipientOnline: true }
+      if (r !== 'ok' && r !== 'duplicate') outcome.recipients = { [targetHex]: recipientState(r) }
+      return outcome
+    }
+    attempts = 1
+    if (r === 'timeout') {
+      claim = { owner: live.presence!.presenceId, until: ctx.clock.now() + ctx.limits.claimLeaseMs }
+    }
+  }
+  // Counted against the quota only when stored; a copy already pushed (and claimed) is stored anyway,
+  // since refusing it now would lose what the recipient may hold.
+  try {
+    await d.quota.reserve(ctx.store, sender.mesh, target, env.from, bytes.length, attempts > 0)
+  } catch (err) {
+    d.pusher.abandon(id)
+    throw err
+  }
+  // Built only here: most DMs take the fast path and are never stored.
   const row: DeliveryRow = {
-    id: d.pusher.nextId(),
+    id,
     mesh: sender.mesh,
     recipient: target,
     sender: env.from,
@@ -188,7 +218,8 @@ async function routeDirect(
     envelope: bytes,
     queuedAt: now,
     expiresAt: expiryOf(ctx, env, now),
-    attempts: 0,
+    attempts,
+    ...(claim !== undefined && { claimOwner: claim.owner, claimUntil: claim.until }),
   }
   const dedupe: DedupeRow = {
     mesh: sender.mesh,
@@ -199,40 +230,17 @@ async function routeDirect(
     createdAt: now,
     expiresAt: now + ctx.limits.dedupeTtlMs,
   }
-  const live = ctx.connections.get(sender.mesh, target)
-  if (live !== undefined && live.open && d.pusher.fits(live, bytes.length)) {
-    const r = await d.pusher.pushFast(live, row.id, bytes, sender.mesh, targetHex)
-    if (r !== 'timeout' && r !== 'closed') {
-      ctx.metrics.sends.inc({ path: 'fast' })
-      const outcome: SendOutcome = { state: 'delivered', recipientOnline: true }
-      if (r !== 'ok' && r !== 'duplicate') outcome.recipients = { [targetHex]: recipientState(r) }
-      return outcome
-    }
-    row.attempts = 1
-    if (r === 'timeout') {
-      row.claimOwner = live.presence!.presenceId
-      row.claimUntil = ctx.clock.now() + ctx.limits.claimLeaseMs
-    }
-  }
-  // Counted against the quota only when stored; a copy already pushed (and claimed) is stored anyway,
-  // since refusing it now would lose what the recipient may hold.
-  try {
-    await d.quota.reserve(ctx.store, sender.mesh, target, env.from, bytes.length, row.attempts > 0)
-  } catch (err) {
-    d.pusher.abandon(row.id)
-    throw err
-  }
   try {
     await d.committer.commit([row], dedupe)
   } catch (err) {
     d.quota.released(sender.mesh, target, env.from, bytes.length)
-    d.pusher.abandon(row.id)
+    d.pusher.abandon(id)
     throw err
   }
   ctx.metrics.sends.inc({ path: 'queued' })
-  if (row.claimOwner !== undefined) await d.pusher.committed(row.id)
-  const now2 = ctx.connections.get(sender.mesh, target)
-  if (now2 !== undefined && row.claimOwner === undefined) void d.pusher.drain(now2)
+  if (claim !== undefined) await d.pusher.committed(id)
+  const now2 = ctx.connections.get(sender.mesh, targetHex)
+  if (now2 !== undefined && claim === undefined) void d.pusher.drain(now2)
   // The recipient may be connected to another node of this store.
   if (now2 === undefined) d.waker.wake(sender.mesh, targetHex)
   return { state: 'queued', recipientOnline: now2 !== undefined }
