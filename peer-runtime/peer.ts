@@ -135,6 +135,8 @@ export interface PeerEvents {
   presence: (event: 'joined' | 'left' | 'updated', peer: KnownPeer) => void
   /** An outbox row changed state. */
   outbox: (row: OutboxRow) => void
+  /** A background failure (a store write that failed); the work it belonged to is retried or left pending. */
+  error: (error: unknown) => void
   /** P2P session changes and failures, for logs (a handshake that failed keeps the pair on the relay). */
   p2p: (
     event: 'session' | 'closed' | 'demoted' | 'handshake_failed' | 'refused',
@@ -164,6 +166,8 @@ export class Peer extends Emitter<PeerEvents> {
   #peersLoaded: Promise<void> | undefined
   #started = false
   #closed = false
+  /** Why the coordinator connection stopped for good (kicked, revoked, replaced), once it has. */
+  #stopError: MeshError | undefined
   readonly #timers = new Set<ClockTimer>()
 
   constructor(o: PeerOptions) {
@@ -201,7 +205,10 @@ export class Peer extends Emitter<PeerEvents> {
     this.#connection.on('frame', (frame) => this.#onFrame(frame))
     this.#connection.on('down', (info) => this.emit('disconnected', info))
     this.#connection.on('failed', (info) => this.emit('failed', info))
-    this.#connection.on('stopped', (err) => this.emit('stopped', err))
+    this.#connection.on('stopped', (err) => {
+      this.#stopError = err
+      this.emit('stopped', err)
+    })
     this.#outbox = new Outbox({
       store: o.store,
       clock: this.#clock,
@@ -209,6 +216,7 @@ export class Peer extends Emitter<PeerEvents> {
       ...o.outbox,
     })
     this.#outbox.on('state', (row) => this.emit('outbox', row))
+    this.#outbox.on('error', (err) => this.emit('error', err))
     if (o.webrtc !== undefined) this.#setUpP2P(o.webrtc)
   }
 
@@ -435,7 +443,9 @@ export class Peer extends Emitter<PeerEvents> {
         void this.#onPush(frame)
         return
       case 'delivery_receipt':
-        void this.#outbox.receipt(frame.clientMessageId, toHex(frame.recipient), frame.status)
+        this.#outbox
+          .receipt(frame.clientMessageId, toHex(frame.recipient), frame.status)
+          .catch((err: unknown) => this.emit('error', err))
         return
       case 'presence':
         this.#onPresence(frame)
@@ -589,6 +599,8 @@ export class Peer extends Emitter<PeerEvents> {
 
   #assertOpen(): void {
     if (this.#closed) throw new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the peer is closed')
+    // Kicked, revoked or replaced: nothing sent now could go anywhere.
+    if (this.#stopError !== undefined) throw this.#stopError
     if (!this.#started) throw new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'call start() before send()')
   }
 }

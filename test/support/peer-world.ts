@@ -17,6 +17,7 @@ import {
 } from '../../protocol/index.js'
 import { createNodePeer, type NodePeerOptions } from '../../peer-runtime/node/node-peer.js'
 import { sqliteStore } from '../../peer-runtime/node/sqlite-store.js'
+import type { DownInfo } from '../../peer-runtime/connection.js'
 import type { Peer } from '../../peer-runtime/peer.js'
 import { memoryStore } from '../../peer-runtime/store/memory.js'
 import type { RuntimeStore } from '../../peer-runtime/store/types.js'
@@ -40,6 +41,12 @@ export interface SessionPeerOptions {
   outbox?: NodePeerOptions['outbox']
   /** A known session key (a relaunch). */
   identity?: Identity
+  /** Pin another coordinator key than the world's (a test of the pin). */
+  coordinatorPk?: Uint8Array
+  /** Who signs the session attestation (default the member: another key forges one). */
+  attestedBy?: Identity
+  /** Listens to `failed` before the peer starts, so the first attempt is seen too. */
+  onFailed?: (info: DownInfo) => void
 }
 
 /** A temp dir removed by `closePeers`. */
@@ -57,7 +64,7 @@ export async function sessionPeer(world: World, member: Identity, o: SessionPeer
     sessionId,
     attestation: mintSessionAttestation({
       mesh: world.mesh,
-      member,
+      member: o.attestedBy ?? member,
       sessionPk: identity.publicKey,
       sessionId,
       now: world.clock.now(),
@@ -73,7 +80,7 @@ export async function sessionPeer(world: World, member: Identity, o: SessionPeer
     url: o.url ?? world.wsUrl,
     mesh: world.mesh,
     ownerPk: world.owner.publicKey,
-    coordinatorPk: world.coordinatorIdentity.publicKey,
+    coordinatorPk: o.coordinatorPk ?? world.coordinatorIdentity.publicKey,
     identity,
     role: 'session',
     sessionId: attested.sessionId,
@@ -86,6 +93,7 @@ export async function sessionPeer(world: World, member: Identity, o: SessionPeer
     ...(o.outbox !== undefined && { outbox: o.outbox }),
   })
   open.push({ peer, store, ownsStore: typeof o.store !== 'object' })
+  if (o.onFailed !== undefined) peer.on('failed', o.onFailed)
   await peer.start()
   return peer
 }
