@@ -1,0 +1,249 @@
+/**
+ * What the daemon keeps in the home, beside the meshes (`home.ts`), all 0600:
+ *
+ *     daemon.lock            the running daemon's pid (O_EXCL): two daemons never share a home
+ *     daemon.sock            the IPC Unix socket
+ *     daemon.json            {pid, port, socket, startedAt}: where a client finds the loopback port
+ *     daemon.token           the admin token (registers sessions), created on the first `daemon up`
+ *     daemon-sessions.json   the registered sessions (token hashes, never tokens), so they survive restarts
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { link, open, readFile, rename, stat, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { MeshError } from '../../../protocol/errors.js'
+import { errnoCode, makePrivateDir, writePrivateFile } from '../home.js'
+
+/** The daemon's files in `home`. */
+export interface DaemonPaths {
+  home: string
+  lock: string
+  socket: string
+  info: string
+  token: string
+  sessions: string
+}
+
+export function daemonPaths(home: string): DaemonPaths {
+  return {
+    home,
+    lock: join(home, 'daemon.lock'),
+    socket: join(home, 'daemon.sock'),
+    info: join(home, 'daemon.json'),
+    token: join(home, 'daemon.token'),
+    sessions: join(home, 'daemon-sessions.json'),
+  }
+}
+
+/** What `daemon.json` holds while a daemon runs. */
+export interface DaemonInfo {
+  pid: number
+  /** The loopback port of the HTTP listener (`127.0.0.1:<port>`). */
+  port: number
+  socket: string
+  /** Unix ms. */
+  startedAt: number
+  version: string
+}
+
+/** `daemon.json`, or undefined when there is none (no daemon ever ran, or it stopped cleanly). */
+export async function readDaemonInfo(home: string): Promise<DaemonInfo | undefined> {
+  const path = daemonPaths(home).info
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return undefined
+    throw err
+  }
+  try {
+    const v = JSON.parse(text) as Partial<DaemonInfo>
+    if (typeof v.pid !== 'number' || typeof v.port !== 'number' || typeof v.socket !== 'string')
+      return undefined
+    return v as DaemonInfo
+  } catch {
+    return undefined
+  }
+}
+
+/** A fresh bearer token: 32 random bytes, base64url. */
+export function newToken(prefix: string): string {
+  return `${prefix}${randomBytes(32).toString('base64url')}`
+}
+
+/** The SHA-256 of a token as hex: what the registry stores, and the key tokens are looked up by. */
+export function tokenHash(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex')
+}
+
+/** Constant-time comparison of two tokens (of any lengths). */
+export function sameToken(a: string, b: string): boolean {
+  const x = createHash('sha256').update(a).digest()
+  const y = createHash('sha256').update(b).digest()
+  return timingSafeEqual(x, y)
+}
+
+/**
+ * The admin token in `daemon.token`, created (0600, by hard link of a complete temporary file, so a
+ * reader never sees half of one) when missing. A file others may read is refused.
+ */
+export async function loadOrCreateAdminToken(home: string): Promise<string> {
+  const path = daemonPaths(home).token
+  const existing = await readAdminToken(path)
+  if (existing !== undefined) return existing
+  await makePrivateDir(home)
+  const token = newToken('amd_')
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
+  try {
+    const file = await open(tmp, 'wx', 0o600)
+    try {
+      await file.writeFile(`${token}\n`)
+      await file.sync()
+    } finally {
+      await file.close()
+    }
+    await link(tmp, path)
+  } catch (err) {
+    if (errnoCode(err) !== 'EEXIST') throw err
+    const theirs = await readAdminToken(path)
+    if (theirs !== undefined) return theirs
+    throw err
+  } finally {
+    await unlink(tmp).catch(() => undefined)
+  }
+  return token
+}
+
+/** The admin token, or undefined when the file does not exist. */
+export async function readAdminToken(path: string): Promise<string | undefined> {
+  let text: string
+  try {
+    const info = await stat(path)
+    if ((info.mode & 0o077) !== 0) {
+      throw new MeshError(
+        'MESH_ERR_KEY_FILE',
+        `${path} is readable by others (mode ${(info.mode & 0o777).toString(8)}); run chmod 600 ${path}`,
+      )
+    }
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return undefined
+    throw err
+  }
+  const token = text.trim()
+  if (!/^[\w-]{16,256}$/.test(token)) {
+    throw new MeshError('MESH_ERR_KEY_FILE', `${path} does not hold a token; delete it to make a new one`)
+  }
+  return token
+}
+
+/** The daemon's hold on a home; `release()` removes the lock file if it is still ours. */
+export interface DaemonLock {
+  release(): Promise<void>
+}
+
+/**
+ * Takes `daemon.lock`: created with O_EXCL and holding our pid. A lock whose pid still runs refuses with
+ * `MESH_ERR_DAEMON_RUNNING {pid}`; one whose pid is gone (a `kill -9`) is taken over.
+ */
+export async function lockHome(home: string): Promise<DaemonLock> {
+  await makePrivateDir(home)
+  const path = daemonPaths(home).lock
+  for (let round = 0; round < 5; round++) {
+    if (await tryCreate(path)) return heldLock(path)
+    const text = await readFile(path, 'utf8').catch(ignoreEnoent)
+    if (text === undefined) continue
+    const pid = parsePid(text)
+    if (pid !== undefined && isRunning(pid)) throw runningError(home, pid)
+    if (pid === undefined && (await isFresh(path))) throw runningError(home, undefined)
+    // Stale: rename it aside (a rename of a file someone else just replaced moves theirs, so check).
+    const aside = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.stale`
+    try {
+      await rename(path, aside)
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') continue
+      throw err
+    }
+    const moved = await readFile(aside, 'utf8').catch(ignoreEnoent)
+    if (moved !== text) await link(aside, path).catch(() => undefined)
+    await unlink(aside).catch(() => undefined)
+  }
+  throw runningError(home, undefined)
+}
+
+/** The pid in `daemon.lock` when that process runs, else undefined. */
+export async function runningDaemonPid(home: string): Promise<number | undefined> {
+  const text = await readFile(daemonPaths(home).lock, 'utf8').catch(ignoreEnoent)
+  const pid = text === undefined ? undefined : parsePid(text)
+  return pid !== undefined && isRunning(pid) ? pid : undefined
+}
+
+/** Writes `daemon.json` (0600, atomically). */
+export async function writeDaemonInfo(home: string, info: DaemonInfo): Promise<void> {
+  await writePrivateFile(daemonPaths(home).info, JSON.stringify(info, null, 2) + '\n')
+}
+
+async function tryCreate(path: string): Promise<boolean> {
+  let file
+  try {
+    file = await open(path, 'wx', 0o600)
+  } catch (err) {
+    if (errnoCode(err) === 'EEXIST') return false
+    throw err
+  }
+  try {
+    await file.writeFile(`${process.pid}\n`)
+    await file.sync()
+  } finally {
+    await file.close()
+  }
+  return true
+}
+
+function heldLock(path: string): DaemonLock {
+  let released = false
+  return {
+    async release() {
+      if (released) return
+      released = true
+      const text = await readFile(path, 'utf8').catch(ignoreEnoent)
+      if (text !== undefined && parsePid(text) === process.pid) await unlink(path).catch(() => undefined)
+    },
+  }
+}
+
+function parsePid(text: string): number | undefined {
+  const t = text.trim()
+  if (!/^\d{1,10}$/.test(t)) return undefined
+  const pid = Number(t)
+  return pid > 0 ? pid : undefined
+}
+
+/** Whether `pid` runs (EPERM: it does, as another user). */
+export function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return errnoCode(err) === 'EPERM'
+  }
+}
+
+// A lock file without a pid younger than this is a starter between creating and writing it.
+async function isFresh(path: string): Promise<boolean> {
+  const info = await stat(path).catch(ignoreEnoent)
+  return info !== undefined && Date.now() - info.mtimeMs < 10_000
+}
+
+function runningError(home: string, pid: number | undefined): MeshError {
+  return new MeshError(
+    'MESH_ERR_DAEMON_RUNNING',
+    `a daemon already holds this home (${home})${pid === undefined ? '' : `: pid ${pid}`}; ` +
+      'stop it with `agentmesh daemon down`',
+    { details: pid === undefined ? { home } : { home, pid } },
+  )
+}
+
+function ignoreEnoent(err: unknown): undefined {
+  if (errnoCode(err) === 'ENOENT') return undefined
+  throw err
+}
