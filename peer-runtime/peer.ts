@@ -12,7 +12,14 @@
  *   the coordinator's store has them.
  * - What arrives is stored in the inbox before it is acknowledged (`Inbox`), and read with `messages()`.
  */
+import {
+  attestedMember,
+  remintAt,
+  verifyServiceAttestation,
+  verifySessionAttestation,
+} from '../protocol/attestation.js'
 import { BoxKeyCache } from '../protocol/box-key-cache.js'
+import { SESSION_ATTESTATION_TTL_MS } from '../protocol/limits.js'
 import { systemClock, type Clock, type ClockTimer } from '../protocol/clock.js'
 import { bytesEqual, fromHex, toHex } from '../protocol/encoding.js'
 import {
@@ -98,6 +105,8 @@ export interface PeerOptions {
   connection?: Partial<ConnectionTimings>
   /** Outbox tuning (tests shorten the backoff). */
   outbox?: { backoffBaseMs?: number; backoffCapMs?: number; concurrency?: number; random?: () => number }
+  /** The TTL the attestation source mints with (default 12 h): the refresh comes at half of it. */
+  attestationTtlMs?: number
   /** How long `send` waits to learn (and verify) a recipient it does not know yet. Default 30 s. */
   resolveTimeoutMs?: number
 }
@@ -166,9 +175,9 @@ export class Peer extends Emitter<PeerEvents> {
   #peersLoaded: Promise<void> | undefined
   #started = false
   #closed = false
+  #refreshTimer: ClockTimer | undefined
   /** Why the coordinator connection stopped for good (kicked, revoked, replaced), once it has. */
   #stopError: MeshError | undefined
-  readonly #timers = new Set<ClockTimer>()
 
   constructor(o: PeerOptions) {
     super()
@@ -359,7 +368,7 @@ export class Peer extends Emitter<PeerEvents> {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    for (const t of this.#timers) t.cancel()
+    this.#refreshTimer?.cancel()
     await this.#outbox.stop()
     await this.#p2p?.close()
     await this.#transport?.close()
@@ -421,11 +430,43 @@ export class Peer extends Emitter<PeerEvents> {
 
   #onReady(ack: FrameOf<'hello_ack'>): void {
     this.emit('connected', ack)
+    this.#scheduleRefresh()
     this.#catchingUp = this.#catchUp(ack.stateVersion).catch(() => undefined)
     this.#peersLoaded = this.#catchingUp
       .then(() => this.listPeers({ includeOffline: true, includeDaemons: true }).then(() => undefined))
       .catch(() => undefined)
     this.#outbox.wake()
+  }
+
+  /**
+   * A session or service attestation is re-minted at half its TTL (by the `attestation` source) and sent
+   * with `attest_refresh`, so the coordinator hands out one other peers still accept.
+   */
+  #scheduleRefresh(): void {
+    this.#refreshTimer?.cancel()
+    const source = this.#o.attestation
+    if (source === undefined || this.#o.role === 'control-plane') return
+    const current = source()
+    let expiresAt: number
+    try {
+      expiresAt = attestationExpiry(current, this.mesh, this.#o.role, this.#clock.now())
+    } catch {
+      return
+    }
+    const ttl = this.#o.attestationTtlMs ?? SESSION_ATTESTATION_TTL_MS
+    // At least a minute apart, so a source that does not re-mint yet is not asked in a tight loop.
+    const delay = Math.max(60_000, remintAt(expiresAt, ttl) - this.#clock.now())
+    this.#refreshTimer = this.#clock.setTimeout(() => void this.#refresh(current), delay)
+  }
+
+  async #refresh(previous: Signed): Promise<void> {
+    const next = this.#o.attestation!()
+    if (!bytesEqual(next.sig, previous.sig) && this.#connection.ready) {
+      await this.#connection
+        .request({ t: 'attest_refresh', attestation: next })
+        .catch((err: unknown) => this.emit('error', err))
+    }
+    if (this.#connection.ready) this.#scheduleRefresh()
   }
 
   /** Asks `mesh_events` until the view reaches `target` (1,000 events a page). */
@@ -603,6 +644,14 @@ export class Peer extends Emitter<PeerEvents> {
     if (this.#stopError !== undefined) throw this.#stopError
     if (!this.#started) throw new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'call start() before send()')
   }
+}
+
+/** When a session or service attestation runs out (its signer is checked, not its membership). */
+function attestationExpiry(att: Signed, mesh: string, role: HelloRole, now: number): number {
+  const o = { mesh, memberPk: attestedMember(att), now }
+  return role === 'service'
+    ? verifyServiceAttestation(att, o).expiresAt
+    : verifySessionAttestation(att, o).expiresAt
 }
 
 function p2pState(status: InboxAckStatus): 'delivered' | 'undecryptable' | 'rejected' {

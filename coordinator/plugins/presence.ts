@@ -5,8 +5,16 @@
  * events a mesh sees.
  */
 import fp from 'fastify-plugin'
-import { toHex, type FrameOf, type PeerRecord } from '../../protocol/index.js'
-import type { Connection } from '../connection.js'
+import {
+  MeshError,
+  toHex,
+  verifyServiceAttestation,
+  verifySessionAttestation,
+  type FrameOf,
+  type PeerRecord,
+  type Signed,
+} from '../../protocol/index.js'
+import type { Connection, PresenceIdentity } from '../connection.js'
 import type { CoordinatorContext } from '../context.js'
 import type { MeshState } from '../mesh-state.js'
 import { every } from '../ticker.js'
@@ -66,6 +74,21 @@ export const presencePlugin = fp(
         peers.push(peerRecord(state, row))
       }
       conn.send({ t: 'peers', reqId: frame.reqId, peers })
+    })
+
+    ctx.on('attest_refresh', async (conn, frame: FrameOf<'attest_refresh'>) => {
+      const p = conn.presence!
+      verifyRefresh(p, frame.attestation, ctx.clock.now())
+      const attestation = { signed: frame.attestation.signed, sig: frame.attestation.sig }
+      const rows = await ctx.store.query<PresenceRow>(
+        `update presence set attestation_signed = $3, attestation_sig = $4, updated_at = $5
+         where mesh = $1 and pk = $2 and presence_id = $6 returning ${COLUMNS}`,
+        [p.mesh, p.pk, attestation.signed, attestation.sig, ctx.clock.now(), p.presenceId],
+      )
+      p.attestation = attestation
+      conn.send({ t: 'ok', reqId: frame.reqId })
+      const row = rows[0]
+      if (row !== undefined) await announce(ctx, 'updated', row, conn)
     })
 
     ctx.on('set_status', async (conn, frame: FrameOf<'set_status'>) => {
@@ -232,4 +255,30 @@ function peerRecord(state: MeshState, row: PresenceRow): PeerRecord {
   const proofs = state.proofs.get(memberHex)
   if (proofs !== undefined) peer.proofs = proofs.slice(-16)
   return peer
+}
+
+/**
+ * A fresh attestation for a live presence (the runtime re-mints at half the TTL): the same member must
+ * sign it for the same key and id, within the TTL cap. A control-plane presence has none to refresh.
+ */
+function verifyRefresh(p: PresenceIdentity, att: Signed, now: number): void {
+  const o = { mesh: p.mesh, memberPk: p.memberPk, now }
+  if (p.role === 'session') {
+    verifySessionAttestation(att, {
+      ...o,
+      sessionPk: p.pk,
+      ...(p.sessionId !== undefined && { sessionId: p.sessionId }),
+    })
+  } else if (p.role === 'service') {
+    verifyServiceAttestation(att, {
+      ...o,
+      servicePk: p.pk,
+      ...(p.sessionId !== undefined && { serviceId: p.sessionId }),
+    })
+  } else {
+    throw new MeshError(
+      'MESH_ERR_MALFORMED_FRAME',
+      'a control-plane presence carries no attestation to refresh',
+    )
+  }
 }

@@ -1,5 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest'
-import { createIdentity, toHex, type MeshError } from '../../protocol/index.js'
+import {
+  createIdentity,
+  ManualClock,
+  mintSessionAttestation,
+  toHex,
+  type MeshError,
+  type Signed,
+} from '../../protocol/index.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
 import { closePeers, memberPeer, sessionPeer } from '../../test/support/peer-world.js'
 import { rejectionCode } from '../../test/support/rejection.js'
@@ -80,5 +87,46 @@ describe("the peer runtime's coordinator connection", () => {
     })
     await expect.poll(() => failures.length, { timeout: 10_000 }).toBeGreaterThan(0)
     expect(failures[0]?.error?.code).toBe('MESH_ERR_UNKNOWN_KEY')
+  })
+
+  it('re-mints the session attestation at half its TTL and sends attest_refresh; the coordinator hands out the new one', async () => {
+    const world = await start()
+    const member = await world.member('m')
+    const clock = new ManualClock(world.clock.now())
+    const key = createIdentity('session')
+    const minted: Signed[] = []
+    const source = (): Signed => {
+      const att = mintSessionAttestation({
+        mesh: world.mesh,
+        member,
+        sessionPk: key.publicKey,
+        sessionId: 'long',
+        now: clock.now(),
+      })
+      minted.push(att)
+      return att
+    }
+    const peer = await sessionPeer(world, member, {
+      sessionId: 'long',
+      identity: key,
+      clock,
+      attestation: source,
+    })
+    await peer.whenConnected()
+    const before = minted.length
+    await clock.advance(6 * 60 * 60 * 1000)
+    await expect
+      .poll(
+        async () => {
+          const rows = await world.store.query<{ attestation_sig: Uint8Array }>(
+            'select attestation_sig from presence where pk = $1',
+            [key.publicKey],
+          )
+          return toHex(rows[0]!.attestation_sig) === toHex(minted.at(-1)!.sig) && minted.length > before
+        },
+        { timeout: 10_000 },
+      )
+      .toBe(true)
+    expect(peer.connected).toBe(true)
   })
 })

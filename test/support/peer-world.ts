@@ -14,6 +14,7 @@ import {
   toHex,
   type Clock,
   type Identity,
+  type Signed,
 } from '../../protocol/index.js'
 import { createNodePeer, type NodePeerOptions } from '../../peer-runtime/node/node-peer.js'
 import { sqliteStore } from '../../peer-runtime/node/sqlite-store.js'
@@ -45,6 +46,8 @@ export interface SessionPeerOptions {
   coordinatorPk?: Uint8Array
   /** Who signs the session attestation (default the member: another key forges one). */
   attestedBy?: Identity
+  /** The attestation source (default: one attestation minted now, by `attestedBy`). */
+  attestation?: () => Signed
   /** Listens to `failed` before the peer starts, so the first attempt is seen too. */
   onFailed?: (info: DownInfo) => void
 }
@@ -84,7 +87,7 @@ export async function sessionPeer(world: World, member: Identity, o: SessionPeer
     identity,
     role: 'session',
     sessionId: attested.sessionId,
-    attestation: () => attested.attestation,
+    attestation: o.attestation ?? (() => attested.attestation),
     store,
     p2p: o.p2p ?? false,
     // The world's ManualClock moves only when a test says so; a peer's reconnects need real time.
