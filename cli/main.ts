@@ -1,5 +1,9 @@
 import { Builtins, Cli, type BaseContext } from 'clipanion'
 import { CoordinatorUpCommand } from './commands/coordinator/up.js'
+import { DaemonDownCommand } from './commands/daemon/down.js'
+import { DaemonInstallCommand } from './commands/daemon/install.js'
+import { DaemonStatusCommand } from './commands/daemon/status.js'
+import { DaemonUpCommand } from './commands/daemon/up.js'
 import { InviteCreateCommand } from './commands/invite/create.js'
 import { JoinCommand } from './commands/join/join.js'
 import { ListenCommand } from './commands/listen/listen.js'
@@ -27,6 +31,10 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   cli.register(PeersListCommand)
   cli.register(SendCommand)
   cli.register(ListenCommand)
+  cli.register(DaemonUpCommand)
+  cli.register(DaemonDownCommand)
+  cli.register(DaemonStatusCommand)
+  cli.register(DaemonInstallCommand)
   return cli
 }
 
