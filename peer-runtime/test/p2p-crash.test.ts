@@ -3,12 +3,11 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createIdentity, mintSessionAttestation } from '../../protocol/index.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
 import { peerProcess, type PeerProcess, type PeerProcessStart } from '../../test/support/peer-process.js'
-import { closePeers, sessionPeer, tempDir } from '../../test/support/peer-world.js'
+import { closePeers, sessionPeer, tempDir, UNLIMITED_RATE } from '../../test/support/peer-world.js'
 import { toMessage } from '../inbox.js'
 import { sqliteStore } from '../node/sqlite-store.js'
 
 const TOTAL = 5_000
-const UNLIMITED_RATE = { messageBurst: 1e9, messagesPerSecond: 1e9, byteBurst: 1e12, bytesPerSecond: 1e12 }
 
 describe('a P2P transfer survives the receiver being killed (kill -9)', () => {
   const start = worldsPerTest('pglite')
@@ -19,7 +18,6 @@ describe('a P2P transfer survives the receiver being killed (kill -9)', () => {
   })
 
   it('unacked frames go by relay while it is down; after a restart it holds each of the 5,000 exactly once', async () => {
-    // Rate limits off (DESIGN.md §5): the world's coordinator runs on a ManualClock, so its buckets never refill.
     const world = await start({ limits: { rate: UNLIMITED_RATE } })
     const bobMember = await world.member('bob')
     const bobKey = createIdentity('session')

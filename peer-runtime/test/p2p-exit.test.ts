@@ -3,9 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createIdentity, mintSessionAttestation, type Identity } from '../../protocol/index.js'
 import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { peerProcess, type PeerProcess, type PeerProcessStart } from '../../test/support/peer-process.js'
-import { tempDir } from '../../test/support/peer-world.js'
-
-const UNLIMITED_RATE = { messageBurst: 1e9, messagesPerSecond: 1e9, byteBurst: 1e12, bytesPerSecond: 1e12 }
+import { tempDir, UNLIMITED_RATE } from '../../test/support/peer-world.js'
 
 function startOf(world: World, member: Identity, key: Identity, sessionId: string): PeerProcessStart {
   return {

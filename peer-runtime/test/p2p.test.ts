@@ -1,18 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
-import { closePeers, sessionPeer } from '../../test/support/peer-world.js'
-import type { InboundMessage } from '../inbox.js'
-import type { Peer } from '../peer.js'
-
-async function take(peer: Peer, n: number, timeoutMs = 20_000): Promise<InboundMessage[]> {
-  const got: InboundMessage[] = []
-  for await (const m of peer.messages({ signal: AbortSignal.timeout(timeoutMs) })) {
-    got.push(m)
-    if (got.length === n) break
-  }
-  if (got.length < n) throw new Error(`got ${got.length} of ${n} messages in ${timeoutMs} ms`)
-  return got
-}
+import { closePeers, nextMessages, sessionPeer } from '../../test/support/peer-world.js'
 
 // Signaling rides on the coordinator; the store leg does not matter here, so PGlite only.
 describe('Peer P2P-first (webrtc between two peers on loopback)', () => {
@@ -26,13 +14,13 @@ describe('Peer P2P-first (webrtc between two peers on loopback)', () => {
     await Promise.all([alice.whenConnected(), bob.whenConnected()])
 
     await alice.send(bob.identity.publicKey, { n: 0 })
-    const [first] = await take(bob, 1)
+    const [first] = await nextMessages(bob, 1)
     expect(first).toMatchObject({ payload: { n: 0 }, via: 'relay' })
     await alice.settled(AbortSignal.timeout(10_000))
     await expect.poll(() => alice.p2pWarm(bob.identity.publicKey), { timeout: 10_000 }).toBe(true)
 
     for (let i = 1; i <= 200; i++) await alice.send(bob.identity.publicKey, { n: i })
-    const rest = await take(bob, 200)
+    const rest = await nextMessages(bob, 200)
     expect(rest.map((m) => (m.payload as { n: number }).n).sort((a, b) => a - b)).toEqual(
       Array.from({ length: 200 }, (_, i) => i + 1),
     )
@@ -42,7 +30,7 @@ describe('Peer P2P-first (webrtc between two peers on loopback)', () => {
 
     // Replies ride the session bob accepted.
     await bob.send(alice.identity.publicKey, { reply: true })
-    const [reply] = await take(alice, 1)
+    const [reply] = await nextMessages(alice, 1)
     expect(reply).toMatchObject({ payload: { reply: true } })
   })
 })

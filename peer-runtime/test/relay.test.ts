@@ -2,23 +2,9 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createIdentity, mintSessionAttestation, toHex } from '../../protocol/index.js'
 import { storeLegs } from '../../coordinator/store/testing.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
-import { closePeers, memberPeer, sessionPeer } from '../../test/support/peer-world.js'
+import { closePeers, memberPeer, nextMessages, sessionPeer } from '../../test/support/peer-world.js'
 import { rejectionCode } from '../../test/support/rejection.js'
 import { memoryStore } from '../store/memory.js'
-import type { Peer } from '../peer.js'
-import type { InboundMessage } from '../inbox.js'
-
-/** The next `n` messages of `peer`'s inbox (consumed as read). */
-async function take(peer: Peer, n: number, timeoutMs = 10_000): Promise<InboundMessage[]> {
-  const got: InboundMessage[] = []
-  const signal = AbortSignal.timeout(timeoutMs)
-  for await (const m of peer.messages({ signal })) {
-    got.push(m)
-    if (got.length === n) break
-  }
-  if (got.length < n) throw new Error(`got ${got.length} of ${n} messages in ${timeoutMs} ms`)
-  return got
-}
 
 describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
   const start = worldsPerTest(driver)
@@ -31,13 +17,13 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     await Promise.all([alice.whenConnected(), bob.whenConnected()])
 
     const sent = await alice.send(bob.identity.publicKey, { text: 'hello bob' })
-    const [atBob] = await take(bob, 1)
+    const [atBob] = await nextMessages(bob, 1)
     expect(atBob).toMatchObject({ payload: { text: 'hello bob' }, status: 'ok', via: 'relay', e2e: true })
     expect(toHex(atBob!.from)).toBe(toHex(alice.identity.publicKey))
     expect(atBob!.clientMessageId).toBe(sent.clientMessageId)
 
     await bob.send(toHex(alice.identity.publicKey), { text: 'hello alice' })
-    const [atAlice] = await take(alice, 1)
+    const [atAlice] = await nextMessages(alice, 1)
     expect(atAlice).toMatchObject({ payload: { text: 'hello alice' } })
 
     await alice.settled(AbortSignal.timeout(5_000))
@@ -63,7 +49,7 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
       .toBe('accepted')
 
     const bob = await sessionPeer(world, bobMember, { sessionId: 'bob-1', identity: bobKey })
-    const [got] = await take(bob, 1)
+    const [got] = await nextMessages(bob, 1)
     expect(got).toMatchObject({ payload: { text: 'while you were out' }, via: 'relay' })
     await expect
       .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
@@ -81,7 +67,7 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
       .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
       .toBe('accepted')
     const daemon = await memberPeer(world, carol)
-    const [got] = await take(daemon, 1)
+    const [got] = await nextMessages(daemon, 1)
     expect(got).toMatchObject({ payload: { text: 'for your daemon' }, status: 'ok' })
   })
 

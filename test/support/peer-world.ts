@@ -19,6 +19,7 @@ import {
 import { createNodePeer, type NodePeerOptions } from '../../peer-runtime/node/node-peer.js'
 import { sqliteStore } from '../../peer-runtime/node/sqlite-store.js'
 import type { DownInfo } from '../../peer-runtime/connection.js'
+import type { InboundMessage } from '../../peer-runtime/inbox.js'
 import type { Peer } from '../../peer-runtime/peer.js'
 import { memoryStore } from '../../peer-runtime/store/memory.js'
 import type { RuntimeStore } from '../../peer-runtime/store/types.js'
@@ -63,16 +64,34 @@ export function tempDir(prefix = 'agentmesh-peer-'): string {
 export async function sessionPeer(world: World, member: Identity, o: SessionPeerOptions = {}): Promise<Peer> {
   const sessionId = o.sessionId ?? `s-${toHex(randomBytes(4))}`
   const identity = o.identity ?? createIdentity('session')
-  const attested = {
+  const attestation = mintSessionAttestation({
+    mesh: world.mesh,
+    member: o.attestedBy ?? member,
+    sessionPk: identity.publicKey,
     sessionId,
-    attestation: mintSessionAttestation({
-      mesh: world.mesh,
-      member: o.attestedBy ?? member,
-      sessionPk: identity.publicKey,
-      sessionId,
-      now: world.clock.now(),
-    }),
-  }
+    now: world.clock.now(),
+  })
+  return startPeer(
+    world,
+    { identity, role: 'session', sessionId, attestation: o.attestation ?? (() => attestation) },
+    o,
+  )
+}
+
+/** A started control-plane peer holding `member`'s own key (what a daemon runs per mesh). */
+export function memberPeer(
+  world: World,
+  member: Identity,
+  o: Omit<SessionPeerOptions, 'sessionId' | 'identity' | 'attestedBy' | 'attestation'> = {},
+): Promise<Peer> {
+  return startPeer(world, { identity: member, role: 'control-plane' }, o)
+}
+
+async function startPeer(
+  world: World,
+  who: Pick<NodePeerOptions, 'identity' | 'role' | 'sessionId' | 'attestation'>,
+  o: SessionPeerOptions,
+): Promise<Peer> {
   const store =
     o.store === undefined || o.store === 'memory'
       ? memoryStore()
@@ -80,14 +99,11 @@ export async function sessionPeer(world: World, member: Identity, o: SessionPeer
         ? sqliteStore({ path: join(tempDir(), 'runtime.db') })
         : o.store
   const peer = createNodePeer({
+    ...who,
     url: o.url ?? world.wsUrl,
     mesh: world.mesh,
     ownerPk: world.owner.publicKey,
     coordinatorPk: o.coordinatorPk ?? world.coordinatorIdentity.publicKey,
-    identity,
-    role: 'session',
-    sessionId: attested.sessionId,
-    attestation: o.attestation ?? (() => attested.attestation),
     store,
     p2p: o.p2p ?? false,
     // The world's ManualClock moves only when a test says so; a peer's reconnects need real time.
@@ -101,33 +117,26 @@ export async function sessionPeer(world: World, member: Identity, o: SessionPeer
   return peer
 }
 
-/** A started control-plane peer holding `member`'s own key (what a daemon runs per mesh). */
-export async function memberPeer(
-  world: World,
-  member: Identity,
-  o: Omit<SessionPeerOptions, 'sessionId' | 'identity'> = {},
-): Promise<Peer> {
-  const store =
-    o.store === undefined || o.store === 'memory'
-      ? memoryStore()
-      : o.store === 'sqlite'
-        ? sqliteStore({ path: join(tempDir(), 'runtime.db') })
-        : o.store
-  const peer = createNodePeer({
-    url: o.url ?? world.wsUrl,
-    mesh: world.mesh,
-    ownerPk: world.owner.publicKey,
-    coordinatorPk: world.coordinatorIdentity.publicKey,
-    identity: member,
-    role: 'control-plane',
-    store,
-    p2p: o.p2p ?? false,
-    clock: o.clock ?? systemClock,
-    connection: o.connection ?? { backoffBaseMs: 50, backoffCapMs: 500 },
-  })
-  open.push({ peer, store, ownsStore: typeof o.store !== 'object' })
-  await peer.start()
-  return peer
+/** The next `n` messages of `peer`'s inbox, consumed as read; throws when fewer come within `timeoutMs`. */
+export async function nextMessages(peer: Peer, n: number, timeoutMs = 20_000): Promise<InboundMessage[]> {
+  const got: InboundMessage[] = []
+  for await (const m of peer.messages({ signal: AbortSignal.timeout(timeoutMs) })) {
+    got.push(m)
+    if (got.length === n) break
+  }
+  if (got.length < n) throw new Error(`got ${got.length} of ${n} messages in ${timeoutMs} ms`)
+  return got
+}
+
+/**
+ * Coordinator rate limits lifted, for bulk tests (DESIGN.md §5: only the rate-limit test keeps them). The
+ * test world's coordinator runs on a ManualClock, so its buckets would never refill.
+ */
+export const UNLIMITED_RATE = {
+  messageBurst: 1e9,
+  messagesPerSecond: 1e9,
+  byteBurst: 1e12,
+  bytesPerSecond: 1e12,
 }
 
 /** Closes every peer made by `sessionPeer` (and the stores it made), then removes temp dirs. */
