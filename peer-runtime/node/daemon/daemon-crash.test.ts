@@ -10,7 +10,7 @@ import type { MeshPeer } from '../home-peer.js'
 import { DaemonClient } from './client.js'
 import type { DaemonStatus, RegisteredSession } from './daemon.js'
 import { daemonPaths, readAdminToken } from './files.js'
-import { daemonWorld, EventLog, type DaemonWorld } from './fixture.test-support.js'
+import { daemonWorld, EventLog, type DaemonWorld } from '../../../test/support/daemon-world.js'
 
 const COUNT = 500
 const nextId = ulidFactory()

@@ -7,7 +7,7 @@ import type { MeshPeer } from '../home-peer.js'
 import { DaemonClient } from './client.js'
 import { startDaemon, type Daemon, type RegisteredSession } from './daemon.js'
 import { daemonPaths, readAdminToken, readDaemonInfo } from './files.js'
-import { daemonWorld, EventLog, type DaemonWorld } from './fixture.test-support.js'
+import { daemonWorld, EventLog, type DaemonWorld } from '../../../test/support/daemon-world.js'
 
 const TUNING = {
   p2p: false as const,

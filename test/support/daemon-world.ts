@@ -5,12 +5,12 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { buildCoordinator, type Coordinator } from '../../../coordinator/index.js'
-import { openTestStore, type TestStore } from '../../../coordinator/store/testing.js'
-import { createIdentity, initCrypto, type Identity } from '../../../protocol/index.js'
-import { createInvite, createMesh, joinMesh } from '../home-membership.js'
-import { openMeshPeer, type MeshPeer } from '../home-peer.js'
-import type { DaemonClient, IpcEvent } from './client.js'
+import { buildCoordinator, type Coordinator } from '../../coordinator/index.js'
+import { openTestStore, type TestStore } from '../../coordinator/store/testing.js'
+import { createIdentity, initCrypto, type Identity } from '../../protocol/index.js'
+import { createInvite, createMesh, joinMesh } from '../../peer-runtime/node/home-membership.js'
+import { openMeshPeer, type MeshPeer } from '../../peer-runtime/node/home-peer.js'
+import type { DaemonClient, IpcEvent } from '../../peer-runtime/node/daemon/client.js'
 
 export const ADMIN_TOKEN = 'daemon-test-admin-token'
 
