@@ -194,6 +194,22 @@ describe('streams over a Peer', () => {
     })
   })
 
+  it('a stream that starts before the P2P session is up moves from the relay to P2P mid-stream, whole', async () => {
+    const world = await start({ limits: { rate: UNLIMITED_RATE } })
+    const alice = await sessionPeer(world, await world.member('alice'), { p2p: true, store: 'sqlite' })
+    const bob = await sessionPeer(world, await world.member('bob'), { p2p: true, store: 'sqlite' })
+    await Promise.all([alice.whenConnected(), bob.whenConnected()])
+    const file = await randomFile(24 * MB)
+    const received = receiveOne(bob)
+    const sent = await openStream(alice, bob.identity.publicKey, createReadStream(file.path)).done
+    const got = await received
+    expect(got).toMatchObject({ sha256: file.sha256, bytes: 24 * MB })
+    const via = got.stream.stats.via
+    expect(via['relay']).toBeGreaterThan(0)
+    expect(via['p2p']).toBeGreaterThan(0)
+    expect((via['relay'] ?? 0) + (via['p2p'] ?? 0)).toBe(sent.chunks)
+  }, 120_000)
+
   describe.each([
     ['P2P', true],
     ['the relay', false],
