@@ -79,8 +79,15 @@ export class Inbox extends Emitter<InboxEvents> {
    */
   async take(
     bytes: Uint8Array,
-    o: { via: string; deliveryId?: string; ack: (status: InboxAckStatus) => void },
+    o: {
+      via: string
+      deliveryId?: string
+      ack: (status: InboxAckStatus) => void
+      /** Ack at once even with a volatile store (P2P: the sender demotes after 3 s without an ack). */
+      ackOnStore?: boolean
+    },
   ): Promise<Taken | undefined> {
+    const defer = this.acksOnConsumption && o.ackOnStore !== true
     let env: Envelope
     try {
       env = decodeEnvelope(bytes)
@@ -107,13 +114,13 @@ export class Inbox extends Emitter<InboxEvents> {
     const row = result.row
     if (!result.inserted) {
       // Already stored: acked as a duplicate, unless the first copy still waits for the application.
-      if (this.acksOnConsumption && row.consumedAt === undefined && row.status === 'ok') {
+      if (defer && row.consumedAt === undefined && row.status === 'ok') {
         this.#defer(row.seq, () => o.ack('duplicate'))
       } else o.ack('duplicate')
       if (this.listenerCount('duplicate') > 0) this.emit('duplicate', toMessage(row))
       return { status: 'duplicate', fresh: false, row }
     }
-    if (this.acksOnConsumption && status === 'ok') this.#defer(row.seq, () => o.ack('ok'))
+    if (defer && status === 'ok') this.#defer(row.seq, () => o.ack('ok'))
     else o.ack(status)
     this.emit('message', toMessage(row))
     for (const wake of this.#wakers) wake()

@@ -541,9 +541,9 @@ export class Peer extends Emitter<PeerEvents> {
     ) {
       return 'rejected'
     }
-    await this.#inbox.take(envelope, { via: 'p2p', ack: (s) => (status = s) })
-    // A volatile store acks on consumption; over P2P the sender waits for the ack up to 3 s, so a
-    // volatile peer answers at once: the message is in its memory inbox, as much as it can promise.
+    // A volatile store acks relay pushes on consumption, but over P2P the sender demotes after 3 s without
+    // an ack, so P2P deliveries are acked once stored (docs/ARCHITECTURE.md departure 20).
+    await this.#inbox.take(envelope, { via: 'p2p', ackOnStore: true, ack: (s) => (status = s) })
     return status
   }
 
