@@ -22,6 +22,7 @@ import { isMeshError, isMeshErrorCode, MeshError, type ErrorDetails } from '../p
 import { ulidFactory } from '../protocol/ulid.js'
 import type { InboundMessage } from './inbox.js'
 import type { Peer } from './peer.js'
+import type { OutboxRow } from './store/types.js'
 
 /** How long a call waits for its answer unless told otherwise. */
 export const RPC_DEFAULT_TIMEOUT_MS = 30_000
@@ -144,6 +145,11 @@ export class RpcEndpoint {
   readonly #stop = new AbortController()
   readonly #onDuplicate = (m: InboundMessage): void => this.#duplicate(m)
   readonly #onStopped = (): void => this.close()
+  readonly #onOutbox = (row: OutboxRow): void => {
+    const pending = this.#pending.get(row.id)
+    const failure = pending === undefined ? undefined : deliveryFailure(row, pending.to)
+    if (failure !== undefined) this.#settle(row.id, failure)
+  }
   #closed = false
 
   constructor(peer: Peer, o: RpcEndpointOptions = {}) {
@@ -154,6 +160,7 @@ export class RpcEndpoint {
     this.#orphanTtlMs = o.orphanTtlMs ?? 10 * 60 * 1000
     peer.on('duplicate', this.#onDuplicate)
     peer.on('stopped', this.#onStopped)
+    peer.on('outbox', this.#onOutbox)
     void this.#read()
   }
 
@@ -231,6 +238,7 @@ export class RpcEndpoint {
     this.#stop.abort()
     this.#peer.off('duplicate', this.#onDuplicate)
     this.#peer.off('stopped', this.#onStopped)
+    this.#peer.off('outbox', this.#onOutbox)
     for (const id of [...this.#pending.keys()]) {
       this.#settle(id, new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the rpc endpoint closed'))
     }
@@ -367,6 +375,35 @@ export class RpcEndpoint {
       this.#orphans.delete(k)
     }
   }
+}
+
+const RECIPIENT_FAILURES = {
+  undecryptable: 'MESH_ERR_UNDECRYPTABLE',
+  rejected: 'MESH_ERR_HEADER_MISMATCH',
+  dropped_revoked: 'MESH_ERR_REVOKED',
+  expired: 'MESH_ERR_EXPIRED',
+} as const
+
+/**
+ * Why a sent row will never reach `to` (hex): it went `dead` (its last error's code), or the recipient
+ * refused it or lost it; undefined while it may still arrive. Streams use it too.
+ */
+export function deliveryFailure(row: OutboxRow, to: string): MeshError | undefined {
+  if (row.state === 'dead') {
+    const code =
+      row.lastError !== undefined && isMeshErrorCode(row.lastError.code)
+        ? row.lastError.code
+        : 'MESH_ERR_INTERNAL'
+    return new MeshError(code, `message ${row.id} went dead: ${row.lastError?.message ?? 'undeliverable'}`, {
+      details: { id: row.id, state: row.state },
+    })
+  }
+  const state = row.recipients?.[to]
+  if (state === undefined || !(state in RECIPIENT_FAILURES)) return undefined
+  const code = RECIPIENT_FAILURES[state as keyof typeof RECIPIENT_FAILURES]
+  return new MeshError(code, `the recipient reported message ${row.id} ${state}`, {
+    details: { id: row.id, recipientState: state },
+  })
 }
 
 function errPayload(err: unknown): RpcErrPayload {

@@ -15,6 +15,8 @@ import { isMeshError, MeshError } from '../protocol/errors.js'
 import { ulidFactory } from '../protocol/ulid.js'
 import type { InboundMessage } from './inbox.js'
 import type { Peer } from './peer.js'
+import { deliveryFailure } from './rpc.js'
+import type { OutboxRow } from './store/types.js'
 import {
   isStreamAbort,
   isStreamWindow,
@@ -101,6 +103,17 @@ export class StreamEndpoint {
   readonly #handlers = new Set<StreamHandler>()
   readonly #stop = new AbortController()
   readonly #onStopped = (): void => this.close()
+  /** Chunks (and grants) on their way, by clientMessageId: a dead one ends its stream at once. */
+  readonly #inFlight = new Map<string, { to: string; fail: (err: MeshError) => void }>()
+  readonly #onOutbox = (row: OutboxRow): void => {
+    const owner = this.#inFlight.get(row.id)
+    if (owner === undefined) return
+    if (row.state === 'done' || row.state === 'aborted') this.#inFlight.delete(row.id)
+    const failure = deliveryFailure(row, owner.to)
+    if (failure === undefined) return
+    this.#inFlight.delete(row.id)
+    owner.fail(failure)
+  }
   #closed = false
 
   constructor(peer: Peer, o: StreamEndpointOptions = {}) {
@@ -108,6 +121,7 @@ export class StreamEndpoint {
     this.#window = Math.max(STREAM_INITIAL_CREDIT, o.window ?? STREAM_DEFAULT_WINDOW)
     this.#idleTimeoutMs = o.idleTimeoutMs ?? STREAM_IDLE_TIMEOUT_MS
     peer.on('stopped', this.#onStopped)
+    peer.on('outbox', this.#onOutbox)
     void this.#read()
   }
 
@@ -119,8 +133,10 @@ export class StreamEndpoint {
     if (this.#closed) throw new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the stream endpoint is closed')
     const streamId = this.#nextId()
     const key = `${toHex(to)}:${streamId}`
-    const stream = new OutgoingStream(this.#peer, to, streamId, source, {
+    const toHexKey = toHex(to)
+    const stream: OutgoingStream = new OutgoingStream(this.#peer, to, streamId, source, {
       idleTimeoutMs: this.#idleTimeoutMs,
+      track: (id) => this.#inFlight.set(id, { to: toHexKey, fail: (err) => stream.fail(err) }),
       ...(o.signal !== undefined && { signal: o.signal }),
     })
     this.#outgoing.set(key, stream)
@@ -143,6 +159,7 @@ export class StreamEndpoint {
     this.#closed = true
     this.#stop.abort()
     this.#peer.off('stopped', this.#onStopped)
+    this.#peer.off('outbox', this.#onOutbox)
     for (const s of this.#incoming.values())
       s.cancel({ code: 'MESH_ERR_TRANSPORT_CLOSED', message: 'closed' })
     for (const s of this.#outgoing.values())
@@ -182,16 +199,25 @@ export class StreamEndpoint {
   }
 
   #open(from: Uint8Array, streamId: string, key: string): IncomingStream {
-    const stream = new IncomingStream({
+    const fromHex = toHex(from)
+    const stream: IncomingStream = new IncomingStream({
       from,
       streamId,
       window: this.#window,
       idleTimeoutMs: this.#idleTimeoutMs,
       grant: (w) => {
         const payload: StreamWindow = { t: 'stream_window', streamId, ...w }
-        this.#peer
-          .send(from, payload, { channel: 'stream', meta: { streamId, seq: w.upToSeq } })
-          .catch(() => undefined)
+        this.#peer.send(from, payload, { channel: 'stream', meta: { streamId, seq: w.upToSeq } }).then(
+          (sent) => {
+            // Credit that cannot reach the sender: the stream cannot go on.
+            if (!stream.ended)
+              this.#inFlight.set(sent.clientMessageId, {
+                to: fromHex,
+                fail: (e) => stream.cancel(reasonOf(e)),
+              })
+          },
+          (err: unknown) => stream.cancel(reasonOf(err)),
+        )
       },
       ended: () => {
         this.#incoming.delete(key)
@@ -223,6 +249,7 @@ export class OutgoingStream {
   readonly #peer: Peer
   readonly #signal: AbortSignal | undefined
   readonly #idleTimeoutMs: number
+  readonly #track: (clientMessageId: string) => void
   #granted = STREAM_INITIAL_CREDIT - 1
   #read = 0
   #nextSeq = 0
@@ -234,13 +261,14 @@ export class OutgoingStream {
     to: Uint8Array,
     streamId: string,
     source: StreamSource,
-    o: { signal?: AbortSignal; idleTimeoutMs: number },
+    o: { signal?: AbortSignal; idleTimeoutMs: number; track: (clientMessageId: string) => void },
   ) {
     this.#peer = peer
     this.to = to
     this.streamId = streamId
     this.#signal = o.signal
     this.#idleTimeoutMs = o.idleTimeoutMs
+    this.#track = o.track
     this.done = this.#run(source)
     // Handled here so an ignored `done` is no unhandled rejection; awaiting it still throws.
     this.done.catch(() => undefined)
@@ -288,11 +316,12 @@ export class OutgoingStream {
     const seq = this.#nextSeq
     await this.#until(() => seq <= this.#granted, 'credit')
     this.stats.maxUnread = Math.max(this.stats.maxUnread, seq + 1 - this.#read)
-    await this.#peer.send(this.to, data, {
+    const sent = await this.#peer.send(this.to, data, {
       channel: 'stream',
       meta: { streamId: this.streamId, seq, ...(fin && { fin: true as const }) },
       ...(this.#signal !== undefined && { signal: this.#signal }),
     })
+    this.#track(sent.clientMessageId)
     this.#nextSeq++
     this.stats.chunks++
     this.stats.bytes += data.length
