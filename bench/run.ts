@@ -3,6 +3,7 @@
  * stdout (a readable summary goes to stderr). With no name it lists the scenarios.
  */
 import { codecScenario } from './scenarios/codec.js'
+import { daemonScenario } from './scenarios/daemon.js'
 import { p2pScenario } from './scenarios/p2p.js'
 import { relayScenario } from './scenarios/relay.js'
 
@@ -21,6 +22,10 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
   p2p: {
     describe: 'TransportSession.send over webrtc beside a raw node-datachannel channel and ws-relay; latency',
     run: p2pScenario,
+  },
+  daemon: {
+    describe: "sends/s through the daemon's IPC into the durable outbox beside direct Peer.send",
+    run: daemonScenario,
   },
 }
 
