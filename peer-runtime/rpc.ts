@@ -118,7 +118,10 @@ interface Pending {
 
 const endpoints = new WeakMap<Peer, RpcEndpoint>()
 
-/** The peer's rpc endpoint (made on first use; one per peer). */
+/**
+ * The peer's rpc endpoint (made on first use; one per peer; `o` counts only the first time). Register
+ * handlers in the same tick you first call it: requests already in the inbox are served right after.
+ */
 export function rpcEndpoint(peer: Peer, o: RpcEndpointOptions = {}): RpcEndpoint {
   let endpoint = endpoints.get(peer)
   if (endpoint === undefined || endpoint.closed) {

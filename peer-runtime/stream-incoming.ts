@@ -41,6 +41,10 @@ export interface IncomingStreamInit {
   ended: () => void
 }
 
+/**
+ * One incoming stream, read once with `for await (const chunk of stream)`. Chunks are views of the
+ * stored message: treat them as read-only. Breaking out of the loop cancels the stream.
+ */
 export class IncomingStream implements AsyncIterable<Uint8Array> {
   readonly from: Uint8Array
   readonly streamId: string

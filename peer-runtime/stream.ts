@@ -64,7 +64,7 @@ export type StreamHandler = (stream: IncomingStream) => void | Promise<void>
 
 const endpoints = new WeakMap<Peer, StreamEndpoint>()
 
-/** The peer's stream endpoint (made on first use; one per peer). */
+/** The peer's stream endpoint (made on first use; one per peer; `o` counts only the first time). */
 export function streamEndpoint(peer: Peer, o: StreamEndpointOptions = {}): StreamEndpoint {
   let endpoint = endpoints.get(peer)
   if (endpoint === undefined || endpoint.closed) {

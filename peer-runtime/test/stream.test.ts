@@ -238,7 +238,8 @@ describe('streams over a Peer', () => {
       expect(sent.maxUnread).toBeLessThanOrEqual(STREAM_DEFAULT_WINDOW)
       expect(got.stream.stats.maxBuffered).toBeLessThanOrEqual(STREAM_DEFAULT_WINDOW)
       const via = got.stream.stats.via
-      if (p2p) expect(via['p2p'] ?? 0).toBeGreaterThan(sent.chunks * 0.9)
+      // A P2P frame unacked for 3 s on a loaded machine demotes the session (its chunks go by relay): most still ride P2P.
+      if (p2p) expect(via['p2p'] ?? 0).toBeGreaterThan(sent.chunks / 2)
       else expect(via).toEqual({ relay: sent.chunks })
       console.log(
         `stream 100 MB over ${label}: ${seconds.toFixed(1)} s, ${(100 / seconds).toFixed(1)} MB/s, ` +
