@@ -28,7 +28,10 @@ function sessionPeer(sessionId: string) {
 serveJobs(
   { socket: daemon.socketPath, port: daemon.port, pid: process.pid } satisfies DaemonProcessReady,
   {
-    /** `count` direct sends with `window` in flight; resolves with the elapsed ms. */
+    /**
+     * `count` direct sends with `window` in flight; resolves with the ms until the last send resolved
+     * (`acceptMs`) and until the outbox was idle again (`idleMs`: every row handed to the coordinator).
+     */
     direct: async (a: { sessionId: string; to: string; count: number; window: number; text: string }) => {
       const peer = sessionPeer(a.sessionId)
       let next = 0
@@ -40,7 +43,9 @@ serveJobs(
         }
       }
       await Promise.all(Array.from({ length: a.window }, worker))
-      return performance.now() - start
+      const acceptMs = performance.now() - start
+      await peer.settled(AbortSignal.timeout(300_000))
+      return { acceptMs, idleMs: performance.now() - start }
     },
     /** Waits until the session's outbox has nothing pending or in flight (between rounds). */
     settle: async (a: { sessionId: string }) => {
