@@ -1,4 +1,5 @@
 import { stat } from 'node:fs/promises'
+import { request } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { toHex, ulidFactory } from '../../../protocol/index.js'
 import type { InboundMessage } from '../../inbox.js'
@@ -160,8 +161,9 @@ describe('the daemon (in process, a real coordinator, real sockets)', () => {
     expect(e2.events.filter((e) => e.event === 'delivery')).toEqual([])
     expect((await c1.call<{ messages: unknown[] }>('GET', '/v1/inbox')).messages).toHaveLength(3)
 
-    // Keepalives come as comments; the parser drops them, and the stream stays open.
     expect(e1.ended).toBe(false)
+    // Keepalives are SSE comments (every 200 ms here, 15 s by default), which the client's parser drops.
+    expect(await rawEvents(daemonPaths(home).socket, s1.token, ': keepalive\n\n')).toContain('event: ready')
   })
 
   it('POST /v1/send is idempotent by id and fingerprint; scoping refuses other sessions', async () => {
@@ -330,5 +332,32 @@ function nextMessage(bob: MeshPeer, text: string, timeoutMs = 10_000): Promise<I
       reject(new Error(`no message ${JSON.stringify(text)} in ${timeoutMs} ms`))
     }, timeoutMs)
     bob.peer.on('message', on)
+  })
+}
+
+/** The raw text of a session's event stream until it contains `until`. */
+function rawEvents(socketPath: string, token: string, until: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        socketPath,
+        path: '/v1/events',
+        headers: { authorization: `Bearer ${token}` },
+        signal: AbortSignal.timeout(5_000),
+      },
+      (res) => {
+        let text = ''
+        res.setEncoding('utf8')
+        res.on('data', (chunk: string) => {
+          text += chunk
+          if (text.includes(until)) {
+            req.destroy()
+            resolve(text)
+          }
+        })
+      },
+    )
+    req.on('error', reject)
+    req.end()
   })
 }
