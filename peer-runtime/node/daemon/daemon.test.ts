@@ -200,6 +200,18 @@ describe('the daemon (in process, a real coordinator, real sockets)', () => {
         `/v1/messages/${id}`,
       )
       expect(row).toMatchObject({ id, to })
+      // Five at once with one id: one is sent, four are answered from it.
+      const burstId = nextId()
+      const burst = await Promise.all(
+        Array.from({ length: 5 }, () =>
+          c.request('POST', '/v1/send', { body: { to, id: burstId, text: 'burst' } }),
+        ),
+      )
+      expect(burst.map((r) => r.status)).toEqual([202, 202, 202, 202, 202])
+      expect(new Set(burst.map((r) => JSON.stringify(r.body))).size).toBe(1)
+      expect(burst.filter((r) => r.headers['idempotent-replay'] === undefined)).toHaveLength(1)
+      await eventuallyState(c, burstId, 'done')
+      expect(arrivals.filter((x) => x === burstId)).toEqual([burstId])
       await eventuallyState(c, id, 'done')
       await daemon
         .sessions()
