@@ -309,7 +309,7 @@ serveJobs(
         ? Promise.resolve({})
         : new Promise((resolve) => (sessionSeen[lane] = () => resolve({}))),
     rawOffer: async () => {
-      raw?.close() // a failed attempt's
+      await raw?.close() // a failed attempt's
       raw = undefined
       const { channel, offer } = await RawChannel.offer(ADAPTER_MARKS)
       raw = channel
@@ -317,7 +317,7 @@ serveJobs(
       return offer
     },
     rawAnswer: async (offer: RawDescription) => {
-      raw?.close()
+      await raw?.close()
       raw = undefined
       const { channel, answer } = await RawChannel.answer(offer, ADAPTER_MARKS)
       raw = channel
@@ -326,11 +326,15 @@ serveJobs(
     },
     rawAccept: async (answer: RawDescription) => {
       raw!.accept(answer)
-      await raw!.opened
       return {}
     },
     rawCandidates: async (candidates: RawDescription['candidates']) => {
       raw!.addCandidates(candidates)
+      return {}
+    },
+    rawClose: async () => {
+      await raw?.close()
+      raw = undefined
       return {}
     },
     rawOpened: async () => {
@@ -393,8 +397,10 @@ serveJobs(
 let closing: Promise<void> | undefined
 function closeAll(): Promise<void> {
   closing ??= (async () => {
-    // The raw channel first: the adapter's last close runs node-datachannel's process-wide cleanup().
-    raw?.close()
+    // The raw channel first, to its end: the adapter's last close runs node-datachannel's process-wide
+    // cleanup(), which can deadlock on a connection still closing. The scenario closes the raw channel on
+    // both ends before either closes its webrtc session, whose FIN would close the other's adapter first.
+    await raw?.close()
     await Promise.all([sessions.webrtc?.close(), sessions.relay?.close()])
     await Promise.all([webrtc?.close(), relay?.close()])
     await link?.close()

@@ -3,11 +3,11 @@
  * native API (no W3C polyfill, no session, no copy), with the adapter's channel options (one ordered,
  * reliable channel, no ICE servers) and its flow control (refuse at the high-water mark, resume on
  * `bufferedAmountLow`). Descriptions and candidates go over the bench's IPC (how the channel is
- * introduced is not what the figure measures), in the order the adapter keeps (docs/ARCHITECTURE.md,
- * departure 16): the offer without its candidates, the answer with the answerer's, and the offerer's
- * candidates to the answerer only after its answer went out. libdatachannel fails an offerer now and
- * then when the answerer's connectivity checks arrive around the answer, which an offer carrying its
- * candidates makes likely.
+ * introduced is not what the figure measures): the offer without its candidates, the answer with the
+ * answerer's, and the offerer's candidates to the answerer only once the offerer holds the answer.
+ * libdatachannel fails a connection now and then when the answerer's checks (and DTLS hello) reach an
+ * offerer that has not applied the answer yet (docs/ARCHITECTURE.md, departure 16); an offer carrying
+ * its candidates, or candidates sent beside the answer, made that happen here in a few attempts in ten.
  */
 import nodeDataChannel, { type DataChannel, type PeerConnection } from 'node-datachannel'
 
@@ -29,6 +29,9 @@ export class RawChannel {
     this.#opened = resolve
     this.#failed = reject
   })
+  #markClosed!: () => void
+  /** Resolves once libdatachannel reported the connection closed (its callbacks are done then). */
+  readonly #closed = new Promise<void>((resolve) => (this.#markClosed = resolve))
   #onMessage: (bytes: Buffer) => void = () => {}
   #onDrain: () => void = () => {}
   #wantDrain = false
@@ -41,7 +44,9 @@ export class RawChannel {
     this.#lowWaterMark = marks.lowWaterMark
     this.#pc.onDataChannel((dc) => this.#attach(dc))
     this.#pc.onStateChange((state) => {
-      if (state === 'failed' || state === 'closed') this.#failed(new Error(`raw peer connection ${state}`))
+      if (state !== 'failed' && state !== 'closed') return
+      this.#failed(new Error(`raw peer connection ${state}`))
+      if (state === 'closed') this.#markClosed()
     })
     void this.opened.catch(() => {}) // a failure is read by whoever awaits `opened`
   }
@@ -77,7 +82,7 @@ export class RawChannel {
     return { channel, answer: await gathered }
   }
 
-  /** The offerer takes the answer (its candidates are in the SDP); `opened` follows. */
+  /** The offerer takes the answer (its candidates are in the SDP); `opened` follows the answerer's candidates. */
   accept(answer: RawDescription): void {
     this.#pc.setRemoteDescription(answer.sdp, answer.type)
   }
@@ -106,9 +111,17 @@ export class RawChannel {
     this.#onDrain = listener
   }
 
-  close(): void {
+  /**
+   * Closes the channel and the connection; resolves once the connection reported `closed` (at most 2 s).
+   * node-datachannel's process-wide `cleanup()`, which the adapter runs after its own last close, can
+   * deadlock on a connection whose close is still in flight, so the peer awaits this first.
+   */
+  async close(): Promise<void> {
     this.#dc?.close()
     this.#pc.close()
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([this.#closed, new Promise((resolve) => (timer = setTimeout(resolve, 2_000)))])
+    clearTimeout(timer)
   }
 
   #attach(dc: DataChannel): void {

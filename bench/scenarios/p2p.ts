@@ -66,6 +66,8 @@ export async function p2pScenario(opts: { quick: boolean }): Promise<void> {
     const wanted = (figure: string): boolean => only === undefined || only.includes(figure)
     if (wanted('throughput')) for (const size of SIZES) await throughputFigure(pair, driver, size, opts.quick)
     if (wanted('latency')) for (const size of SIZES) await latencyFigure(pair, driver, size, opts.quick)
+    // The raw channel on both ends first: see `closeAll` in p2p-peer.ts.
+    await Promise.all([pair.sender.run('rawClose'), pair.receiver.run('rawClose')])
     await Promise.all([pair.sender.run('close'), pair.receiver.run('close')])
   } finally {
     process.off('SIGINT', stop)
@@ -113,12 +115,13 @@ async function openRaw(sender: ChildHandle, receiver: ChildHandle): Promise<void
     try {
       const offer = await sender.run<RawDescription>('rawOffer', undefined, SETUP_MS)
       const answer = await receiver.run<RawDescription>('rawAnswer', offer, SETUP_MS)
-      const opened = Promise.all([
-        sender.run('rawAccept', answer, SETUP_MS),
+      // The offerer holds the answer before the answerer learns where to send its checks.
+      await sender.run('rawAccept', answer, SETUP_MS)
+      await receiver.run('rawCandidates', offer.candidates, SETUP_MS)
+      await Promise.all([
+        sender.run('rawOpened', undefined, SETUP_MS),
         receiver.run('rawOpened', undefined, SETUP_MS),
       ])
-      await receiver.run('rawCandidates', offer.candidates, SETUP_MS)
-      await opened
       return
     } catch (err) {
       if (attempt === 3) throw err
