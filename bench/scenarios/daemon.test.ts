@@ -1,0 +1,49 @@
+/**
+ * A smoke test of `npm run bench -- daemon --quick`: a coordinator process and a daemon process start, a
+ * session registers, and every figure (IPC beside direct `Peer.send`) is printed as a JSON line. The rates
+ * are not asserted: a timed test on a shared machine cannot hold one.
+ */
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { describe, expect, it } from 'vitest'
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+
+function runBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', ...args], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s))
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
+    child.once('error', reject)
+    child.once('close', (code) => resolve({ code, stdout, stderr }))
+  })
+}
+
+describe('bench daemon --quick', () => {
+  it('prints each figure beside its same-run baseline', async () => {
+    const { code, stdout, stderr } = await runBench(['daemon', '--quick'])
+    expect(code, stderr).toBe(0)
+    const figures = stdout
+      .trim()
+      .split('\n')
+      .map(
+        (line) =>
+          JSON.parse(line) as { name: string; value: number; baseline: { value: number }; met: unknown },
+      )
+    expect(figures.map((f) => f.name)).toEqual([
+      'IPC send over daemon.sock, 16 in flight',
+      'IPC send over 127.0.0.1, 16 in flight',
+      'IPC send over daemon.sock, 1 in flight',
+    ])
+    for (const f of figures) {
+      expect(f.value, f.name).toBeGreaterThan(0)
+      expect(f.baseline.value, f.name).toBeGreaterThan(0)
+      expect(typeof f.met).toBe('boolean')
+    }
+  }, 120_000)
+})
