@@ -130,7 +130,7 @@ export class Inbox extends Emitter<InboxEvents> {
   /**
    * The inbox in arrival order, from the oldest message not yet consumed; waits for more until `signal`
    * aborts (then the iterator ends). A message is marked consumed when the next one is asked for, or
-   * when the loop breaks. Only `channels` are read (default `dm`): `rpc` and `stream` rows belong to
+   * when the loop breaks. Only `channels` are read (default `dm` and `group`): `rpc` and `stream` rows belong to
    * their handlers, which consume them themselves.
    */
   async *messages(
@@ -138,7 +138,7 @@ export class Inbox extends Emitter<InboxEvents> {
   ): AsyncGenerator<InboundMessage> {
     let after = 0
     const recipients = o.recipients ?? [this.#me.publicKey]
-    const channels = new Set<Channel>(o.channels ?? ['dm'])
+    const channels = new Set<Channel>(o.channels ?? ['dm', 'group'])
     while (o.signal?.aborted !== true) {
       const rows = await this.#store.readInbox({
         mesh: this.#mesh,

@@ -34,7 +34,7 @@ import type { Frame, FrameOf, PeerRecord } from '../protocol/frames.js'
 import type { Capabilities, HelloRole } from '../protocol/hello.js'
 import type { Identity } from '../protocol/keys.js'
 import { encodeEnvelope } from '../protocol/envelope.js'
-import { openSystemEnvelope, sealDirect } from '../protocol/seal.js'
+import { openSystemEnvelope, sealDirect, sealGroup } from '../protocol/seal.js'
 import type { Signed } from '../protocol/signing.js'
 import { ulidFactory } from '../protocol/ulid.js'
 import { coordinatorSignalingChannel } from '../signaling/coordinator.js'
@@ -306,6 +306,56 @@ export class Peer extends Emitter<PeerEvents> {
     return { clientMessageId, state: row.state }
   }
 
+  /**
+   * Seals `payload` once for every member of group `@name` (or of the mesh, `*`) as the verified mesh
+   * view lists them, stores it and resolves; the coordinator delivers one copy per member (online at
+   * once, offline later) and the row's `recipients` fill in per member. A group the view does not know is
+   * `MESH_ERR_UNKNOWN_GROUP`; if the coordinator's roster moved on meanwhile the row ends `dead` with
+   * `MESH_ERR_STALE_ROSTER` (send again: it is sealed to the newer roster).
+   */
+  async sendGroup(
+    target: string,
+    payload: unknown,
+    o: Omit<SendOptions, 'channel'> = {},
+  ): Promise<SendReceipt> {
+    this.#assertOpen()
+    if (target !== '*' && !/^@[A-Za-z0-9_.-]{1,64}$/.test(target)) {
+      throw new MeshError('MESH_ERR_INVALID_ENVELOPE', 'a group target is `@name` or `*`', {
+        details: { target },
+      })
+    }
+    await this.#catchingUp
+    const state = this.#view.state
+    const members = target === '*' ? state.memberHexes() : [...(state.groups.get(target.slice(1)) ?? [])]
+    if (target !== '*' && !state.groups.has(target.slice(1))) {
+      throw new MeshError('MESH_ERR_UNKNOWN_GROUP', `no group ${target} in the verified mesh state`, {
+        details: { group: target, stateVersion: state.version },
+      })
+    }
+    const recipients = members.filter((hex) => state.isMember(hex)).map((hex) => fromHex(hex)!)
+    const clientMessageId = o.clientMessageId ?? this.#nextId()
+    const env = sealGroup({
+      mesh: this.mesh,
+      from: this.identity,
+      target,
+      recipients,
+      rosterVersion: state.version,
+      clientMessageId,
+      payload,
+      ...(o.meta !== undefined && { meta: o.meta }),
+    })
+    const row = await this.#outbox.enqueue({
+      id: clientMessageId,
+      mesh: this.mesh,
+      from: this.identity.publicKey,
+      target,
+      channel: 'group',
+      envelope: encodeEnvelope(env),
+      createdAt: this.#clock.now(),
+    })
+    return { clientMessageId, state: row.state }
+  }
+
   /** The outbox row of a message this peer sent, with its per-recipient states. */
   status(clientMessageId: string): Promise<OutboxRow | undefined> {
     return this.#outbox.status(clientMessageId)
@@ -318,7 +368,7 @@ export class Peer extends Emitter<PeerEvents> {
 
   /**
    * The inbox in arrival order, from the oldest message not yet consumed; ends when `signal` aborts.
-   * Reads `dm` messages unless `channels` says otherwise.
+   * Reads `dm` and `group` messages unless `channels` says otherwise.
    */
   messages(
     o: { signal?: AbortSignal; channels?: readonly DirectChannel[] } = {},
@@ -508,8 +558,15 @@ export class Peer extends Emitter<PeerEvents> {
       this.#onSystem(env)
       return
     }
-    if (!isDirectChannel(env.channel) || !(env.target instanceof Uint8Array)) return
-    if (!bytesEqual(env.target, this.identity.publicKey)) {
+    if (env.channel === 'topic') return // no subscriptions yet: a topic push is not ours to ack
+    // A group copy carries only our key box (the coordinator keeps one per member); a DM names our key.
+    const forUs =
+      env.channel === 'group'
+        ? env.keys?.[toHex(this.identity.publicKey)] !== undefined
+        : isDirectChannel(env.channel) &&
+          env.target instanceof Uint8Array &&
+          bytesEqual(env.target, this.identity.publicKey)
+    if (!forUs) {
       this.#ack(push.deliveryId, 'rejected')
       return
     }
@@ -611,14 +668,16 @@ export class Peer extends Emitter<PeerEvents> {
   /** The outbox's transport step for one row: P2P or relay, and what the answer means for the row. */
   async #dispatch(row: OutboxRow, signal: AbortSignal): Promise<DispatchResult> {
     const pk = fromHex(row.target)
-    if (pk === null || !isDirectChannel(row.channel)) {
+    const fanOut = row.channel === 'group' && (row.target === '*' || row.target.startsWith('@'))
+    if (!fanOut && (pk === null || !isDirectChannel(row.channel))) {
       return {
         kind: 'dead',
         error: { code: 'MESH_ERR_INVALID_ENVELOPE', message: 'the row has no valid target' },
       }
     }
     try {
-      if (this.#p2p !== undefined) {
+      // Group and broadcast copies are made by the coordinator: always the relay.
+      if (this.#p2p !== undefined && pk !== null && !fanOut) {
         const delivery = await this.#p2p.deliver(pk, row.id, row.envelope, signal)
         if (delivery.via === 'p2p')
           return { kind: 'done', recipients: { [row.target]: p2pState(delivery.status) } }

@@ -71,6 +71,38 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     expect(got).toMatchObject({ payload: { text: 'for your daemon' }, status: 'ok' })
   })
 
+  it('a group message reaches every member of the group once (the offline one later); the sender sees each recipient', async () => {
+    const world = await start()
+    const [alice, bob, carol] = [
+      await world.member('alice'),
+      await world.member('bob'),
+      await world.member('carol'),
+    ]
+    const owner = await world.connectMember(world.owner)
+    await owner.admin('group_set', {
+      name: 'team',
+      members: [alice.publicKey, bob.publicKey, carol.publicKey],
+    })
+    const a = await memberPeer(world, alice)
+    const b = await memberPeer(world, bob)
+    await Promise.all([a.whenConnected(), b.whenConnected()])
+
+    const sent = await a.sendGroup('@team', { text: 'standup in 5' })
+    const [atBob] = await nextMessages(b, 1)
+    expect(atBob).toMatchObject({ channel: 'group', payload: { text: 'standup in 5' }, status: 'ok' })
+    await expect
+      .poll(async () => (await a.status(sent.clientMessageId))?.recipients, { timeout: 5_000 })
+      .toMatchObject({ [toHex(bob.publicKey)]: 'delivered', [toHex(carol.publicKey)]: 'queued' })
+
+    const c = await memberPeer(world, carol)
+    const [atCarol] = await nextMessages(c, 1)
+    expect(atCarol).toMatchObject({ channel: 'group', payload: { text: 'standup in 5' } })
+    await expect
+      .poll(async () => (await a.status(sent.clientMessageId))?.state, { timeout: 5_000 })
+      .toBe('done')
+    expect(await rejectionCode(a.sendGroup('@nobody', 'x'))).toBe('MESH_ERR_UNKNOWN_GROUP')
+  })
+
   it('refuses to seal to a key the coordinator lists but no admin signed for (nothing is stored)', async () => {
     const world = await start()
     const store = memoryStore()
