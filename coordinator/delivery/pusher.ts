@@ -8,6 +8,7 @@
 import { ulidFactory, type ClockTimer, type FrameOf } from '../../protocol/index.js'
 import type { Connection } from '../connection.js'
 import type { CoordinatorContext } from '../context.js'
+import { StoredAcks } from './ack-batch.js'
 import type { QueueQuota } from './quota.js'
 
 export type AckStatus = FrameOf<'client_ack'>['status']
@@ -47,6 +48,7 @@ export class Pusher {
   readonly #pending = new Map<string, Pending>()
   readonly #draining = new Map<Connection, { again: boolean }>()
   readonly #quota: QueueQuota
+  readonly #acks: StoredAcks
   /**
    * Fast pushes in the order they went out, which is their deadline order too (each waits `ackWaitMs`):
    * one timer for the oldest unanswered one instead of a timer per push. Answered entries are skipped.
@@ -59,6 +61,7 @@ export class Pusher {
   constructor(ctx: CoordinatorContext, quota: QueueQuota) {
     this.#ctx = ctx
     this.#quota = quota
+    this.#acks = new StoredAcks(ctx.store)
     this.nextId = ulidFactory(() => ctx.clock.now())
   }
 
@@ -186,12 +189,7 @@ export class Pusher {
   /** Deletes an acked row (scoped to the acking connection's mesh and key) and tells the sender. */
   async #settleStored(deliveryId: string, status: AckStatus, conn: Connection): Promise<void> {
     const p = conn.presence!
-    const rows = await this.#ctx.store.query<{ sender: Uint8Array; client_message_id: string; size: number }>(
-      `delete from delivery where id = $1 and mesh = $2 and recipient = $3
-       returning sender, client_message_id, size`,
-      [deliveryId, p.mesh, p.pk],
-    )
-    const row = rows[0]
+    const row = await this.#acks.delete(deliveryId, p.mesh, p.pk)
     if (row === undefined) return
     this.#quota.released(p.mesh, p.pk, row.sender, row.size)
     this.receipt(p.mesh, row.sender, row.client_message_id, p.pk, recipientState(status))
