@@ -9,7 +9,6 @@ import fp from 'fastify-plugin'
 import {
   bytesEqual,
   decodeEnvelope,
-  envelopeHash,
   MeshError,
   toHex,
   type Envelope,
@@ -17,6 +16,7 @@ import {
 } from '../../protocol/index.js'
 import type { CoordinatorContext } from '../context.js'
 import type { DedupeRow, DeliveryRow } from '../delivery/committer.js'
+import { dedupeFingerprint } from '../delivery/fingerprint.js'
 import type { SendOutcome } from '../delivery/dedupe.js'
 import { recipientState } from '../delivery/pusher.js'
 import type { MeshState } from '../mesh-state.js'
@@ -42,7 +42,7 @@ export interface Accepting {
   /** The envelope as the sender encoded it (what is stored and pushed). */
   bytes: Uint8Array
   state: MeshState
-  /** The envelope's BLAKE2b-256, kept for dedupe. */
+  /** The envelope's dedupe fingerprint (SHA-256, see delivery/fingerprint.ts). */
   hash: Uint8Array
 }
 
@@ -92,7 +92,7 @@ export async function acceptSend(
     })
   }
   const d = ctx.delivery
-  const hash = envelopeHash(bytes)
+  const hash = dedupeFingerprint(bytes)
   const claim = await d.dedupe.claim(sender.mesh, env.from, sender.pkHex, clientMessageId, hash)
   if ('prior' in claim) return { ...claim.prior, clientMessageId, duplicate: true }
 
