@@ -38,9 +38,9 @@ export interface ConnectArgs {
   peerPk: Uint8Array
 }
 
-/** `arm` job (receiver): count the next `count` frames of `lane`. */
+/** `arm` job (receiver): count the next `count` frames of each of `lanes`. */
 export interface ArmArgs {
-  lane: Lane
+  lanes: Lane[]
   count: number
   /** Keep the frames themselves (the correctness probe). */
   keep?: boolean
@@ -48,7 +48,10 @@ export interface ArmArgs {
   arrivals?: boolean
 }
 
-/** `received` job's answer. */
+/** `received` job's answer, per lane armed. */
+export type ReceivedByLane = Partial<Record<Lane, Received>>
+
+/** What one lane received. */
 export interface Received {
   count: number
   /** Frames whose size differed from the first one's: a frame cut or merged (must be 0). */
@@ -59,15 +62,19 @@ export interface Received {
   arrivals?: { ids: string[]; at: number[] }
 }
 
-/** `prepare` job (sender): seals `count` fresh DMs of `size` for `lane`, before any clock or meter starts. */
+/**
+ * `prepare` job (sender): seals `count` fresh DMs of `size` for `lane`, before any clock or meter starts;
+ * the next `burst` or `paced` of that lane sends them.
+ */
 export interface PrepareArgs {
   lane: Lane
   count: number
   size: DmSize
 }
 
-/** `burst` job (sender): the prepared DMs, as fast as backpressure lets them. */
+/** `burst` job (sender): the lane's prepared DMs, as fast as backpressure lets them. */
 export interface BurstArgs {
+  lane: Lane
   /** Return the frames sent (the correctness probe). */
   keep?: boolean
 }
@@ -75,8 +82,6 @@ export interface BurstArgs {
 export interface BurstResult {
   /** Wall-clock ms of the first send. */
   startedAt: number
-  /** Wall-clock ms when the last frame was taken by `send`. */
-  takenAt: number
   /** The size of each frame on this lane. */
   frameBytes: number
   /** How many times `send` returned false (each followed by a wait for `drain`). */
@@ -84,15 +89,18 @@ export interface BurstResult {
   frames?: Uint8Array[]
 }
 
-/** `paced` job (sender): the prepared DMs at `perSecond`, on a fixed schedule. */
+/**
+ * `paced` job (sender): the prepared DMs of `lanes` at `perSecond` in all, on a fixed schedule that takes
+ * the lanes in turn, message by message, so that whatever else the machine does hits every lane alike.
+ */
 export interface PacedArgs {
+  lanes: Lane[]
   perSecond: number
 }
 
 export interface PacedResult {
-  ids: string[]
-  /** Wall-clock ms just before each `send`. */
-  sentAt: number[]
+  /** Per lane: each message's clientMessageId and the wall-clock ms just before its `send`. */
+  sent: Partial<Record<Lane, { ids: string[]; sentAt: number[] }>>
   /** How far the schedule fell behind at worst, ms. */
   maxLagMs: number
 }
@@ -139,12 +147,13 @@ interface Counter {
   finished: Promise<void>
 }
 
-let counter: Counter | undefined
+/** The armed lanes' counters. */
+const counters = new Map<Lane, Counter>()
 
-/** Every frame of every lane comes here; only the armed lane's are counted. */
+/** Every frame of every lane comes here; only armed lanes' are counted. */
 function receive(lane: Lane, frame: Uint8Array): void {
-  const c = counter
-  if (c === undefined || c.lane !== lane || c.count >= c.target) return
+  const c = counters.get(lane)
+  if (c === undefined || c.count >= c.target) return
   const at = wallClock()
   if (c.count === 0) c.size = frame.byteLength
   else if (frame.byteLength !== c.size) c.wrongSize++
@@ -211,18 +220,18 @@ function sealFor(lane: Lane, count: number, size: DmSize): { frames: Uint8Array[
   return { frames, ids: batch.clientMessageIds }
 }
 
-/** What `prepare` sealed, taken by the next `burst` or `paced`. */
-let prepared: { lane: Lane; frames: Uint8Array[]; ids: string[] } | undefined
+/** What `prepare` sealed per lane, taken by the next `burst` or `paced`. */
+const prepared = new Map<Lane, { frames: Uint8Array[]; ids: string[] }>()
 
-function takePrepared(): { out: Outlet; frames: Uint8Array[]; ids: string[] } {
-  const p = prepared
-  if (p === undefined) throw new Error('burst or paced before prepare')
-  prepared = undefined
-  return { out: outlet(p.lane), frames: p.frames, ids: p.ids }
+function takePrepared(lane: Lane): { out: Outlet; frames: Uint8Array[]; ids: string[] } {
+  const p = prepared.get(lane)
+  if (p === undefined) throw new Error(`${lane}: burst or paced before prepare`)
+  prepared.delete(lane)
+  return { out: outlet(lane), ...p }
 }
 
 async function burst(a: BurstArgs): Promise<BurstResult> {
-  const { out, frames } = takePrepared()
+  const { out, frames } = takePrepared(a.lane)
   let refused = 0
   let next = 0
   const startedAt = wallClock()
@@ -243,7 +252,6 @@ async function burst(a: BurstArgs): Promise<BurstResult> {
   })
   return {
     startedAt,
-    takenAt: wallClock(),
     frameBytes: frames[0]!.byteLength,
     refused,
     ...(a.keep === true && { frames }),
@@ -251,24 +259,27 @@ async function burst(a: BurstArgs): Promise<BurstResult> {
 }
 
 async function paced(a: PacedArgs): Promise<PacedResult> {
-  const { out, frames, ids } = takePrepared()
+  const lanes = a.lanes.map((lane) => ({ lane, ...takePrepared(lane), sentAt: [] as number[] }))
+  const count = Math.min(...lanes.map((l) => l.frames.length))
   const intervalMs = 1000 / a.perSecond
-  const sentAt: number[] = []
   let maxLagMs = 0
   const start = performance.now() + 20
-  for (let i = 0; i < frames.length; i++) {
-    const due = start + i * intervalMs
+  for (let slot = 0; slot < count * lanes.length; slot++) {
+    const due = start + slot * intervalMs
     const wait = due - performance.now()
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
     maxLagMs = Math.max(maxLagMs, performance.now() - due)
-    sentAt.push(wallClock())
-    while (!out.send(frames[i]!)) {
+    const l = lanes[slot % lanes.length]!
+    const frame = l.frames[Math.floor(slot / lanes.length)]!
+    l.sentAt.push(wallClock())
+    while (!l.out.send(frame)) {
       await new Promise<void>((resolve) => {
-        const off = out.onDrain(() => (off(), resolve()))
+        const off = l.out.onDrain(() => (off(), resolve()))
       })
     }
   }
-  return { ids, sentAt, maxLagMs }
+  const sent = Object.fromEntries(lanes.map((l) => [l.lane, { ids: l.ids, sentAt: l.sentAt }]))
+  return { sent, maxLagMs }
 }
 
 // ── jobs ─────────────────────────────────────────────────────────────────────
@@ -342,46 +353,52 @@ serveJobs(
       return {}
     },
     arm: async (a: ArmArgs) => {
-      let done!: () => void
-      const finished = new Promise<void>((resolve) => (done = resolve))
-      counter = {
-        lane: a.lane,
-        target: a.count,
-        count: 0,
-        size: 0,
-        wrongSize: 0,
-        lastAt: 0,
-        frames: a.keep === true ? [] : undefined,
-        arrivals: a.arrivals === true ? { ids: [], at: [] } : undefined,
-        done,
-        finished,
+      counters.clear()
+      for (const lane of a.lanes) {
+        let done!: () => void
+        const finished = new Promise<void>((resolve) => (done = resolve))
+        counters.set(lane, {
+          lane,
+          target: a.count,
+          count: 0,
+          size: 0,
+          wrongSize: 0,
+          lastAt: 0,
+          frames: a.keep === true ? [] : undefined,
+          arrivals: a.arrivals === true ? { ids: [], at: [] } : undefined,
+          done,
+          finished,
+        })
       }
       return {}
     },
-    received: async (timeoutMs: number): Promise<Received> => {
-      const c = counter
-      if (c === undefined) throw new Error('received before arm')
+    received: async (timeoutMs: number): Promise<ReceivedByLane> => {
+      const all = [...counters.values()]
+      if (all.length === 0) throw new Error('received before arm')
       let timer: NodeJS.Timeout | undefined
+      const late = (): string => all.map((c) => `${c.lane} ${c.count}/${c.target}`).join(', ')
       await Promise.race([
-        c.finished,
+        Promise.all(all.map((c) => c.finished)),
         new Promise<void>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`${c.lane}: ${c.count}/${c.target} frames after ${timeoutMs} ms`)),
-            timeoutMs,
-          )
+          timer = setTimeout(() => reject(new Error(`frames after ${timeoutMs} ms: ${late()}`)), timeoutMs)
         }),
       ]).finally(() => clearTimeout(timer))
-      counter = undefined
-      return {
-        count: c.count,
-        wrongSize: c.wrongSize,
-        lastAt: c.lastAt,
-        ...(c.frames !== undefined && { frames: c.frames }),
-        ...(c.arrivals !== undefined && { arrivals: c.arrivals }),
-      }
+      counters.clear()
+      return Object.fromEntries(
+        all.map((c) => [
+          c.lane,
+          {
+            count: c.count,
+            wrongSize: c.wrongSize,
+            lastAt: c.lastAt,
+            ...(c.frames !== undefined && { frames: c.frames }),
+            ...(c.arrivals !== undefined && { arrivals: c.arrivals }),
+          },
+        ]),
+      )
     },
     prepare: async (a: PrepareArgs) => {
-      prepared = { lane: a.lane, ...sealFor(a.lane, a.count, a.size) }
+      prepared.set(a.lane, sealFor(a.lane, a.count, a.size))
       return {}
     },
     burst: (a: BurstArgs) => burst(a),
