@@ -12,15 +12,8 @@
  *   the coordinator's store has them.
  * - What arrives is stored in the inbox before it is acknowledged (`Inbox`), and read with `messages()`.
  */
-import {
-  attestedMember,
-  remintAt,
-  verifyServiceAttestation,
-  verifySessionAttestation,
-} from '../protocol/attestation.js'
 import { BoxKeyCache } from '../protocol/box-key-cache.js'
-import { SESSION_ATTESTATION_TTL_MS } from '../protocol/limits.js'
-import { systemClock, type Clock, type ClockTimer } from '../protocol/clock.js'
+import { systemClock, type Clock } from '../protocol/clock.js'
 import { bytesEqual, fromHex, toHex } from '../protocol/encoding.js'
 import {
   decodeEnvelope,
@@ -50,24 +43,11 @@ import {
 import { PeerDirectory, type KnownPeer } from './directory.js'
 import { Inbox, type InboundMessage } from './inbox.js'
 import { MeshView } from './mesh-view.js'
+import { AttestationRefresher } from './attestation-refresh.js'
+import { fromError, fromSendAck, p2pState } from './dispatch-result.js'
 import { Outbox, type DispatchResult } from './outbox.js'
 import { P2PManager, type P2PManagerInit } from './p2p/manager.js'
 import type { InboxAckStatus, OutboxRow, RuntimeStore } from './store/types.js'
-
-/** Codes a coordinator answers that are worth the same bytes again later (each counts as an attempt). */
-const COUNTED_RETRY = new Set([
-  'MESH_ERR_QUEUE_FULL',
-  'MESH_ERR_STORE_UNAVAILABLE',
-  'MESH_ERR_SHUTTING_DOWN',
-  'MESH_ERR_INTERNAL',
-])
-/** Codes that say "not now" without anything wrong with the message: waits that use no attempt. */
-const UNCOUNTED_RETRY = new Set([
-  'MESH_ERR_DISCONNECTED',
-  'MESH_ERR_REQUEST_TIMEOUT',
-  'MESH_ERR_RATE_LIMITED',
-  'MESH_ERR_TRANSPORT_CLOSED',
-])
 
 /** What the peer hands the P2P transport factory: everything but the platform's `RTCPeerConnection`. */
 export type P2PTransportInit = Omit<WebrtcTransportInit, 'RTCPeerConnection'>
@@ -175,7 +155,7 @@ export class Peer extends Emitter<PeerEvents> {
   #peersLoaded: Promise<void> | undefined
   #started = false
   #closed = false
-  #refreshTimer: ClockTimer | undefined
+  readonly #refresher: AttestationRefresher | undefined
   /** Why the coordinator connection stopped for good (kicked, revoked, replaced), once it has. */
   #stopError: MeshError | undefined
 
@@ -210,6 +190,22 @@ export class Peer extends Emitter<PeerEvents> {
       ...(o.attestation !== undefined && { attestation: o.attestation }),
       ...(o.connection !== undefined && { timings: o.connection }),
     })
+    this.#refresher =
+      o.attestation === undefined || o.role === 'control-plane'
+        ? undefined
+        : new AttestationRefresher({
+            source: o.attestation,
+            role: o.role,
+            mesh: o.mesh,
+            clock: this.#clock,
+            ...(o.attestationTtlMs !== undefined && { ttlMs: o.attestationTtlMs }),
+            send: async (attestation) => {
+              if (!this.#connection.ready) return false
+              await this.#connection.request({ t: 'attest_refresh', attestation })
+              return true
+            },
+            onError: (err) => this.emit('error', err),
+          })
     this.#connection.on('ready', (ack) => this.#onReady(ack))
     this.#connection.on('frame', (frame) => this.#onFrame(frame))
     this.#connection.on('down', (info) => this.emit('disconnected', info))
@@ -418,7 +414,7 @@ export class Peer extends Emitter<PeerEvents> {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    this.#refreshTimer?.cancel()
+    this.#refresher?.cancel()
     await this.#outbox.stop()
     await this.#p2p?.close()
     await this.#transport?.close()
@@ -480,43 +476,12 @@ export class Peer extends Emitter<PeerEvents> {
 
   #onReady(ack: FrameOf<'hello_ack'>): void {
     this.emit('connected', ack)
-    this.#scheduleRefresh()
+    this.#refresher?.schedule()
     this.#catchingUp = this.#catchUp(ack.stateVersion).catch(() => undefined)
     this.#peersLoaded = this.#catchingUp
       .then(() => this.listPeers({ includeOffline: true, includeDaemons: true }).then(() => undefined))
       .catch(() => undefined)
     this.#outbox.wake()
-  }
-
-  /**
-   * A session or service attestation is re-minted at half its TTL (by the `attestation` source) and sent
-   * with `attest_refresh`, so the coordinator hands out one other peers still accept.
-   */
-  #scheduleRefresh(): void {
-    this.#refreshTimer?.cancel()
-    const source = this.#o.attestation
-    if (source === undefined || this.#o.role === 'control-plane') return
-    const current = source()
-    let expiresAt: number
-    try {
-      expiresAt = attestationExpiry(current, this.mesh, this.#o.role, this.#clock.now())
-    } catch {
-      return
-    }
-    const ttl = this.#o.attestationTtlMs ?? SESSION_ATTESTATION_TTL_MS
-    // At least a minute apart, so a source that does not re-mint yet is not asked in a tight loop.
-    const delay = Math.max(60_000, remintAt(expiresAt, ttl) - this.#clock.now())
-    this.#refreshTimer = this.#clock.setTimeout(() => void this.#refresh(current), delay)
-  }
-
-  async #refresh(previous: Signed): Promise<void> {
-    const next = this.#o.attestation!()
-    if (!bytesEqual(next.sig, previous.sig) && this.#connection.ready) {
-      await this.#connection
-        .request({ t: 'attest_refresh', attestation: next })
-        .catch((err: unknown) => this.emit('error', err))
-    }
-    if (this.#connection.ready) this.#scheduleRefresh()
   }
 
   /** Asks `mesh_events` until the view reaches `target` (1,000 events a page). */
@@ -703,36 +668,4 @@ export class Peer extends Emitter<PeerEvents> {
     if (this.#stopError !== undefined) throw this.#stopError
     if (!this.#started) throw new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'call start() before send()')
   }
-}
-
-/** When a session or service attestation runs out (its signer is checked, not its membership). */
-function attestationExpiry(att: Signed, mesh: string, role: HelloRole, now: number): number {
-  const o = { mesh, memberPk: attestedMember(att), now }
-  return role === 'service'
-    ? verifyServiceAttestation(att, o).expiresAt
-    : verifySessionAttestation(att, o).expiresAt
-}
-
-function p2pState(status: InboxAckStatus): 'delivered' | 'undecryptable' | 'rejected' {
-  return status === 'ok' || status === 'duplicate' ? 'delivered' : status
-}
-
-function fromSendAck(ack: FrameOf<'send_ack'>, target: string): DispatchResult {
-  const recipients = ack.recipients ?? { [target]: ack.state === 'delivered' ? 'delivered' : 'queued' }
-  if (ack.state === 'delivered') return { kind: 'done', recipients }
-  return { kind: 'accepted', recipients }
-}
-
-function fromError(err: unknown): DispatchResult {
-  if (!isMeshError(err)) {
-    const message = err instanceof Error ? err.message : String(err)
-    return { kind: 'retry', counted: false, error: { code: 'MESH_ERR_INTERNAL', message } }
-  }
-  const error = { code: err.code, message: err.message }
-  const retryAfterMs =
-    typeof err.details?.['retryAfterMs'] === 'number' ? err.details['retryAfterMs'] : undefined
-  const after = retryAfterMs === undefined ? {} : { retryAfterMs }
-  if (UNCOUNTED_RETRY.has(err.code)) return { kind: 'retry', counted: false, error, ...after }
-  if (COUNTED_RETRY.has(err.code) || !err.permanent) return { kind: 'retry', counted: true, error, ...after }
-  return { kind: 'dead', error }
 }
