@@ -22,6 +22,7 @@
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
+import { newOutboxRow } from '../store/rows.js'
 import type { Channel } from '../../protocol/envelope.js'
 import { toHex } from '../../protocol/encoding.js'
 import { isMeshError, MeshError } from '../../protocol/errors.js'
@@ -501,28 +502,6 @@ function outboxParams(row: NewOutboxRow): Record<string, unknown> {
     fingerprint: row.fingerprint ?? null,
     sessionId: row.sessionId ?? null,
   }
-}
-
-/** The row an insert of `input` stored, built without reading it back (bytes copied). */
-function newOutboxRow(input: NewOutboxRow): OutboxRow {
-  const row: OutboxRow = {
-    id: input.id,
-    mesh: input.mesh,
-    from: input.from.slice(),
-    target: input.target,
-    channel: input.channel,
-    envelope: input.envelope.slice(),
-    state: 'pending',
-    attempts: 0,
-    createdAt: input.createdAt,
-    updatedAt: input.createdAt,
-    nextAttemptAt: input.nextAttemptAt ?? input.createdAt,
-  }
-  if (input.lastError !== undefined) row.lastError = { ...input.lastError }
-  if (input.recipients !== undefined) row.recipients = { ...input.recipients }
-  if (input.fingerprint !== undefined) row.fingerprint = input.fingerprint.slice()
-  if (input.sessionId !== undefined) row.sessionId = input.sessionId
-  return row
 }
 
 function inboxParams(row: NewInboxRow): Record<string, unknown> {

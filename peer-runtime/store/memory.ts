@@ -12,6 +12,7 @@
  */
 import { toHex } from '../../protocol/encoding.js'
 import { MeshError } from '../../protocol/errors.js'
+import { newOutboxRow } from './rows.js'
 import type {
   InboxInsert,
   InboxQuery,
@@ -71,23 +72,7 @@ class MemoryStore implements RuntimeStore {
     this.#assertOpen()
     const existing = this.#outbox.get(input.id)
     if (existing !== undefined) return { inserted: false, row: cloneOutbox(existing) }
-    const row: OutboxRow = {
-      id: input.id,
-      mesh: input.mesh,
-      from: input.from.slice(),
-      target: input.target,
-      channel: input.channel,
-      envelope: input.envelope.slice(),
-      state: 'pending',
-      attempts: 0,
-      createdAt: input.createdAt,
-      updatedAt: input.createdAt,
-      nextAttemptAt: input.nextAttemptAt ?? input.createdAt,
-    }
-    if (input.lastError !== undefined) row.lastError = { ...input.lastError }
-    if (input.recipients !== undefined) row.recipients = { ...input.recipients }
-    if (input.fingerprint !== undefined) row.fingerprint = input.fingerprint.slice()
-    if (input.sessionId !== undefined) row.sessionId = input.sessionId
+    const row = newOutboxRow(input)
     this.#outbox.set(row.id, row)
     this.#addPending(row)
     return { inserted: true, row: cloneOutbox(row) }
