@@ -2,10 +2,10 @@
  * Key files on disk (Node only): written 0600 through a temporary file and a rename, so a crash never
  * leaves half a key, and refused on read when group or others can read them.
  */
-import { chmod, link, mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { readFile, stat } from 'node:fs/promises'
 import { MeshError } from '../errors.js'
 import { keyFileText, parseKeyFile, type Identity, type KeyKind } from '../keys.js'
+import { errnoCode, writePrivateFile } from './secret-file.js'
 
 /**
  * Writes an identity to `path` with mode 0600 (its folder 0700 when created). With `exclusive`, an
@@ -17,25 +17,9 @@ export async function writeKeyFile(
   labels?: Record<string, string>,
   opts: { exclusive?: boolean } = {},
 ): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 })
-  const tmp = join(dirname(path), `.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`)
-  const handle = await open(tmp, 'wx', 0o600)
   try {
-    await handle.writeFile(keyFileText(identity, labels), 'utf8')
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-  try {
-    await chmod(tmp, 0o600) // the umask cannot widen it, but be explicit
-    if (opts.exclusive === true) {
-      await link(tmp, path) // fails when the file exists: two processes never both create a key
-      await unlink(tmp)
-    } else {
-      await rename(tmp, path)
-    }
+    await writePrivateFile(path, keyFileText(identity, labels), opts)
   } catch (cause) {
-    await unlink(tmp).catch(() => undefined)
     throw new MeshError('MESH_ERR_KEY_FILE', `cannot write key file ${path}`, { cause })
   }
 }
@@ -88,8 +72,4 @@ export async function loadOrCreateKeyFile(
 
 function isNotFound(err: unknown): boolean {
   return errnoCode(err) === 'ENOENT'
-}
-
-function errnoCode(err: unknown): unknown {
-  return typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined
 }

@@ -4,10 +4,11 @@
  * start. On Postgres the directory holds only these two files; nodes that share a database copy them.
  */
 import { constants } from 'node:fs'
-import { access, chmod, link, mkdir, open, readFile, stat, unlink } from 'node:fs/promises'
+import { access, mkdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createIdentity, randomBytes, toBase64Url, type Identity } from '../../../protocol/index.js'
 import { loadOrCreateKeyFile } from '../../../protocol/node/keyfile.js'
+import { loadOrCreateTokenFile } from '../../../protocol/node/secret-file.js'
 
 export const COORDINATOR_KEY_FILE = 'coordinator.key'
 export const ADMIN_TOKEN_FILE = 'admin-token'
@@ -55,63 +56,13 @@ export interface AdminToken {
 }
 
 /**
- * Reads `<dir>/admin-token`, or creates it with 32 random bytes (base64url). Created through a
- * temporary file and a hard link, so two nodes starting at once on a shared directory end up with the
- * same token and nobody ever reads half of one.
+ * Reads `<dir>/admin-token`, or creates it with 32 random bytes (base64url), never half-written; two nodes
+ * starting at once on a shared directory end up with the same token.
  */
 export async function loadOrCreateAdminToken(dir: string): Promise<AdminToken> {
   const path = join(dir, ADMIN_TOKEN_FILE)
-  const existing = await readAdminToken(path)
-  if (existing !== undefined) return { token: existing, path, created: false }
-  const token = toBase64Url(randomBytes(32))
-  const tmp = join(dir, `.${ADMIN_TOKEN_FILE}.${process.pid}.${toBase64Url(randomBytes(6))}.tmp`)
-  try {
-    const file = await open(tmp, 'wx', 0o600)
-    try {
-      await file.writeFile(`${token}\n`)
-      await file.sync()
-    } finally {
-      await file.close()
-    }
-    await chmod(tmp, 0o600)
-    await link(tmp, path)
-  } catch (cause) {
-    if (errnoOf(cause) === 'EEXIST') {
-      const theirs = await readAdminToken(path)
-      if (theirs !== undefined) return { token: theirs, path, created: false }
-    }
-    throw systemError(cause, `cannot write the admin token file ${path}`)
-  } finally {
-    await unlink(tmp).catch(() => undefined)
-  }
-  return { token, path, created: true }
-}
-
-/** The token in `path`, or undefined when there is no file; refuses a file others may read. */
-async function readAdminToken(path: string): Promise<string | undefined> {
-  let text: string
-  let mode: number
-  try {
-    mode = (await stat(path)).mode
-    text = await readFile(path, 'utf8')
-  } catch (cause) {
-    if (errnoOf(cause) === 'ENOENT') return undefined
-    throw systemError(cause, `cannot read the admin token file ${path}`)
-  }
-  if ((mode & 0o077) !== 0) {
-    throw new StartupError(
-      'EPERM',
-      `the admin token file ${path} is readable by others (mode ${(mode & 0o777).toString(8)}); run chmod 600`,
-    )
-  }
-  const token = text.trim()
-  if (!/^[\w-]{16,256}$/.test(token)) {
-    throw new StartupError(
-      'EINVAL',
-      `the admin token file ${path} does not hold a token; delete it to make one`,
-    )
-  }
-  return token
+  const { token, created } = await loadOrCreateTokenFile(path, () => toBase64Url(randomBytes(32)))
+  return { token, path, created }
 }
 
 /** Wraps a Node system error as a StartupError carrying its errno code (EACCES, ENOTDIR, …). */

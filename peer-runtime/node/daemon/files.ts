@@ -7,6 +7,7 @@
  *     daemon.token           the admin token (registers sessions), created on the first `daemon up`
  *     daemon-sessions.json   the registered sessions (token hashes, never tokens), so they survive restarts
  */
+import { loadOrCreateTokenFile, readTokenFile } from '../../../protocol/node/secret-file.js'
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { link, open, readFile, rename, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -82,58 +83,15 @@ export function sameToken(a: string, b: string): boolean {
   return timingSafeEqual(x, y)
 }
 
-/**
- * The admin token in `daemon.token`, created (0600, by hard link of a complete temporary file, so a
- * reader never sees half of one) when missing. A file others may read is refused.
- */
+/** The admin token in `daemon.token`, created (0600, never half-written) when missing. */
 export async function loadOrCreateAdminToken(home: string): Promise<string> {
-  const path = daemonPaths(home).token
-  const existing = await readAdminToken(path)
-  if (existing !== undefined) return existing
   await makePrivateDir(home)
-  const token = newToken('amd_')
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
-  try {
-    const file = await open(tmp, 'wx', 0o600)
-    try {
-      await file.writeFile(`${token}\n`)
-      await file.sync()
-    } finally {
-      await file.close()
-    }
-    await link(tmp, path)
-  } catch (err) {
-    if (errnoCode(err) !== 'EEXIST') throw err
-    const theirs = await readAdminToken(path)
-    if (theirs !== undefined) return theirs
-    throw err
-  } finally {
-    await unlink(tmp).catch(() => undefined)
-  }
-  return token
+  return (await loadOrCreateTokenFile(daemonPaths(home).token, () => newToken('amd_'))).token
 }
 
-/** The admin token, or undefined when the file does not exist. */
-export async function readAdminToken(path: string): Promise<string | undefined> {
-  let text: string
-  try {
-    const info = await stat(path)
-    if ((info.mode & 0o077) !== 0) {
-      throw new MeshError(
-        'MESH_ERR_KEY_FILE',
-        `${path} is readable by others (mode ${(info.mode & 0o777).toString(8)}); run chmod 600 ${path}`,
-      )
-    }
-    text = await readFile(path, 'utf8')
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return undefined
-    throw err
-  }
-  const token = text.trim()
-  if (!/^[\w-]{16,256}$/.test(token)) {
-    throw new MeshError('MESH_ERR_KEY_FILE', `${path} does not hold a token; delete it to make a new one`)
-  }
-  return token
+/** The admin token, or undefined when the file does not exist; a file others may read is refused. */
+export function readAdminToken(path: string): Promise<string | undefined> {
+  return readTokenFile(path)
 }
 
 /** The daemon's hold on a home; `release()` removes the lock file if it is still ours. */
