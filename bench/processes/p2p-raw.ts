@@ -10,6 +10,7 @@
  * its candidates, or candidates sent beside the answer, made that happen here in a few attempts in ten.
  */
 import nodeDataChannel, { type DataChannel, type PeerConnection } from 'node-datachannel'
+import { retainNodeDataChannel } from '../../transports/webrtc/node.js'
 
 /** What one side hands the other: its description, and its candidates when they are not in it. */
 export interface RawDescription {
@@ -40,6 +41,9 @@ export class RawChannel {
 
   private constructor(name: string, marks: { highWaterMark: number; lowWaterMark: number }) {
     this.#pc = new nodeDataChannel.PeerConnection(name, { iceServers: [] })
+    // The adapter's cleanup() must not run while this connection is alive or closing (it can crash).
+    const release = retainNodeDataChannel()
+    void this.#closed.then(release)
     this.#highWaterMark = marks.highWaterMark
     this.#lowWaterMark = marks.lowWaterMark
     this.#pc.onDataChannel((dc) => this.#attach(dc))

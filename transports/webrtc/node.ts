@@ -43,6 +43,21 @@ class CountedPeerConnection extends PolyfillPeerConnection {
   }
 }
 
+/**
+ * Counts a node-datachannel connection made outside the adapter (a benchmark's raw channel) as in use, so
+ * the process-wide `cleanup()` waits for it too: running it while such a connection still closes can crash
+ * the process. Call the returned function once that connection reported `closed`.
+ */
+export function retainNodeDataChannel(): () => void {
+  openConnections++
+  let released = false
+  return () => {
+    if (released) return
+    released = true
+    connectionClosed()
+  }
+}
+
 /** The Node flavour of `webrtcTransport`: same options, with `RTCPeerConnection` supplied. */
 export function nodeWebrtcTransport(init: Omit<WebrtcTransportInit, 'RTCPeerConnection'>): WebrtcTransport {
   // The polyfill types `ondatachannel` with its own event class (same shape as the DOM's, plus a private
