@@ -8,6 +8,9 @@ import nodeDataChannel from 'node-datachannel'
 import { RTCPeerConnection as PolyfillPeerConnection } from 'node-datachannel/polyfill'
 import { webrtcTransport, type WebrtcTransport, type WebrtcTransportInit } from './index.js'
 
+/** How long after the last close the process-wide cleanup() waits for native closes to finish. */
+const CLEANUP_GRACE_MS = 250
+
 let openConnections = 0
 let cleanups = 0
 let cleanupScheduled = false
@@ -16,14 +19,15 @@ function connectionClosed(): void {
   openConnections--
   if (openConnections > 0 || cleanupScheduled) return
   cleanupScheduled = true
-  // Deferred: the polyfill closes data channels on a later turn (setImmediate), and a connection opened
-  // meanwhile cancels the cleanup.
+  // Deferred: the polyfill closes data channels on a later turn (setImmediate), libdatachannel finishes a
+  // close on its own threads after that, and cleanup() over a connection still closing can deadlock or
+  // abort the process; a connection opened meanwhile cancels the cleanup.
   setTimeout(() => {
     cleanupScheduled = false
     if (openConnections > 0) return
     nodeDataChannel.cleanup()
     cleanups++
-  }, 0)
+  }, CLEANUP_GRACE_MS)
 }
 
 /** The polyfill's connection, counted from construction until its first `close()`. */
