@@ -7,6 +7,7 @@ import fp from 'fastify-plugin'
 import {
   arr,
   bool,
+  bytesEqual,
   CLOSE,
   decodeInviteToken,
   either,
@@ -16,6 +17,7 @@ import {
   nameSchema,
   nullable,
   obj,
+  openInvite,
   opt,
   parse,
   randomBytes,
@@ -71,6 +73,14 @@ export const meshesPlugin = fp(
     app.post<{ Params: { mesh: string } }>('/v1/meshes/:mesh/join', async (req, reply) => {
       const body = parse(joinBody, req.body, 'MESH_ERR_MALFORMED_FRAME', 'join')
       const invite = typeof body.invite === 'string' ? decodeInviteToken(body.invite) : body.invite
+      // An invite names the coordinator its joiners will pin: one for another coordinator is refused
+      // before it uses up one of its uses here.
+      const named = openInvite(invite).coordinatorPk
+      if (!bytesEqual(named, ctx.identity.publicKey)) {
+        throw new MeshError('MESH_ERR_FIELD_MISMATCH', 'the invite names another coordinator key', {
+          details: { field: 'coordinatorPk', expected: toHex(ctx.identity.publicKey), got: toHex(named) },
+        })
+      }
       const event: Record<string, unknown> = { invite, join: body.join }
       if (body.displayName !== undefined) event['displayName'] = body.displayName
       const { state } = await mutateAndAnnounce(ctx, req.params.mesh, () => ({ kind: 'join', body: event }))

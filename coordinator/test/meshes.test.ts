@@ -5,10 +5,11 @@ import {
   signAdminRequest,
   toHex,
   verifySystemEvent,
+  type Identity,
 } from '../../protocol/index.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
 import { MeshClient } from '../../test/support/mesh-client.js'
-import { rosterRecord } from '../../test/support/mesh-fixture.js'
+import { httpMsgpack, invite, joinRecord, rosterRecord } from '../../test/support/mesh-fixture.js'
 import { rejectionCode } from '../../test/support/rejection.js'
 import { storeLegs } from '../store/testing.js'
 
@@ -138,5 +139,37 @@ describe.each(storeLegs())('mesh state and membership (%s)', (driver) => {
     })
     const peers = await daemon.request({ t: 'list_peers', includeDaemons: true })
     expect(peers.peers.map((p) => toHex(p.pk))).toContain(toHex(m.publicKey))
+  })
+})
+
+describe.each(storeLegs())('joins (%s)', (driver) => {
+  const start = worldsPerTest(driver)
+
+  it('refuses an invite that names another coordinator key (the joiner would pin the wrong one)', async () => {
+    const world = await start()
+    const joinWith = async (coordinatorPk: Uint8Array, who: Identity) => {
+      const inv = invite({
+        signer: world.owner,
+        mesh: world.mesh,
+        coordinatorUrl: world.url,
+        coordinatorPk,
+        ownerPk: world.owner.publicKey,
+        maxUses: 1,
+      })
+      return {
+        inv,
+        res: await httpMsgpack(`${world.url}/v1/meshes/${world.mesh}/join`, {
+          method: 'POST',
+          body: { invite: inv, join: joinRecord(who, inv) },
+        }),
+      }
+    }
+    const { res } = await joinWith(createIdentity('coordinator').publicKey, createIdentity('member'))
+    expect(res.status).toBe(400)
+    expect(res.body).toMatchObject({
+      error: { code: 'MESH_ERR_FIELD_MISMATCH', details: { field: 'coordinatorPk' } },
+    })
+    const ok = await joinWith(world.coordinatorIdentity.publicKey, createIdentity('member'))
+    expect(ok.res.status).toBe(200)
   })
 })
