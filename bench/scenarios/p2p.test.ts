@@ -3,27 +3,8 @@
  * coordinator, the webrtc handshake through it, the correctness probes on every lane) and prints its
  * figures. The figures themselves are not asserted: a timed test on a shared machine cannot hold a rate.
  */
-import { spawn } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
-
-/** Runs the bench CLI; resolves with its exit code and output. */
-function runBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', ...args], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s))
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
-    child.once('error', reject)
-    child.once('close', (code) => resolve({ code, stdout, stderr }))
-  })
-}
+import { runBench } from '../../test/support/bench-run.js'
 
 describe('bench p2p --quick', () => {
   it('runs every lane and prints each figure as a JSON line with its goal', async () => {

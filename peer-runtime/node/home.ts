@@ -11,7 +11,7 @@
  * One join per mesh per home: a second one would make a second member and orphan the first one's
  * sessions and queue. Another user on the same machine uses another home.
  */
-import { chmod, mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises'
+import { mkdir, readdir, readFile } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { mintSessionAttestation } from '../../protocol/attestation.js'
@@ -23,6 +23,7 @@ import { createIdentity, type Identity } from '../../protocol/keys.js'
 import { SESSION_ATTESTATION_TTL_MS } from '../../protocol/limits.js'
 import type { Signed } from '../../protocol/signing.js'
 import { loadOrCreateKeyFile, readKeyFile } from '../../protocol/node/keyfile.js'
+import { writePrivateFile as writeSecretFile } from '../../protocol/node/secret-file.js'
 
 /** This home's role in a mesh, as the roster knows it. */
 export type MeshRole = 'owner' | 'admin' | 'member'
@@ -207,24 +208,10 @@ export function assertMeshId(mesh: string): void {
   }
 }
 
-/** Writes a 0600 file through a temporary file, fsync and a rename: a crash never leaves half of it. */
+/** Writes a 0600 file (its folder made private first) that a crash never leaves half-written. */
 export async function writePrivateFile(path: string, text: string): Promise<void> {
   await makePrivateDir(dirname(path))
-  const tmp = join(dirname(path), `.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`)
-  const handle = await open(tmp, 'wx', 0o600)
-  try {
-    await handle.writeFile(text, 'utf8')
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-  try {
-    await chmod(tmp, 0o600)
-    await rename(tmp, path)
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined)
-    throw err
-  }
+  await writeSecretFile(path, text)
 }
 
 function parseMeshConfig(text: string, mesh: string, path: string): MeshConfig {
