@@ -4,10 +4,9 @@
  * not be replaced (two processes creating it at once both end up with the first one's contents). Read
  * back only when neither group nor others may read them.
  */
+import { randomBytes } from 'node:crypto'
 import { chmod, link, mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { randomBytes } from '../crypto.js'
-import { toHex } from '../encoding.js'
 import { MeshError } from '../errors.js'
 
 /** What a bearer token file may hold. */
@@ -23,7 +22,8 @@ export async function writePrivateFile(
   o: { exclusive?: boolean } = {},
 ): Promise<void> {
   await mkdir(dirname(path), { recursive: true, mode: 0o700 })
-  const tmp = join(dirname(path), `.${process.pid}.${toHex(randomBytes(6))}.tmp`)
+  // node:crypto, not libsodium: a temporary name needs no initialised crypto module.
+  const tmp = join(dirname(path), `.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
   const handle = await open(tmp, 'wx', 0o600)
   try {
     await handle.writeFile(text, 'utf8')
