@@ -206,14 +206,6 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     })
   }
 
-  /** Dials at once instead of waiting out the backoff (e.g. the application knows the network is back). */
-  reconnectNow(): void {
-    if (this.#state !== 'waiting') return
-    this.#retry?.cancel()
-    this.#retry = undefined
-    this.#dial()
-  }
-
   /**
    * Sends a request and resolves with its reply; rejects with the `MeshError` of an `error` reply,
    * `MESH_ERR_DISCONNECTED` when no socket is ready or it closes first, `MESH_ERR_REQUEST_TIMEOUT`, or

@@ -91,11 +91,6 @@ export class PeerDirectory {
     }
   }
 
-  /** Every peer the view still vouches for. */
-  all(now: number): KnownPeer[] {
-    return [...this.#peers.values()].filter((p) => this.get(p.pk, now) !== undefined)
-  }
-
   /** Online, advertises p2p, and vouched for. */
   reachableP2P(pk: Uint8Array, now: number): boolean {
     const peer = this.get(pk, now)

@@ -174,11 +174,6 @@ export class Inbox extends Emitter<InboxEvents> {
     }
   }
 
-  /** How many acks wait for the application (volatile stores). */
-  get deferredAcks(): number {
-    return this.#deferred.size
-  }
-
   #defer(seq: number, ack: () => void): void {
     // A redelivery replaces the held ack: the coordinator now waits on the newer deliveryId.
     this.#deferred.set(seq, ack)

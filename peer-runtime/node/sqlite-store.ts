@@ -22,7 +22,7 @@
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
-import { newOutboxRow } from '../store/rows.js'
+import { newInboxRow, newOutboxRow } from '../store/rows.js'
 import type { Channel } from '../../protocol/envelope.js'
 import { toHex } from '../../protocol/encoding.js'
 import { isMeshError, MeshError } from '../../protocol/errors.js'
@@ -518,22 +518,4 @@ function inboxParams(row: NewInboxRow): Record<string, unknown> {
     status: row.status,
     receivedAt: row.receivedAt,
   }
-}
-
-function newInboxRow(input: NewInboxRow, seq: number): InboxRow {
-  const row: InboxRow = {
-    seq,
-    mesh: input.mesh,
-    recipient: input.recipient.slice(),
-    from: input.from.slice(),
-    clientMessageId: input.clientMessageId,
-    channel: input.channel,
-    via: input.via,
-    envelope: input.envelope.slice(),
-    status: input.status,
-    receivedAt: input.receivedAt,
-  }
-  if (input.deliveryId !== undefined) row.deliveryId = input.deliveryId
-  if (input.payload !== undefined) row.payload = input.payload.slice()
-  return row
 }

@@ -12,7 +12,7 @@
  */
 import { toHex } from '../../protocol/encoding.js'
 import { MeshError } from '../../protocol/errors.js'
-import { newOutboxRow } from './rows.js'
+import { newInboxRow, newOutboxRow } from './rows.js'
 import type {
   InboxInsert,
   InboxQuery,
@@ -287,20 +287,7 @@ class MemoryStore implements RuntimeStore {
     const identity = `${input.mesh}\0${recipient}\0${toHex(input.from)}\0${input.clientMessageId}`
     const existing = this.#inboxByIdentity.get(identity)
     if (existing !== undefined) return { inserted: false, row: cloneInbox(existing) }
-    const row: InboxRow = {
-      seq: ++this.#seq,
-      mesh: input.mesh,
-      recipient: input.recipient.slice(),
-      from: input.from.slice(),
-      clientMessageId: input.clientMessageId,
-      channel: input.channel,
-      via: input.via,
-      envelope: input.envelope.slice(),
-      status: input.status,
-      receivedAt: input.receivedAt,
-    }
-    if (input.deliveryId !== undefined) row.deliveryId = input.deliveryId
-    if (input.payload !== undefined) row.payload = input.payload.slice()
+    const row = newInboxRow(input, ++this.#seq)
     this.#inboxByIdentity.set(identity, row)
     this.#inboxBySeq.set(row.seq, row)
     const streamKey = `${input.mesh}\0${recipient}`

@@ -22,15 +22,6 @@ import type { ACK_STATUSES, RECIPIENT_STATES } from '../../protocol/frames.js'
  */
 export type OutboxState = 'pending' | 'inflight' | 'accepted' | 'done' | 'dead' | 'aborted'
 
-export const OUTBOX_STATES: readonly OutboxState[] = [
-  'pending',
-  'inflight',
-  'accepted',
-  'done',
-  'dead',
-  'aborted',
-]
-
 /** A recipient's outcome as the sender knows it (`send_ack.recipients`, receipts, P2P acks). */
 export type RecipientState = (typeof RECIPIENT_STATES)[number]
 /** How a receiver acknowledged a delivery. */
