@@ -26,6 +26,8 @@ export interface CoordinatorMetrics {
   readonly sends: Tally<'path'>
   readonly deliveries: Tally<'status'>
   readonly redeliveries: PlainTally
+  /** New send ids checked for duplicates, by where: `store` (a lookup) or `memory` (flagged first). */
+  readonly dedupeChecks: Tally<'where'>
   /** Sets the functions the scrape-time gauges read. */
   observe(sources: MetricSources): void
 }
@@ -53,6 +55,12 @@ export function createMetrics(): CoordinatorMetrics {
     'agentmesh_deliveries_total',
     'Deliveries acked by receivers, by ack status',
     'status',
+  )
+  const dedupeChecks = tally(
+    registry,
+    'agentmesh_dedupe_checks_total',
+    'New send ids checked for duplicates: in the store, or in memory only (the sender flagged its first try)',
+    'where',
   )
   let redelivered = 0
   new Counter({
@@ -101,6 +109,7 @@ export function createMetrics(): CoordinatorMetrics {
     sends,
     deliveries,
     redeliveries,
+    dedupeChecks,
     observe(s) {
       sources = s
     },

@@ -146,6 +146,13 @@ export class Peer extends Emitter<PeerEvents> {
   readonly #directory: PeerDirectory
   readonly #inbox: Inbox
   readonly #outbox: Outbox
+  /**
+   * Ids this process drew itself for rows not yet given to the relay. The first relay send of such a row
+   * says `first: true`, so the coordinator skips its committed-dedupe lookup; a retry, a row loaded from
+   * disk or a caller's own clientMessageId never does (it may have been sent before). Sends that go
+   * through the P2P manager's relay fallback are not flagged (it does not pass ids on).
+   */
+  readonly #firstSends = new Set<string>()
   readonly #nextId = ulidFactory()
   readonly #cache: BoxKeyCache
   #transport: PeerTransport | undefined
@@ -295,7 +302,7 @@ export class Peer extends Emitter<PeerEvents> {
       from: this.identity.publicKey,
       target: toHex(peer.pk),
       channel,
-      envelope: encodeEnvelope(env),
+      envelope: this.#sealed(env, o.clientMessageId === undefined),
       createdAt: now,
       ...(o.fingerprint !== undefined && { fingerprint: o.fingerprint }),
     })
@@ -346,7 +353,7 @@ export class Peer extends Emitter<PeerEvents> {
       from: this.identity.publicKey,
       target,
       channel: 'group',
-      envelope: encodeEnvelope(env),
+      envelope: this.#sealed(env, o.clientMessageId === undefined),
       createdAt: this.#clock.now(),
     })
     return { clientMessageId, state: row.state }
@@ -447,7 +454,7 @@ export class Peer extends Emitter<PeerEvents> {
       self: { mesh: this.mesh, pk: this.identity.publicKey },
       transport,
       clock: this.#clock,
-      relay: (envelope, signal) => this.#connection.request({ t: 'send', envelope }, { signal }),
+      relay: (envelope, signal) => this.#relaySend(envelope, signal),
       inbound: (envelope, from) => this.#takeP2P(envelope, from),
       reachable: (pk) => this.#connection.ready && this.#directory.reachableP2P(pk, this.#clock.now()),
       vouch,
@@ -632,6 +639,8 @@ export class Peer extends Emitter<PeerEvents> {
 
   /** The outbox's transport step for one row: P2P or relay, and what the answer means for the row. */
   async #dispatch(row: OutboxRow, signal: AbortSignal): Promise<DispatchResult> {
+    // Taken on the first dispatch, whatever its path: any later one is a retry.
+    const first = this.#firstSends.delete(row.id)
     const pk = fromHex(row.target)
     const fanOut = row.channel === 'group' && (row.target === '*' || row.target.startsWith('@'))
     if (!fanOut && (pk === null || !isDirectChannel(row.channel))) {
@@ -649,17 +658,29 @@ export class Peer extends Emitter<PeerEvents> {
         return fromSendAck(delivery.ack, row.target)
       }
       if (!this.#connection.ready) {
+        if (first) this.#firstSends.add(row.id) // nothing went out: the next try is still the first
         return {
           kind: 'retry',
           counted: false,
           error: { code: 'MESH_ERR_DISCONNECTED', message: 'waiting for the coordinator' },
         }
       }
-      const ack = await this.#connection.request({ t: 'send', envelope: row.envelope }, { signal })
+      const ack = await this.#relaySend(row.envelope, signal, first)
       return fromSendAck(ack, row.target)
     } catch (err) {
       return fromError(err)
     }
+  }
+
+  /** Encodes `env`; `drawnHere` when its clientMessageId came from this process (see #firstSends). */
+  #sealed(env: Envelope, drawnHere: boolean): Uint8Array {
+    if (drawnHere) this.#firstSends.add(env.clientMessageId)
+    return encodeEnvelope(env)
+  }
+
+  /** One relay send of `envelope`; `first` when no coordinator can have seen its id (see #firstSends). */
+  #relaySend(envelope: Uint8Array, signal: AbortSignal, first = false): Promise<FrameOf<'send_ack'>> {
+    return this.#connection.request({ t: 'send', envelope, ...(first && { first }) }, { signal })
   }
 
   #assertOpen(): void {

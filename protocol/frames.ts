@@ -116,7 +116,12 @@ export const FRAME_SCHEMAS = {
   ok: obj({ reqId }),
 
   // ── messaging ──────────────────────────────────────────────────────────────
-  send: obj({ reqId, envelope: envelopeBytes }),
+  /**
+   * `first`: the sender has never given this envelope's id to a coordinator before (an id it drew
+   * itself, on its first relay send), so the coordinator may skip looking the id up among committed
+   * messages. A retry never says it; a sender that says it falsely only loses its own deduplication.
+   */
+  send: obj({ reqId, envelope: envelopeBytes, first: opt(bool()) }),
   send_ack: obj({
     reqId,
     clientMessageId: ulidSchema,

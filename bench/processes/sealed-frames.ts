@@ -60,7 +60,8 @@ export function sealSendFrames(o: {
     )
     const envelope = encodeEnvelope(env)
     if (i === 0) envelopeBytes = envelope.length
-    frames.push(encodeFrame({ t: 'send', reqId: (o.firstReqId ?? 1) + i, envelope }))
+    // Each envelope is sent once under a fresh id, as the peer runtime's first relay send is.
+    frames.push(encodeFrame({ t: 'send', reqId: (o.firstReqId ?? 1) + i, envelope, first: true }))
     clientMessageIds.push(clientMessageId)
   }
   return { frames, clientMessageIds, envelopeBytes }

@@ -5,6 +5,7 @@
  * the in-memory window of fast-path ids (never stored), and the store's `dedupe` table.
  */
 import { bytesEqual, decode, MeshError, type FrameOf } from '../../protocol/index.js'
+import type { Tally } from '../metrics.js'
 import type { Sql } from '../store/types.js'
 import { DedupeLookups } from './lookup-batch.js'
 
@@ -38,17 +39,22 @@ export class Dedupe {
   readonly #recent = new Map<string, string | Accepted>()
   readonly #maxRecent: number
   readonly #lookups: DedupeLookups
+  readonly #checks: Tally<'where'> | undefined
 
-  constructor(sql: Sql, maxRecent: number) {
+  constructor(sql: Sql, maxRecent: number, checks?: Tally<'where'>) {
     this.#lookups = new DedupeLookups(sql)
     this.#maxRecent = maxRecent
+    this.#checks = checks
   }
 
   /**
    * Claims a message id for one send. Either the id is known (a send of it is in flight on this node,
    * remembered, or committed in the store) and `prior` is its outcome, or this caller holds the id and
    * must `settle` its ticket with the send's outcome; sends of the same id meanwhile wait for it. Throws
-   * `MESH_ERR_IDEMPOTENCY_CONFLICT` when the id was used for other bytes.
+   * `MESH_ERR_IDEMPOTENCY_CONFLICT` when the id was used for other bytes. With `first` (the sender
+   * says no coordinator saw this id before) the store is not asked: that lookup is a store round trip
+   * before every fast-path push. A false `first` costs only that sender's own deduplication: the commit
+   * of a queued copy skips an existing dedupe row (`on conflict do nothing`), and recipients dedupe too.
    */
   async claim(
     mesh: string,
@@ -56,6 +62,7 @@ export class Dedupe {
     fromHex: string,
     clientMessageId: string,
     hash: Uint8Array,
+    o: { first?: boolean } = {},
   ): Promise<{ prior: SendOutcome } | { ticket: DedupeTicket }> {
     const key = dedupeKey(mesh, fromHex, clientMessageId)
     for (;;) {
@@ -71,7 +78,9 @@ export class Dedupe {
       const outcome = new Promise<SendOutcome>((res, rej) => ((resolve = res), (reject = rej)))
       this.#track(key, hash, outcome)
       try {
-        const row = await this.#lookups.get(mesh, from, fromHex, clientMessageId)
+        const inStore = o.first !== true
+        this.#checks?.inc({ where: inStore ? 'store' : 'memory' })
+        const row = inStore ? await this.#lookups.get(mesh, from, fromHex, clientMessageId) : undefined
         if (row === undefined) {
           return { ticket: { settle: (p) => void p.then(resolve, reject) } }
         }

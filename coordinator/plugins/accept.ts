@@ -61,18 +61,23 @@ export const acceptPlugin = fp(
     ctx.routes = {}
     ctx.on('send', async (conn, frame: FrameOf<'send'>) => {
       const p = conn.presence!
-      const result = await acceptSend(ctx, p, frame.envelope)
+      const result = await acceptSend(ctx, p, frame.envelope, { first: frame.first === true })
       conn.send({ t: 'send_ack', reqId: frame.reqId, ...result })
     })
   },
   { name: 'agentmesh-accept', dependencies: ['agentmesh-delivery'] },
 )
 
-/** Accepts one encoded envelope from `sender`; resolves when the outcome may be acknowledged. */
+/**
+ * Accepts one encoded envelope from `sender`; resolves when the outcome may be acknowledged. `first`: the
+ * sender says no coordinator has seen this id (the send frame's flag), so only this node's memory is
+ * asked whether it is a duplicate, not the store.
+ */
 export async function acceptSend(
   ctx: CoordinatorContext,
   sender: Sender,
   bytes: Uint8Array,
+  o: { first?: boolean } = {},
 ): Promise<SendResult> {
   if (ctx.closing) throw new MeshError('MESH_ERR_SHUTTING_DOWN', 'the coordinator is shutting down')
   const env = decodeEnvelope(bytes)
@@ -93,7 +98,7 @@ export async function acceptSend(
   }
   const d = ctx.delivery
   const hash = dedupeFingerprint(bytes)
-  const claim = await d.dedupe.claim(sender.mesh, env.from, sender.pkHex, clientMessageId, hash)
+  const claim = await d.dedupe.claim(sender.mesh, env.from, sender.pkHex, clientMessageId, hash, o)
   if ('prior' in claim) return { ...claim.prior, clientMessageId, duplicate: true }
 
   const outcome = (async (): Promise<SendOutcome> => {

@@ -39,7 +39,7 @@ export const deliveryPlugin = fp(
     const services: DeliveryServices = {
       pusher: new Pusher(ctx, quota),
       committer: new Committer(ctx.store, l.commitBatchRows),
-      dedupe: new Dedupe(ctx.store, l.fastPathDedupeEntries),
+      dedupe: new Dedupe(ctx.store, l.fastPathDedupeEntries, ctx.metrics.dedupeChecks),
       rate: new RateLimiter(ctx.clock, l.rate),
       quota,
       waker: new Waker(ctx.store, (err) => ctx.log.warn({ err }, 'wake notify failed')),

@@ -15,7 +15,12 @@ import {
   type Envelope,
   type Identity,
 } from '../../protocol/index.js'
-import { worldsPerTest, type World, type WorldOptions } from '../../test/support/coordinator-world.js'
+import {
+  sameMesh,
+  worldsPerTest,
+  type World,
+  type WorldOptions,
+} from '../../test/support/coordinator-world.js'
 import { FrameInbox, type MeshClient } from '../../test/support/mesh-client.js'
 import { rejection, rejectionCode } from '../../test/support/rejection.js'
 
@@ -102,6 +107,51 @@ describe.each(storeLegs())('accept-path limits (%s)', (driver) => {
     expect(forged.code).toBe('MESH_ERR_FROM_MISMATCH')
     const rows = await world.store.query<{ n: number }>('select count(*)::int as n from delivery')
     expect(rows[0]?.n).toBe(1)
+  })
+
+  it('a send flagged first is deduplicated in memory; after a restart an unflagged retry finds the stored copy', async () => {
+    const w1 = await start()
+    const a = await w1.member('a')
+    const b = await w1.member('b')
+    const flagged = (c: MeshClient, envelope: Uint8Array) =>
+      c.request({ t: 'send', envelope, first: true }, wait())
+    const c1 = await w1.connectMember(a)
+    const env = w1.dm(a, b.publicKey, 'once')
+    const bytes = encodeEnvelope(env)
+    expect(await flagged(c1, bytes)).toMatchObject({ state: 'queued', recipientOnline: false })
+    // The flag skips only the store: this node still knows the id.
+    expect(await flagged(c1, bytes)).toMatchObject({ state: 'queued', duplicate: true })
+    const other = encodeEnvelope(w1.dm(a, b.publicKey, 'other', env.clientMessageId))
+    expect(await rejectionCode(flagged(c1, other))).toBe('MESH_ERR_IDEMPOTENCY_CONFLICT')
+    await w1.coordinator.close()
+
+    const w2 = await start(sameMesh(w1))
+    const c2 = await w2.connectMember(a)
+    // What the runtime sends after a restart: the same bytes, unflagged; the store answers.
+    expect(await c2.request({ t: 'send', envelope: bytes }, wait())).toMatchObject({
+      state: 'queued',
+      duplicate: true,
+    })
+    // A sender that flags a retry falsely loses only its own deduplication: the copy is queued again,
+    // the stored dedupe row stays as it was, and an honest send beside it commits in the same batch.
+    const stale = encodeEnvelope(w2.dm(a, b.publicKey, 'stale'))
+    expect(await c2.request({ t: 'send', envelope: stale }, wait())).toMatchObject({ state: 'queued' })
+    await w2.coordinator.close()
+    const w3 = await start(sameMesh(w2))
+    const c3 = await w3.connectMember(a)
+    const [lied, honest] = await Promise.all([
+      flagged(c3, stale),
+      flagged(c3, encodeEnvelope(w3.dm(a, b.publicKey, 'new'))),
+    ])
+    expect(lied).toMatchObject({ state: 'queued' })
+    expect(lied.duplicate).toBeUndefined()
+    expect(honest).toMatchObject({ state: 'queued' })
+    const rows = await w3.store.query<{ n: number }>(
+      'select count(*)::int as n from dedupe where client_message_id = $1',
+      [decodeEnvelope(stale).clientMessageId],
+    )
+    expect(rows[0]?.n).toBe(1)
+    expect((await w3.store.query('select id from delivery')).length).toBe(4)
   })
 
   it('answers oversize, malformed and unknown frames with errors and keeps the socket working', async () => {

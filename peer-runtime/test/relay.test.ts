@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest'
-import { createIdentity, mintSessionAttestation, toHex } from '../../protocol/index.js'
+import { createIdentity, mintSessionAttestation, toHex, ulidFactory } from '../../protocol/index.js'
 import { storeLegs } from '../../coordinator/store/testing.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
 import { closePeers, memberPeer, nextMessages, sessionPeer } from '../../test/support/peer-world.js'
@@ -30,6 +30,34 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     const row = await alice.status(sent.clientMessageId)
     expect(row?.state).toBe('done')
     expect(row?.recipients).toEqual({ [toHex(bob.identity.publicKey)]: 'delivered' })
+  })
+
+  it("a first relay send of an id the peer drew skips the coordinator's store lookup; a caller's own id does not", async () => {
+    const world = await start()
+    const alice = await sessionPeer(world, await world.member('alice'))
+    const bob = await sessionPeer(world, await world.member('bob'))
+    await Promise.all([alice.whenConnected(), bob.whenConnected()])
+    const checks = async (): Promise<{ memory: number; store: number }> => {
+      const text = await (await fetch(`${world.url}/metrics`, { signal: AbortSignal.timeout(5000) })).text()
+      const count = (where: string): number => {
+        const line = text
+          .split('\n')
+          .find((l) => l.startsWith(`agentmesh_dedupe_checks_total{where="${where}"} `))
+        return line === undefined ? 0 : Number(line.split(' ')[1])
+      }
+      return { memory: count('memory'), store: count('store') }
+    }
+    const before = await checks()
+    for (let i = 0; i < 3; i++) await alice.send(bob.identity.publicKey, { n: i })
+    // A caller's own id may have been sent by an earlier process: the coordinator must look it up.
+    await alice.send(bob.identity.publicKey, { n: 3 }, { clientMessageId: ulidFactory()() })
+    expect((await nextMessages(bob, 4)).map((m) => (m.payload as { n: number }).n).sort()).toEqual([
+      0, 1, 2, 3,
+    ])
+    await alice.settled(AbortSignal.timeout(5_000))
+    const after = await checks()
+    expect(after.memory - before.memory).toBe(3)
+    expect(after.store - before.store).toBe(1)
   })
 
   it('a DM to an offline session is accepted (queued), arrives once when it connects, and the receipt makes it done', async () => {
