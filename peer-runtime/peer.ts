@@ -302,7 +302,7 @@ export class Peer extends Emitter<PeerEvents> {
       from: this.identity.publicKey,
       target: toHex(peer.pk),
       channel,
-      envelope: this.#sealed(env, o.clientMessageId === undefined),
+      envelope: this.#encodeOwn(env, o.clientMessageId === undefined),
       createdAt: now,
       ...(o.fingerprint !== undefined && { fingerprint: o.fingerprint }),
     })
@@ -353,7 +353,7 @@ export class Peer extends Emitter<PeerEvents> {
       from: this.identity.publicKey,
       target,
       channel: 'group',
-      envelope: this.#sealed(env, o.clientMessageId === undefined),
+      envelope: this.#encodeOwn(env, o.clientMessageId === undefined),
       createdAt: this.#clock.now(),
     })
     return { clientMessageId, state: row.state }
@@ -673,7 +673,7 @@ export class Peer extends Emitter<PeerEvents> {
   }
 
   /** Encodes `env`; `drawnHere` when its clientMessageId came from this process (see #firstSends). */
-  #sealed(env: Envelope, drawnHere: boolean): Uint8Array {
+  #encodeOwn(env: Envelope, drawnHere: boolean): Uint8Array {
     if (drawnHere) this.#firstSends.add(env.clientMessageId)
     return encodeEnvelope(env)
   }

@@ -11,25 +11,13 @@ import {
   ulidFactory,
   type Identity,
 } from '../../protocol/index.js'
-import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
+import { worldsPerTest } from '../../test/support/coordinator-world.js'
 import type { MeshClient } from '../../test/support/mesh-client.js'
+import { sample, scrape } from '../../test/support/metrics.js'
 import { httpMsgpack, invite, joinRecord } from '../../test/support/mesh-fixture.js'
 
 const nextId = ulidFactory()
 const wait = (): { signal: AbortSignal } => ({ signal: AbortSignal.timeout(5000) })
-
-async function scrape(world: World): Promise<string> {
-  const res = await fetch(`${world.url}/metrics`, wait())
-  expect(res.status).toBe(200)
-  return res.text()
-}
-
-/** A sample's value in Prometheus text (0 when the series has no sample yet). */
-function sample(text: string, name: string, labels?: string): number {
-  const prefix = labels === undefined ? `${name} ` : `${name}{${labels}} `
-  const line = text.split('\n').find((l) => l.startsWith(prefix))
-  return line === undefined ? 0 : Number(line.slice(prefix.length))
-}
 
 type ErrorBody = { error: { code: string } }
 
@@ -48,7 +36,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
     const [a, b, c] = [await world.member('a'), await world.member('b'), await world.member('c')]
     const ca = await world.connectMember(a)
     await world.connectMember(b)
-    const before = await scrape(world)
+    const before = await scrape(world.url)
     for (const name of [
       'agentmesh_connections',
       'agentmesh_presences',
@@ -70,7 +58,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
     await ca.waitFor('error', (f) => f.reqId === 7, wait())
     const refused = await httpMsgpack(`${world.url}/v1/send`, { method: 'POST', token: 'nope', body: {} })
     expect(refused.status).toBe(401)
-    const mid = await scrape(world)
+    const mid = await scrape(world.url)
     const delta = (name: string, labels?: string): number =>
       sample(mid, name, labels) - sample(before, name, labels)
     expect(delta('agentmesh_frames_in_total', 'type="send"')).toBe(2)
@@ -89,7 +77,7 @@ describe.each(storeLegs())('coordinator HTTP (%s)', (driver) => {
     const again = await cc.waitFor('push', (f) => f.deliveryId === first.deliveryId, wait())
     cc.send({ t: 'client_ack', deliveryId: again.deliveryId, status: 'ok' })
     await ca.waitFor('delivery_receipt', undefined, wait())
-    const after = await scrape(world)
+    const after = await scrape(world.url)
     expect(
       sample(after, 'agentmesh_redeliveries_total') - sample(before, 'agentmesh_redeliveries_total'),
     ).toBe(1)

@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createIdentity, mintSessionAttestation, toHex, ulidFactory } from '../../protocol/index.js'
 import { storeLegs } from '../../coordinator/store/testing.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
+import { sample, scrape } from '../../test/support/metrics.js'
 import { closePeers, memberPeer, nextMessages, sessionPeer } from '../../test/support/peer-world.js'
 import { rejectionCode } from '../../test/support/rejection.js'
 import { memoryStore } from '../store/memory.js'
@@ -38,13 +39,9 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     const bob = await sessionPeer(world, await world.member('bob'))
     await Promise.all([alice.whenConnected(), bob.whenConnected()])
     const checks = async (): Promise<{ memory: number; store: number }> => {
-      const text = await (await fetch(`${world.url}/metrics`, { signal: AbortSignal.timeout(5000) })).text()
-      const count = (where: string): number => {
-        const line = text
-          .split('\n')
-          .find((l) => l.startsWith(`agentmesh_dedupe_checks_total{where="${where}"} `))
-        return line === undefined ? 0 : Number(line.split(' ')[1])
-      }
+      const text = await scrape(world.url)
+      const count = (where: string): number =>
+        sample(text, 'agentmesh_dedupe_checks_total', `where="${where}"`)
       return { memory: count('memory'), store: count('store') }
     }
     const before = await checks()
