@@ -22,15 +22,31 @@ interface TxScope {
 }
 
 /**
+ * Whether stores refuse calls made from inside their own transactions, unless told otherwise: in our
+ * test runs (vitest sets `VITEST`) and with `AGENTMESH_STORE_CHECKS=1`. The check needs an
+ * AsyncLocalStorage, which on Node 20 puts a hook on every promise the process makes (about 3% of the
+ * coordinator's busy CPU in `bench relay`), so a production coordinator runs without it; the mistake it
+ * catches is a programming error our suites meet first.
+ */
+export const NESTING_CHECK_DEFAULT =
+  process.env['VITEST'] !== undefined || process.env['AGENTMESH_STORE_CHECKS'] === '1'
+
+/**
  * The rules both drivers enforce the same way, so code that passes on one leg behaves alike on the
  * other: nothing runs after `close()`; a transaction handle stops working once its transaction ends;
- * and a call on the store itself from inside one of its transaction callbacks is refused. On PGlite's
+ * and (when nesting is checked) a call on the store itself from inside one of its transaction callbacks
+ * is refused. On PGlite's
  * single connection that call would wait for the transaction that is waiting for it (a silent deadlock);
  * on Postgres it would run outside the transaction, which is never what the caller meant.
  */
 export class StoreGuard {
   #closed = false
-  readonly #scope = new AsyncLocalStorage<TxScope>()
+  /** Set when nesting is checked (see NESTING_CHECK_DEFAULT). */
+  readonly #scope: AsyncLocalStorage<TxScope> | undefined
+
+  constructor(checkNesting = NESTING_CHECK_DEFAULT) {
+    this.#scope = checkNesting ? new AsyncLocalStorage<TxScope>() : undefined
+  }
 
   /** True once `close()` was called. */
   get closed(): boolean {
@@ -47,7 +63,7 @@ export class StoreGuard {
   /** Throws unless the store is open and `what` is not called from inside its own transaction. */
   enter(what: string): void {
     if (this.#closed) throw storeClosedError()
-    if (this.#scope.getStore()?.open === true) {
+    if (this.#scope?.getStore()?.open === true) {
       throw new MeshError(
         'MESH_ERR_INTERNAL',
         `store.${what}() called inside store.transaction(); use the transaction handle (tx) instead`,
@@ -67,7 +83,7 @@ export class StoreGuard {
       }
     }
     try {
-      return await this.#scope.run(scope, () => fn(live))
+      return await (this.#scope === undefined ? fn(live) : this.#scope.run(scope, () => fn(live)))
     } finally {
       scope.open = false
     }
