@@ -4,7 +4,7 @@
  * `MeshState.apply`, so both hold the same view of a version; roster records and joins are checked by
  * `Roster` (owner or admin signatures), so a coordinator cannot add a member that peers accept.
  */
-import { fromHex, toHex } from './encoding.js'
+import { toHex } from './encoding.js'
 import type { Invite, JoinRecord } from './invite.js'
 import { Roster, type RosterRecord, type RosterRole } from './roster.js'
 
@@ -56,8 +56,7 @@ export class MeshState {
   roleOf(pk: Uint8Array | string): RosterRole | undefined {
     const hex = typeof pk === 'string' ? pk : toHex(pk)
     if (this.revoked.has(hex)) return undefined
-    const bytes = typeof pk === 'string' ? fromHex(pk) : pk
-    return bytes === null ? undefined : this.roster.roleOf(bytes)
+    return this.roster.roleOf(hex)
   }
 
   isMember(pk: Uint8Array | string): boolean {

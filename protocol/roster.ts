@@ -167,8 +167,8 @@ export class Roster {
   }
 
   /** The role of a key, or `undefined` when it is not a member. */
-  roleOf(pk: Uint8Array): RosterRole | undefined {
-    return this.#members.get(toHex(pk))?.role
+  roleOf(pk: Uint8Array | string): RosterRole | undefined {
+    return this.#members.get(typeof pk === 'string' ? pk.toLowerCase() : toHex(pk))?.role
   }
 
   /** True when the key is a member (in any role). */
