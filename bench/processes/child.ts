@@ -1,12 +1,18 @@
 /**
- * The parent side of bench processes: `Children.start(entry)` forks a TypeScript entry under tsx with an
- * IPC channel (structured clone, so byte arrays cross as they are), waits for its ready message, and
- * hands back a handle that runs jobs in it. `Children.stopAll()` ends every child it started (SIGTERM,
- * then SIGKILL after a grace period); scenarios call it in `finally`.
+ * The parent side of bench processes: `Children.start(entry)` bundles a TypeScript entry with esbuild and
+ * forks it under plain node with an IPC channel (structured clone, so byte arrays cross as they are),
+ * waits for its ready message, and hands back a handle that runs jobs in it. `Children.stopAll()` ends
+ * every child it started (SIGTERM, then SIGKILL after a grace period); scenarios call it in `finally`.
+ *
+ * Bundled, not run under tsx: a user's coordinator is the bundle `npm install` builds (dist/cli.js), and
+ * tsx adds what no user runs: 40–80 MB of resident memory for its loader and the sources it transformed,
+ * and a `__name()` call around every function for its keepNames option.
  */
 import { fork, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { build } from 'esbuild'
 import type { JobReply, ReadyMessage } from './jobs.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
@@ -26,7 +32,7 @@ export interface ChildHandle<R = unknown> {
 }
 
 export interface StartOptions {
-  /** Extra node flags (e.g. `--cpu-prof`), before `--import tsx`. */
+  /** Extra node flags (e.g. `--cpu-prof`). */
   nodeArgs?: string[]
   env?: Record<string, string>
   /** How long the child may take to post ready (default 120 s: PGlite's initdb is slow on a busy machine). */
@@ -39,10 +45,10 @@ export class Children {
 
   /** Forks `bench/processes/<entry>.ts` and waits until it is ready. */
   async start<R>(name: string, entry: string, o: StartOptions = {}): Promise<ChildHandle<R>> {
-    const file = fileURLToPath(new URL(`./${entry}.ts`, import.meta.url))
+    const file = await bundled(entry)
     const child = fork(file, [], {
       cwd: ROOT,
-      execArgv: [...(o.nodeArgs ?? []), '--import', 'tsx'],
+      execArgv: o.nodeArgs ?? [],
       env: { ...process.env, ...o.env },
       serialization: 'advanced',
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
@@ -63,6 +69,48 @@ export class Children {
     this.#all.clear()
     await Promise.all(all.map((c) => c.stop()))
   }
+}
+
+/** Bundles of this process's entries, by entry; in a directory removed when the process exits. */
+const bundles = new Map<string, Promise<string>>()
+let bundleDir: string | undefined
+
+/**
+ * `bench/processes/<entry>.ts` bundled into one ES module (dependencies stay external and resolve from
+ * the project's node_modules, as dist/cli.js's do), with the store's migrations beside it where
+ * coordinator/store/migrate.ts looks for them; built once per entry and process.
+ */
+function bundled(entry: string): Promise<string> {
+  let file = bundles.get(entry)
+  if (file === undefined) {
+    file = bundle(entry)
+    bundles.set(entry, file)
+  }
+  return file
+}
+
+async function bundle(entry: string): Promise<string> {
+  if (bundleDir === undefined) {
+    // Inside the project, so bare imports resolve from its node_modules.
+    const dir = mkdtempSync(join(ROOT, 'node_modules', '.agentmesh-bench-'))
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+    cpSync(join(ROOT, 'coordinator/store/migrations'), join(dir, 'migrations'), { recursive: true })
+    bundleDir = dir
+  }
+  const outfile = join(bundleDir, `${entry.replace(/[^a-z0-9-]/gi, '_')}.mjs`)
+  await build({
+    absWorkingDir: ROOT,
+    entryPoints: [fileURLToPath(new URL(`./${entry}.ts`, import.meta.url))],
+    outfile,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    bundle: true,
+    packages: 'external',
+    sourcemap: true,
+    logLevel: 'warning',
+  })
+  return outfile
 }
 
 function wrap<R>(

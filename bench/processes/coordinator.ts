@@ -7,10 +7,13 @@
  *
  * Every store call is timed (`timedStore`), so a scenario can tell where the coordinator waits on its
  * store without touching coordinator code: the `storeStats` job returns and resets the figures. The
- * `profileStart` / `profileStop(path)` jobs take a V8 CPU profile of a window (open it in Chrome DevTools).
+ * `profileStart` / `profileStop(path)` jobs take a V8 CPU profile of a window (open it in Chrome DevTools),
+ * `heapSnapshot(path)` writes a V8 heap snapshot, and `allocationsStart` / `allocationsStop(path)` sample
+ * where a window's allocations come from (a `.heapprofile`).
  */
 import { writeFile } from 'node:fs/promises'
 import { Session } from 'node:inspector/promises'
+import { writeHeapSnapshot } from 'node:v8'
 import { buildCoordinator } from '../../coordinator/index.js'
 import { openStore } from '../../coordinator/store/index.js'
 import type { CoordinatorOptions } from '../../coordinator/options.js'
@@ -83,6 +86,22 @@ serveJobs(
     },
     profileStop: async (path: string) => {
       const { profile } = await inspector.post('Profiler.stop')
+      await writeFile(path, JSON.stringify(profile))
+      return { path }
+    },
+    heapSnapshot: async (path: string) => ({ path: writeHeapSnapshot(path) }),
+    // Sampled allocations of a window: which functions allocate the bytes the GC then has to reclaim.
+    allocationsStart: async () => {
+      await inspector.post('HeapProfiler.enable')
+      await inspector.post('HeapProfiler.startSampling', {
+        samplingInterval: 16_384,
+        includeObjectsCollectedByMajorGC: true,
+        includeObjectsCollectedByMinorGC: true,
+      })
+      return {}
+    },
+    allocationsStop: async (path: string) => {
+      const { profile } = await inspector.post('HeapProfiler.stopSampling')
       await writeFile(path, JSON.stringify(profile))
       return { path }
     },

@@ -76,6 +76,9 @@ export async function loadFigure(
       clients: procs.map((proc) => proc.pid),
       ...(driver === 'postgres' && { postgres: { command: 'postgres' } }),
     })
+    // AGENTMESH_BENCH_ALLOC_PROF=<dir>: where the coordinator's allocations come from during the load.
+    const allocDir = process.env['AGENTMESH_BENCH_ALLOC_PROF']
+    if (allocDir !== undefined) await m.coordinator.run('allocationsStart')
     const startAt = Date.now() + 1000
     const runs = await Promise.all(
       procs.map((proc) =>
@@ -87,6 +90,14 @@ export async function loadFigure(
       ),
     )
     const dispatched = runs.reduce((n, r) => n + r.dispatched, 0)
+    if (allocDir !== undefined) {
+      await m.coordinator.run('allocationsStop', `${allocDir}/load-${driver}-${Date.now()}.heapprofile`)
+    }
+    // AGENTMESH_BENCH_HEAP_SNAPSHOT=<dir>: what the coordinator's heap holds once the load has been sent.
+    const snapshotDir = process.env['AGENTMESH_BENCH_HEAP_SNAPSHOT']
+    if (snapshotDir !== undefined) {
+      await m.coordinator.run('heapSnapshot', `${snapshotDir}/load-${driver}-${Date.now()}.heapsnapshot`)
+    }
     // Pushes of queued DMs may still be on their way: wait until the receivers' count stops moving.
     let seen = -1
     for (let i = 0; i < 50; i++) {
@@ -120,7 +131,12 @@ export async function loadFigure(
       maxMs: p(1),
       peakRssMB: round2(peakRssMB),
       rssAtStartMB: round2(rssAtStart / 1e6),
-      atPeakMB: { rss: mb(peak?.rss), heapUsed: mb(peak?.heapUsed), external: mb(peak?.external) },
+      atPeakMB: {
+        rss: mb(peak?.rss),
+        heapTotal: mb(peak?.heapTotal),
+        heapUsed: mb(peak?.heapUsed),
+        external: mb(peak?.external),
+      },
       offeredPerSecond: OFFERED_PER_SECOND,
       dispatched,
       dispatchSeconds: round2(Math.max(...runs.map((r) => r.dispatchMs)) / 1000),
