@@ -8,6 +8,7 @@ import { bytesEqual, decode, MeshError, type FrameOf } from '../../protocol/inde
 import type { Tally } from '../metrics.js'
 import type { Sql } from '../store/types.js'
 import { DedupeLookups } from './lookup-batch.js'
+import { RecentOutcomes } from './recent-outcomes.js'
 
 /** The outcome a send_ack reported. */
 export interface SendOutcome {
@@ -19,14 +20,9 @@ export interface SendOutcome {
 /** A recipient's state as the sender sees it. */
 export type RecipientState = FrameOf<'delivery_receipt'>['status']
 
-export interface Accepted extends SendOutcome {
-  hash: Uint8Array
-}
-
-// The in-memory window and its keys are built as flat one-byte strings written through one scratch
-// buffer. A template string is a rope of several cons cells, and a clientMessageId from msgpackr is a
-// slice that keeps the whole decoded header string alive: in the bench's load shape that made an entry
-// of the window about 450 bytes (100,000 sends: 45 MB of the coordinator's heap), against about 190.
+// Keys of sends in flight are flat one-byte strings written through one scratch buffer: a template
+// string is a rope of several cons cells, and a clientMessageId from msgpackr is a slice that keeps the
+// whole decoded header string alive.
 const scratch = Buffer.allocUnsafe(1024)
 
 /**
@@ -53,15 +49,14 @@ export interface DedupeTicket {
 
 export class Dedupe {
   readonly #inFlight = new Map<string, { hash: Uint8Array; outcome: Promise<SendOutcome> }>()
-  /** Outcomes of recent sends, oldest first; most in the compact form of `packRecent`. */
-  readonly #recent = new Map<string, string | Accepted>()
-  readonly #maxRecent: number
+  /** Outcomes of recent sends (the fast path's are stored nowhere else). */
+  readonly #recent: RecentOutcomes
   readonly #lookups: DedupeLookups
   readonly #checks: Tally<'where'> | undefined
 
   constructor(sql: Sql, maxRecent: number, checks?: Tally<'where'>) {
     this.#lookups = new DedupeLookups(sql)
-    this.#maxRecent = maxRecent
+    this.#recent = new RecentOutcomes(maxRecent)
     this.#checks = checks
   }
 
@@ -84,7 +79,7 @@ export class Dedupe {
   ): Promise<{ prior: SendOutcome } | { ticket: DedupeTicket }> {
     const key = dedupeKey(mesh, from, clientMessageId)
     for (;;) {
-      const known = this.#fromMemory(key, hash, clientMessageId)
+      const known = this.#fromMemory(key, mesh, from, hash, clientMessageId)
       if (known !== undefined) {
         const prior = await known
         if (prior !== undefined) return { prior }
@@ -94,7 +89,7 @@ export class Dedupe {
       let resolve!: (o: SendOutcome) => void
       let reject!: (err: unknown) => void
       const outcome = new Promise<SendOutcome>((res, rej) => ((resolve = res), (reject = rej)))
-      this.#track(key, hash, outcome)
+      this.#track(key, mesh, from, clientMessageId, hash, outcome)
       try {
         const inStore = o.first !== true
         this.#checks?.inc({ where: inStore ? 'store' : 'memory' })
@@ -118,6 +113,8 @@ export class Dedupe {
   /** What this node remembers of `key`: a send in flight (awaited) or a recent outcome; undefined if nothing. */
   #fromMemory(
     key: string,
+    mesh: string,
+    from: Uint8Array,
     hash: Uint8Array,
     clientMessageId: string,
   ): Promise<SendOutcome | undefined> | undefined {
@@ -126,14 +123,20 @@ export class Dedupe {
       assertSameHash(flying.hash, hash, clientMessageId)
       return flying.outcome.then(outcomeOnly, () => undefined)
     }
-    const packed = this.#recent.get(key)
-    if (packed === undefined) return undefined
-    const recent = typeof packed === 'string' ? unpackRecent(packed) : packed
-    assertSameHash(recent.hash, hash, clientMessageId)
-    return Promise.resolve(outcomeOnly(recent))
+    const recent = this.#recent.get(mesh, from, clientMessageId, hash)
+    if (recent === undefined) return undefined
+    if (!recent.sameBytes) throw idempotencyConflict(clientMessageId)
+    return Promise.resolve(outcomeOnly(recent.outcome))
   }
 
-  #track(key: string, hash: Uint8Array, outcome: Promise<SendOutcome>): void {
+  #track(
+    key: string,
+    mesh: string,
+    from: Uint8Array,
+    clientMessageId: string,
+    hash: Uint8Array,
+    outcome: Promise<SendOutcome>,
+  ): void {
     const entry = { hash, outcome }
     this.#inFlight.set(key, entry)
     // Only this send's own entry is cleared: a later try of the same id may have replaced it.
@@ -142,49 +145,21 @@ export class Dedupe {
     }
     outcome.then((o) => {
       settle()
-      this.#remember(key, { ...o, hash })
+      this.#recent.set(mesh, from, clientMessageId, hash, o)
     }, settle)
-  }
-
-  #remember(key: string, accepted: Accepted): void {
-    this.#recent.set(key, packRecent(accepted) ?? accepted)
-    if (this.#recent.size > this.#maxRecent) {
-      const oldest = this.#recent.keys().next()
-      if (oldest.done !== true) this.#recent.delete(oldest.value)
-    }
   }
 }
 
 function assertSameHash(a: Uint8Array, b: Uint8Array, clientMessageId: string): void {
-  if (!bytesEqual(a, b)) {
-    throw new MeshError(
-      'MESH_ERR_IDEMPOTENCY_CONFLICT',
-      `clientMessageId ${clientMessageId} was used for another envelope`,
-      {
-        details: { clientMessageId },
-      },
-    )
-  }
+  if (!bytesEqual(a, b)) throw idempotencyConflict(clientMessageId)
 }
 
-// The window holds up to `fastPathDedupeEntries` (200,000) outcomes, most of them in this compact form.
-const STATES = ['delivered', 'queued', 'partial'] as const
-
-/** A plain outcome as a flat string: state and online flag in two characters, then the hash as latin1. */
-function packRecent(a: Accepted): string | undefined {
-  if (a.recipients !== undefined || a.recipientOnline === undefined || a.hash.length > 64) return undefined
-  scratch[0] = 0x30 + STATES.indexOf(a.state)
-  scratch[1] = a.recipientOnline ? 0x31 : 0x30
-  scratch.set(a.hash, 2)
-  return scratch.toString('latin1', 0, 2 + a.hash.length)
-}
-
-function unpackRecent(packed: string): Accepted {
-  return {
-    state: STATES[Number(packed[0])]!,
-    recipientOnline: packed[1] === '1',
-    hash: new Uint8Array(Buffer.from(packed.slice(2), 'latin1')),
-  }
+function idempotencyConflict(clientMessageId: string): MeshError {
+  return new MeshError(
+    'MESH_ERR_IDEMPOTENCY_CONFLICT',
+    `clientMessageId ${clientMessageId} was used for another envelope`,
+    { details: { clientMessageId } },
+  )
 }
 
 /** The outcome as a send_ack reports it (a remembered entry also holds its hash, which is not sent). */
