@@ -1,4 +1,4 @@
-import { PGlite, types, type Transaction } from '@electric-sql/pglite'
+import type { PGlite, Transaction } from '@electric-sql/pglite'
 import { MeshError } from '../../protocol/errors.js'
 import { assertChannel, StoreGuard } from './guard.js'
 import { lockDataDir, type DirLock } from './lock.js'
@@ -22,12 +22,13 @@ export async function openPgliteStore(opts: PgliteStoreOptions = {}): Promise<Sc
   const lock = opts.dataDir === undefined ? undefined : await lockDataDir(opts.dataDir)
   try {
     if (opts.dataDir !== undefined && needsInitdb(opts.dataDir)) await initdbApart(opts.dataDir)
+    const { PGlite } = await loadPglite()
     const pg = await PGlite.create({
       ...(opts.dataDir === undefined ? {} : { dataDir: opts.dataDir }),
       ...(opts.snapshot === undefined ? {} : { loadDataDir: opts.snapshot }),
       parsers: PARSERS,
       serializers: SERIALIZERS,
-      startParams: START_PARAMS,
+      startParams: startParams(PGlite),
     })
     return new PgliteStore(pg, lock)
   } catch (cause) {
@@ -42,7 +43,12 @@ export async function openPgliteStore(opts: PgliteStoreOptions = {}): Promise<Sc
  * takes about a quarter of the time initdb does (~0.5 s against ~2 s), and every store-backed test pays it.
  */
 export async function pgliteSnapshot(prepare: (store: ScriptStore) => Promise<unknown>): Promise<Blob> {
-  const pg = await PGlite.create({ parsers: PARSERS, serializers: SERIALIZERS, startParams: START_PARAMS })
+  const { PGlite } = await loadPglite()
+  const pg = await PGlite.create({
+    parsers: PARSERS,
+    serializers: SERIALIZERS,
+    startParams: startParams(PGlite),
+  })
   const store = new PgliteStore(pg, undefined)
   try {
     await prepare(store)
@@ -59,20 +65,31 @@ export async function pgliteSnapshot(prepare: (store: ScriptStore) => Promise<un
  * the default and 284 MB with 16 MB (bench processes under tsx, PGlite 0.5.16). Passed on the command
  * line, so the data directory's postgresql.conf stays as initdb wrote it.
  */
-const START_PARAMS = [...PGlite.defaultStartParams, '-c', 'shared_buffers=16MB']
+function startParams(lib: typeof PGlite): string[] {
+  return [...lib.defaultStartParams, '-c', 'shared_buffers=16MB']
+}
+
+/** PGlite's module, loaded when a store opens: a coordinator on Postgres never pays for it (~7 MB). */
+function loadPglite(): Promise<typeof import('@electric-sql/pglite')> {
+  return import('@electric-sql/pglite')
+}
+
+/** Postgres type OIDs (fixed by Postgres; PGlite's `types` names the same numbers). */
+const INT8 = 20
+const BYTEA = 17
 
 /**
  * int8 as a JS number (types.ts): PGlite's default gives a BigInt beyond 2^53, which would make callers
  * check the type. Values that large do not occur in our schema (times, offsets, versions).
  */
 const PARSERS = {
-  [types.INT8]: (text: string): number => Number(text),
-  [types.BYTEA]: (text: string): Uint8Array => new Uint8Array(Buffer.from(text.slice(2), 'hex')),
+  [INT8]: (text: string): number => Number(text),
+  [BYTEA]: (text: string): Uint8Array => new Uint8Array(Buffer.from(text.slice(2), 'hex')),
 }
 
 /** PGlite's default bytea codec builds the hex text byte by byte; Buffer's hex codec is native. */
 const SERIALIZERS = {
-  [types.BYTEA]: (value: unknown): string => {
+  [BYTEA]: (value: unknown): string => {
     if (!(value instanceof Uint8Array)) throw new TypeError('a bytea parameter must be a Uint8Array')
     return '\\x' + Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('hex')
   },

@@ -1,4 +1,4 @@
-import postgres from 'postgres'
+import type postgres from 'postgres'
 import { MeshError } from '../../protocol/errors.js'
 import { assertChannel, StoreGuard } from './guard.js'
 import type { Row, ScriptStore, ScriptTx } from './types.js'
@@ -21,7 +21,10 @@ export interface PostgresStoreOptions {
  * here: see `openStore`.
  */
 export async function openPostgresStore(opts: PostgresStoreOptions): Promise<ScriptStore> {
-  const sql = postgres(opts.url, {
+  // Loaded here, not at start: a coordinator on PGlite never pays for postgres.js (about 8 MB resident).
+  const { default: connect } = await import('postgres')
+  PostgresError = connect.PostgresError
+  const sql = connect(opts.url, {
     max: opts.maxConnections ?? 10,
     connect_timeout: opts.connectTimeoutSeconds ?? 10,
     // `create table if not exists` and friends send NOTICEs; postgres.js prints them by default.
@@ -41,6 +44,9 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Scr
   }
   return new PostgresStore(sql)
 }
+
+/** postgres.js's error class, once a store was opened. */
+let PostgresError: typeof postgres.PostgresError | undefined
 
 /** The custom types configured above, as postgres.js's generics see them. */
 type Types = { int8: number; bytea: Uint8Array }
@@ -174,7 +180,7 @@ function isConnectionFailure(err: unknown): boolean {
   if (typeof err !== 'object' || err === null || !('code' in err) || typeof err.code !== 'string') {
     return false
   }
-  if (err instanceof postgres.PostgresError) {
+  if (PostgresError !== undefined && err instanceof PostgresError) {
     // 08: connection exception; 57P01-3: admin shutdown, crash shutdown, cannot connect now;
     // 53300: too many connections.
     return /^(08|57P0[123]$|53300$)/.test(err.code)
