@@ -52,8 +52,8 @@ const WINDOW = 64
 /** DMs per round, by size; a first short round on each side warms the JIT and is not counted. */
 function countsFor(size: DmSize, quick: boolean): { messages: number; warmup: number; rounds: number } {
   if (size === '1KiB')
-    return quick ? { messages: 2000, warmup: 300, rounds: 1 } : { messages: 12_000, warmup: 2000, rounds: 3 }
-  return quick ? { messages: 300, warmup: 100, rounds: 1 } : { messages: 2500, warmup: 500, rounds: 3 }
+    return quick ? { messages: 2000, warmup: 300, rounds: 1 } : { messages: 12_000, warmup: 2000, rounds: 5 }
+  return quick ? { messages: 300, warmup: 100, rounds: 1 } : { messages: 2500, warmup: 500, rounds: 5 }
 }
 
 async function onlineFigures(

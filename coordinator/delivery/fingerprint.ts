@@ -9,10 +9,11 @@
  * (bench `relay`). Only the sender can write under its own key, so what is at stake is the sender's
  * own retries, not other peers' messages.
  */
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 
 /** The dedupe fingerprint of `envelope` (32 bytes, owned by the caller). */
 export function dedupeFingerprint(envelope: Uint8Array): Uint8Array {
   // A copy of the 32 bytes: a small Buffer may be a view into a shared pool that the window would pin.
-  return new Uint8Array(createHash('sha256').update(envelope).digest())
+  // The one-shot hash() makes no Hash object (about 0.5 µs of a 1 KiB DM's 2 µs).
+  return new Uint8Array(hash('sha256', envelope, 'buffer'))
 }
