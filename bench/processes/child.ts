@@ -9,7 +9,7 @@
  * and a `__name()` call around every function for its keepNames option.
  */
 import { fork, type ChildProcess } from 'node:child_process'
-import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
@@ -91,8 +91,16 @@ function bundled(entry: string): Promise<string> {
 
 async function bundle(entry: string): Promise<string> {
   if (bundleDir === undefined) {
-    // Inside the project, so bare imports resolve from its node_modules.
-    const dir = mkdtempSync(join(ROOT, 'node_modules', '.agentmesh-bench-'))
+    // Inside the project, so bare imports resolve from its node_modules; named by this process, and
+    // the directories of bench runs that died without their exit handler go first.
+    const modules = join(ROOT, 'node_modules')
+    for (const name of readdirSync(modules)) {
+      const pid = /^\.agentmesh-bench-(\d+)$/.exec(name)?.[1]
+      if (pid !== undefined && !alive(Number(pid)))
+        rmSync(join(modules, name), { recursive: true, force: true })
+    }
+    const dir = join(modules, `.agentmesh-bench-${process.pid}`)
+    mkdirSync(dir, { recursive: true })
     process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
     cpSync(join(ROOT, 'coordinator/store/migrations'), join(dir, 'migrations'), { recursive: true })
     bundleDir = dir
@@ -111,6 +119,15 @@ async function bundle(entry: string): Promise<string> {
     logLevel: 'warning',
   })
   return outfile
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
 }
 
 function wrap<R>(
