@@ -20,26 +20,9 @@ export interface SendOutcome {
 /** A recipient's state as the sender sees it. */
 export type RecipientState = FrameOf<'delivery_receipt'>['status']
 
-// Keys of sends in flight are flat one-byte strings written through one scratch buffer: a template
-// string is a rope of several cons cells, and a clientMessageId from msgpackr is a slice that keeps the
-// whole decoded header string alive.
-const scratch = Buffer.allocUnsafe(1024)
-
-/**
- * The in-memory name of a message `(mesh, from, clientMessageId)`: the mesh's UTF-8 length and bytes, the
- * sender's 32 key bytes and the id's UTF-8 bytes, read as latin1 (one character a byte, so distinct
- * names stay distinct).
- */
-export function dedupeKey(mesh: string, from: Uint8Array, clientMessageId: string): string {
-  const bound = 2 + 3 * mesh.length + from.length + 3 * clientMessageId.length
-  const buf = bound <= scratch.length ? scratch : Buffer.allocUnsafe(bound)
-  const meshBytes = buf.write(mesh, 2, 'utf8')
-  buf.writeUInt16LE(meshBytes, 0)
-  let n = 2 + meshBytes
-  buf.set(from, n)
-  n += from.length
-  n += buf.write(clientMessageId, n, 'utf8')
-  return buf.toString('latin1', 0, n)
+/** The in-memory name of a message; `fromHex` is the sender's key in hex (the caller has it already). */
+export function dedupeKey(mesh: string, fromHex: string, clientMessageId: string): string {
+  return `${mesh}|${fromHex}|${clientMessageId}`
 }
 
 /** The right to send a claimed id; `settle` with the send's outcome (a rejection frees the id). */
@@ -77,7 +60,7 @@ export class Dedupe {
     hash: Uint8Array,
     o: { first?: boolean } = {},
   ): Promise<{ prior: SendOutcome } | { ticket: DedupeTicket }> {
-    const key = dedupeKey(mesh, from, clientMessageId)
+    const key = dedupeKey(mesh, fromHex, clientMessageId)
     for (;;) {
       const known = this.#fromMemory(key, mesh, from, hash, clientMessageId)
       if (known !== undefined) {
