@@ -227,6 +227,25 @@ describe('Outbox', () => {
     expect(await f.outbox.status(row.id)).toMatchObject({ state: 'done', attempts: 0 })
   })
 
+  it('a dispatch that fails for the link after wake() was called retries at once, not after its backoff', async () => {
+    // The row fails for want of a link through an outage (its uncounted backoff grows); then the link
+    // comes back (wake) while one more dispatch is out, and that one fails as it left before the link.
+    let release!: () => void
+    const f = await setup(async (_row, call) => {
+      if (call === 6) await new Promise<void>((r) => (release = r))
+      return call <= 6 ? { kind: 'retry', counted: false, error: DISCONNECTED } : { kind: 'done' }
+    })
+    const row = await f.outbox.enqueue(f.row(1))
+    while (f.calls.length < 6) await f.clock.advance(1_000)
+    const at = f.clock.now()
+    f.outbox.wake()
+    release()
+    // No clock advance: it must not wait out a backoff that had grown to several seconds.
+    await eventually(async () => (await f.outbox.status(row.id))?.state === 'done')
+    expect(f.calls.map((c) => c.at).slice(-1)).toEqual([at])
+    expect(await f.outbox.status(row.id)).toMatchObject({ attempts: 0 })
+  })
+
   it('a rate-limited row waits retryAfterMs without an attempt, and wake() does not hurry it', async () => {
     const f = await setup((_row, call) =>
       call === 1

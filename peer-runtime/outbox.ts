@@ -89,6 +89,8 @@ const FINAL_STATES: ReadonlySet<RecipientState> = new Set<RecipientState>([
 interface Flight {
   row: OutboxRow
   controller: AbortController
+  /** `wake()`s before this dispatch began (see #retry). */
+  wakes: number
 }
 
 const ABORTED = Symbol('aborted')
@@ -121,6 +123,8 @@ export class Outbox extends Emitter<OutboxEvents> {
   readonly #uncounted = new Map<string, number>()
   /** Rows waiting after an uncounted retry without `retryAfterMs` (disconnected): `wake()` frees them. */
   readonly #waitingLink = new Set<string>()
+  /** How many times `wake()` was called: a dispatch that fails for the link after one needs no wait. */
+  #wakes = 0
   /** Per-row chains, so a receipt and a dispatch result never interleave their read-modify-writes. */
   readonly #locks = new Map<string, Promise<void>>()
   /** The loop's run, for `stop()` to wait on; `#pumpActive` says whether it is still going. */
@@ -196,6 +200,7 @@ export class Outbox extends Emitter<OutboxEvents> {
    * their `retryAfterMs`.
    */
   wake(): void {
+    this.#wakes++
     const ids = [...this.#waitingLink]
     this.#waitingLink.clear()
     for (const id of ids) this.#uncounted.delete(id)
@@ -379,7 +384,7 @@ export class Outbox extends Emitter<OutboxEvents> {
 
   /** Starts one claimed (`inflight`) row; does not wait for it. */
   #launch(row: OutboxRow): void {
-    const flight: Flight = { row, controller: new AbortController() }
+    const flight: Flight = { row, controller: new AbortController(), wakes: this.#wakes }
     this.#flights.set(row.id, flight)
     this.emit('state', row)
     const settling = this.#fly(flight)
@@ -431,15 +436,24 @@ export class Outbox extends Emitter<OutboxEvents> {
     } else if (result.kind === 'dead') {
       patch = { state: 'dead', lastError: result.error, updatedAt: now }
     } else {
-      patch = this.#retry(row, result, now)
+      patch = this.#retry(row, result, now, flight.wakes !== this.#wakes)
     }
     if (patch.state !== 'pending') this.#forget(row.id)
     const updated = await this.#store.updateOutbox(row.id, patch, ['inflight'])
     if (updated !== undefined) this.emit('state', updated)
   }
 
-  /** The patch for a `retry` result: back to `pending` at the backoff, or `dead` by age or attempts. */
-  #retry(row: OutboxRow, result: Extract<DispatchResult, { kind: 'retry' }>, now: number): OutboxPatch {
+  /**
+   * The patch for a `retry` result: back to `pending` at the backoff, or `dead` by age or attempts.
+   * `woken`: the link came back while this dispatch was out, so a failure for want of it retries at once
+   * (it missed that `wake()`, and would otherwise sit out a backoff grown through the whole outage).
+   */
+  #retry(
+    row: OutboxRow,
+    result: Extract<DispatchResult, { kind: 'retry' }>,
+    now: number,
+    woken: boolean,
+  ): OutboxPatch {
     if (this.#expired(row, now))
       return { state: 'dead', lastError: this.#expiry(result.error).error, updatedAt: now }
     const given =
@@ -467,9 +481,15 @@ export class Outbox extends Emitter<OutboxEvents> {
     } else {
       const streak = (this.#uncounted.get(row.id) ?? 0) + 1
       this.#uncounted.set(row.id, streak)
-      if (given === undefined) this.#waitingLink.add(row.id)
-      else this.#waitingLink.delete(row.id)
-      delay = given ?? this.#backoff(streak)
+      if (given === undefined && woken) {
+        this.#uncounted.delete(row.id)
+        this.#waitingLink.delete(row.id)
+        delay = 0
+      } else {
+        if (given === undefined) this.#waitingLink.add(row.id)
+        else this.#waitingLink.delete(row.id)
+        delay = given ?? this.#backoff(streak)
+      }
     }
     // Never sleep past the row's expiry: it is declared dead on time.
     const nextAttemptAt = Math.min(now + delay, row.createdAt + this.#maxAgeMs)
