@@ -13,6 +13,7 @@
  * the state and the recipient-online flag. Outcomes that do not fit that shape (a per-recipient map, a
  * longer or non-ASCII id) are kept in a small Map beside it, under the same oldest-first rule.
  */
+import { bytesEqual } from '../../protocol/index.js'
 import type { SendOutcome } from './dedupe.js'
 
 const ENTRY = 88
@@ -71,14 +72,13 @@ export class RecentOutcomes {
           recipientOnline: this.#entries[at + ONLINE_AT] === 1,
         }
         const stored = this.#entries.subarray(at + HASH_AT, at + HASH_AT + HASH_BYTES)
-        return { outcome, sameBytes: hash.length >= HASH_BYTES && sameBytes(stored, hash, HASH_BYTES) }
+        return { outcome, sameBytes: bytesEqual(stored, hash.subarray(0, HASH_BYTES)) }
       }
     }
     if (this.#others.size === 0) return undefined
     const other = this.#others.get(otherKey(mesh, from, clientMessageId))
     if (other === undefined) return undefined
-    const same = other.hash.length === hash.length && sameBytes(other.hash, hash, hash.length)
-    return { outcome: other.outcome, sameBytes: same }
+    return { outcome: other.outcome, sameBytes: bytesEqual(other.hash, hash) }
   }
 
   /** Remembers an outcome; the oldest one goes when the window is full. */
@@ -193,10 +193,4 @@ export class RecentOutcomes {
 
 function otherKey(mesh: string, from: Uint8Array, clientMessageId: string): string {
   return `${mesh}\0${Buffer.from(from.buffer, from.byteOffset, from.byteLength).toString('latin1')}\0${clientMessageId}`
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array, n: number): boolean {
-  if (a.length < n || b.length < n) return false
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false
-  return true
 }
