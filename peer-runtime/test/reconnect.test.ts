@@ -94,7 +94,20 @@ describe.each(storeLegs())('Peer reconnects (%s)', (driver) => {
     await restart()
     for (let i = 0; i < 200 && !alice.connected; i++) await clock.advance(1_000)
     expect(alice.connected).toBe(true)
-    const got = await texts(bob, 20)
+    // From here time goes on for the coordinator too (its clock is the world's): on a loaded machine a
+    // push can miss its ack, and only the coordinator's ackWaitMs deadline and claim lease move it on.
+    let ticking = true
+    const ticker = (async () => {
+      while (ticking) {
+        await world.clock.advance(200)
+        await clock.advance(200)
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    })()
+    const got = await texts(bob, 20).finally(async () => {
+      ticking = false
+      await ticker
+    })
     expect(got.sort()).toEqual(ids.map((_, i) => `m${i}`).sort())
     for (let i = 0; i < 50; i++) {
       const states = await Promise.all(ids.map(async (id) => (await alice.status(id))?.state))
