@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
@@ -11,6 +11,7 @@ import {
   testMessageId,
   testOutboxRow,
 } from '../store/compliance.js'
+import { SCHEMA_V1 } from './sqlite-schema.js'
 import { SQLITE_SCHEMA_VERSION, sqliteStore } from './sqlite-store.js'
 
 const root = mkdtempSync(join(tmpdir(), 'agentmesh-sqlite-store-'))
@@ -19,6 +20,91 @@ let files = 0
 const freshPath = (): string => join(root, `run-${++files}`, 'runtime.db')
 
 afterAll(() => rmSync(root, { recursive: true, force: true }))
+
+const T0 = Date.UTC(2026, 0, 1)
+
+/**
+ * A file as a schema-1 build left it: the schema-1 DDL, two pending outbox rows and an inflight one,
+ * an inbox with one consumed and one unconsumed row; written with plain SQL, as that build wrote them.
+ */
+function schemaOneFile(): string {
+  const path = freshPath()
+  mkdirSync(join(path, '..'), { recursive: true })
+  const db = new Database(path)
+  db.pragma('journal_mode = WAL')
+  db.exec(SCHEMA_V1)
+  db.pragma('user_version = 1')
+  const outbox = db.prepare(
+    `INSERT INTO outbox (id, mesh, from_pk, target, channel, envelope, state, attempts, created_at,
+       updated_at, next_attempt_at, last_error, recipients, fingerprint, session_id, requeued_as)
+     VALUES (?, 'mesh-test', ?, ?, 'dm', ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)`,
+  )
+  const row = (n: number): ReturnType<typeof testOutboxRow> => testOutboxRow(n)
+  const r1 = row(1)
+  outbox.run(
+    r1.id,
+    r1.from,
+    r1.target,
+    r1.envelope,
+    'pending',
+    2,
+    r1.createdAt,
+    T0 + 50,
+    T0 + 10,
+    JSON.stringify({ code: 'MESH_ERR_QUEUE_FULL', message: 'full' }),
+    JSON.stringify({ aa: 'queued' }),
+  )
+  const r2 = row(2)
+  outbox.run(
+    r2.id,
+    r2.from,
+    r2.target,
+    r2.envelope,
+    'pending',
+    0,
+    r2.createdAt,
+    r2.createdAt,
+    T0 + 20,
+    null,
+    null,
+  )
+  const r3 = row(3)
+  outbox.run(
+    r3.id,
+    r3.from,
+    r3.target,
+    r3.envelope,
+    'inflight',
+    1,
+    r3.createdAt,
+    T0 + 60,
+    T0 + 30,
+    null,
+    null,
+  )
+  const inbox = db.prepare(
+    `INSERT INTO inbox (mesh, recipient_pk, from_pk, client_message_id, channel, delivery_id, via, envelope,
+       payload, status, received_at, consumed_at)
+     VALUES (@mesh, @recipient, @from, @clientMessageId, @channel, @deliveryId, @via, @envelope, @payload,
+       @status, @receivedAt, @consumedAt)`,
+  )
+  inbox.run({ ...testInboxRow(12), consumedAt: T0 + 99 })
+  inbox.run({ ...testInboxRow(11), consumedAt: null })
+  db.close()
+  return path
+}
+
+/** The file's schema as SQLite records it (tables and indexes with their SQL), sorted. */
+function schemaOf(path: string): unknown[] {
+  const db = new Database(path, { readonly: true })
+  const rows = db
+    .prepare(
+      "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+    )
+    .all()
+  db.close()
+  return rows
+}
 
 runtimeStoreCompliance('sqlite', async () => sqliteStore({ path: freshPath() }), {
   runner: { describe, it },
@@ -95,6 +181,66 @@ describe('sqlite store', () => {
       err = e
     }
     expect(isMeshError(err, 'MESH_ERR_SCHEMA_TOO_NEW')).toBe(true)
+  })
+
+  it('migrates a schema-1 file to schema 2 with its pending outbox and unconsumed inbox intact', async () => {
+    const path = schemaOneFile()
+    const store = sqliteStore({ path })
+    const db = new Database(path, { readonly: true })
+    expect(db.pragma('user_version', { simple: true })).toBe(2)
+    db.close()
+    // The pending rows are due in their order; the inflight one comes back at recovery.
+    expect((await store.dueOutbox(T0 + 1_000, 10)).map((r) => r.id)).toEqual([
+      testMessageId(1),
+      testMessageId(2),
+    ])
+    expect(await store.getOutbox(testMessageId(1))).toEqual({
+      ...testOutboxRow(1),
+      state: 'pending',
+      attempts: 2,
+      updatedAt: T0 + 50,
+      nextAttemptAt: T0 + 10,
+      lastError: { code: 'MESH_ERR_QUEUE_FULL', message: 'full' },
+      recipients: { aa: 'queued' },
+    })
+    expect(await store.recoverInflight(T0 + 2_000)).toBe(1)
+    expect((await store.claimDue(T0 + 2_000, 10)).map((r) => r.id)).toEqual([1, 2, 3].map(testMessageId))
+    const unread = await store.readInbox({ mesh: 'mesh-test', recipients: [testKey(2)], unconsumed: true })
+    expect(unread).toEqual([{ ...testInboxRow(11), seq: 2 }])
+    expect((await store.insertInbox(testInboxRow(12))).inserted).toBe(false)
+    // A new inbox row continues the old seq, and the schema-2 tables work.
+    expect((await store.insertInbox(testInboxRow(13))).row.seq).toBeGreaterThan(2)
+    await store.saveMeshView({ mesh: 'mesh-test', version: 4, snapshot: new Uint8Array([1]), savedAt: T0 })
+    expect((await store.loadMeshView('mesh-test'))?.version).toBe(4)
+    await store.close()
+  })
+
+  it('gives a migrated schema-1 file the same schema as a new file', async () => {
+    const migrated = schemaOneFile()
+    await sqliteStore({ path: migrated }).close()
+    const fresh = freshPath()
+    await sqliteStore({ path: fresh }).close()
+    expect(schemaOf(migrated)).toEqual(schemaOf(fresh))
+  })
+
+  it('migrates in one transaction: a migration that fails leaves the file at schema 1, whole', async () => {
+    const path = schemaOneFile()
+    const db = new Database(path)
+    // A table in the way of migration 2's first statement passes; the clash comes later, mid-way.
+    db.exec('CREATE TABLE rpc_answers (x INTEGER)')
+    db.close()
+    expect(() => sqliteStore({ path })).toThrow(
+      expect.objectContaining({ code: 'MESH_ERR_STORE_UNAVAILABLE' }),
+    )
+    const after = new Database(path, { readonly: true })
+    expect(after.pragma('user_version', { simple: true })).toBe(1)
+    const tables = after
+      .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+      .pluck()
+      .all()
+    expect(tables).not.toContain('mesh_view')
+    expect(after.prepare('SELECT count(*) FROM outbox').pluck().get()).toBe(3)
+    after.close()
   })
 
   it('refuses a file that is not a database with MESH_ERR_STORE_UNAVAILABLE', () => {

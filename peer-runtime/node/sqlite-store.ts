@@ -23,6 +23,7 @@ import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
 import { newInboxRow, newOutboxRow } from '../store/rows.js'
+import { migrate } from './sqlite-schema.js'
 import type { Channel } from '../../protocol/envelope.js'
 import { toHex } from '../../protocol/encoding.js'
 import { isMeshError, MeshError } from '../../protocol/errors.js'
@@ -38,7 +39,9 @@ import type {
   OutboxState,
   RecipientState,
   RowError,
+  RpcAnswerRow,
   RuntimeStore,
+  SavedMeshView,
 } from '../store/types.js'
 
 /** Options of `sqliteStore`. */
@@ -49,54 +52,7 @@ export interface SqliteStoreOptions {
   synchronous?: 'normal' | 'full'
 }
 
-/** The schema version this build writes and reads (`PRAGMA user_version`). */
-export const SQLITE_SCHEMA_VERSION = 1
-
-const SCHEMA_V1 = `
-CREATE TABLE outbox (
-  id TEXT PRIMARY KEY,
-  mesh TEXT NOT NULL,
-  from_pk BLOB NOT NULL,
-  target TEXT NOT NULL,
-  channel TEXT NOT NULL,
-  envelope BLOB NOT NULL,
-  state TEXT NOT NULL,
-  attempts INTEGER NOT NULL,
-  created_at INTEGER NOT NULL,
-  updated_at INTEGER NOT NULL,
-  next_attempt_at INTEGER NOT NULL,
-  last_error TEXT,
-  recipients TEXT,
-  fingerprint BLOB,
-  session_id TEXT,
-  requeued_as TEXT
-);
--- The scheduler's question: which pending rows are due, in order. Queries name it (INDEXED BY): without
--- statistics the planner would take outbox_state and sort every pending row.
-CREATE INDEX outbox_due ON outbox (next_attempt_at, created_at, id) WHERE state = 'pending';
--- Listings by state, recovery of inflight rows, pruning.
-CREATE INDEX outbox_state ON outbox (state, created_at, id);
-
-CREATE TABLE inbox (
-  -- AUTOINCREMENT: a seq is never reused, even after every row was pruned (readers hold cursors).
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  mesh TEXT NOT NULL,
-  recipient_pk BLOB NOT NULL,
-  from_pk BLOB NOT NULL,
-  client_message_id TEXT NOT NULL,
-  channel TEXT NOT NULL,
-  delivery_id TEXT,
-  via TEXT NOT NULL,
-  envelope BLOB NOT NULL,
-  payload BLOB,
-  status TEXT NOT NULL,
-  received_at INTEGER NOT NULL,
-  consumed_at INTEGER,
-  UNIQUE (mesh, recipient_pk, from_pk, client_message_id)
-);
-CREATE INDEX inbox_reader ON inbox (mesh, recipient_pk, seq);
-CREATE INDEX inbox_received ON inbox (received_at);
-`
+export { SQLITE_SCHEMA_VERSION } from './sqlite-schema.js'
 
 const DEFAULT_INBOX_LIMIT = 100
 
@@ -160,6 +116,37 @@ function toOutboxRow(r: OutboxRecord): OutboxRow {
   if (r.session_id !== null) row.sessionId = r.session_id
   if (r.requeued_as !== null) row.requeuedAs = r.requeued_as
   return row
+}
+
+interface MeshViewRecord {
+  mesh: string
+  version: number
+  snapshot: Buffer
+  saved_at: number
+}
+
+interface RpcAnswerRecord {
+  mesh: string
+  from_pk: Buffer
+  correlation_id: string
+  answer: Buffer | null
+  expires_at: number
+}
+
+function toRpcAnswerRow(r: RpcAnswerRecord): RpcAnswerRow {
+  const row: RpcAnswerRow = {
+    mesh: r.mesh,
+    from: bytes(r.from_pk),
+    correlationId: r.correlation_id,
+    expiresAt: r.expires_at,
+  }
+  if (r.answer !== null) row.answer = bytes(r.answer)
+  return row
+}
+
+/** A statement's `LIMIT` for an optional chunk size: -1 is SQLite's "no limit". */
+function sqlLimit(limit: number | undefined): number {
+  return limit === undefined ? -1 : Math.max(0, Math.floor(limit))
 }
 
 function toInboxRow(r: InboxRecord): InboxRow {
@@ -321,8 +308,8 @@ class SqliteStore implements RuntimeStore {
     return this.#run(() => this.#requeueTx(id, newRow, now))
   }
 
-  async pruneOutbox(before: number): Promise<number> {
-    return this.#run(() => this.#stmt.pruneOutbox.run({ before }).changes)
+  async pruneOutbox(before: number, limit?: number): Promise<number> {
+    return this.#run(() => this.#stmt.pruneOutbox.run({ before, limit: sqlLimit(limit) }).changes)
   }
 
   async insertInbox(row: NewInboxRow): Promise<InboxInsert> {
@@ -348,8 +335,48 @@ class SqliteStore implements RuntimeStore {
     return this.#run(() => this.#consumeTx(mesh, seqs, at))
   }
 
-  async pruneInbox(before: number): Promise<number> {
-    return this.#run(() => this.#stmt.pruneInbox.run({ before }).changes)
+  async pruneInbox(before: number, limit?: number): Promise<number> {
+    return this.#run(() => this.#stmt.pruneInbox.run({ before, limit: sqlLimit(limit) }).changes)
+  }
+
+  async saveMeshView(view: SavedMeshView): Promise<void> {
+    this.#run(() => this.#stmt.saveMeshView.run(view))
+  }
+
+  async loadMeshView(mesh: string): Promise<SavedMeshView | undefined> {
+    return this.#run(() => {
+      const r = this.#stmt.loadMeshView.get(mesh) as MeshViewRecord | undefined
+      return r === undefined
+        ? undefined
+        : { mesh: r.mesh, version: r.version, snapshot: bytes(r.snapshot), savedAt: r.saved_at }
+    })
+  }
+
+  async putRpcAnswer(row: RpcAnswerRow): Promise<void> {
+    this.#run(() =>
+      this.#stmt.putRpcAnswer.run({
+        mesh: row.mesh,
+        from: row.from,
+        correlationId: row.correlationId,
+        answer: row.answer ?? null,
+        expiresAt: row.expiresAt,
+      }),
+    )
+  }
+
+  async getRpcAnswer(
+    mesh: string,
+    from: Uint8Array,
+    correlationId: string,
+  ): Promise<RpcAnswerRow | undefined> {
+    return this.#run(() => {
+      const r = this.#stmt.getRpcAnswer.get({ mesh, from, correlationId }) as RpcAnswerRecord | undefined
+      return r === undefined ? undefined : toRpcAnswerRow(r)
+    })
+  }
+
+  async pruneRpcAnswers(now: number, limit?: number): Promise<number> {
+    return this.#run(() => this.#stmt.pruneRpcAnswers.run({ now, limit: sqlLimit(limit) }).changes)
   }
 
   async close(): Promise<void> {
@@ -395,23 +422,6 @@ class SqliteStore implements RuntimeStore {
     }
     return reader
   }
-}
-
-/** Creates the schema in a fresh file; refuses a file from a newer build. */
-function migrate(db: Database.Database): void {
-  const version = db.pragma('user_version', { simple: true }) as number
-  if (version > SQLITE_SCHEMA_VERSION) {
-    throw new MeshError(
-      'MESH_ERR_SCHEMA_TOO_NEW',
-      `the runtime store has schema version ${version}; this build knows up to ${SQLITE_SCHEMA_VERSION}`,
-      { details: { applied: version, known: SQLITE_SCHEMA_VERSION } },
-    )
-  }
-  if (version === SQLITE_SCHEMA_VERSION) return
-  db.transaction(() => {
-    db.exec(SCHEMA_V1)
-    db.pragma(`user_version = ${SQLITE_SCHEMA_VERSION}`)
-  })()
 }
 
 function prepare(db: Database.Database) {
@@ -464,7 +474,10 @@ function prepare(db: Database.Database) {
        WHERE id = @id AND state = 'dead'`,
     ),
     pruneOutbox: db.prepare(
-      `DELETE FROM outbox WHERE state IN ('done', 'aborted', 'dead') AND updated_at < @before`,
+      `DELETE FROM outbox WHERE rowid IN (
+         SELECT rowid FROM outbox INDEXED BY outbox_finished
+         WHERE state IN ('done', 'aborted', 'dead') AND updated_at < @before
+         ORDER BY updated_at LIMIT @limit)`,
     ),
     insertInbox: db
       .prepare(
@@ -483,7 +496,29 @@ function prepare(db: Database.Database) {
     consumeInbox: db.prepare(
       `UPDATE inbox SET consumed_at = @at WHERE seq = @seq AND mesh = @mesh AND consumed_at IS NULL`,
     ),
-    pruneInbox: db.prepare('DELETE FROM inbox WHERE received_at < @before'),
+    pruneInbox: db.prepare(
+      `DELETE FROM inbox WHERE seq IN (
+         SELECT seq FROM inbox WHERE received_at < @before ORDER BY seq LIMIT @limit)`,
+    ),
+    saveMeshView: db.prepare(
+      `INSERT INTO mesh_view (mesh, version, snapshot, saved_at) VALUES (@mesh, @version, @snapshot, @savedAt)
+       ON CONFLICT (mesh) DO UPDATE SET version = excluded.version, snapshot = excluded.snapshot,
+         saved_at = excluded.saved_at`,
+    ),
+    loadMeshView: db.prepare('SELECT * FROM mesh_view WHERE mesh = ?'),
+    putRpcAnswer: db.prepare(
+      `INSERT INTO rpc_answers (mesh, from_pk, correlation_id, answer, expires_at)
+       VALUES (@mesh, @from, @correlationId, @answer, @expiresAt)
+       ON CONFLICT (mesh, from_pk, correlation_id) DO UPDATE SET answer = excluded.answer,
+         expires_at = excluded.expires_at`,
+    ),
+    getRpcAnswer: db.prepare(
+      'SELECT * FROM rpc_answers WHERE mesh = @mesh AND from_pk = @from AND correlation_id = @correlationId',
+    ),
+    pruneRpcAnswers: db.prepare(
+      `DELETE FROM rpc_answers WHERE rowid IN (
+         SELECT rowid FROM rpc_answers WHERE expires_at <= @now ORDER BY expires_at LIMIT @limit)`,
+    ),
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * The one suite every `RuntimeStore` driver passes (CONVENTIONS §2): outbox inserts idempotent by id,
  * compare-and-set updates, the due order, `claimDue`, `nextDue`, recovery of `inflight` rows, requeue
- * only from `dead`, pruning; inbox dedupe by `(mesh, recipient, from, clientMessageId)`, reader scoping,
+ * only from `dead`, pruning (whole and in chunks); the saved mesh view; rpc answers; inbox dedupe by `(mesh, recipient, from, clientMessageId)`, reader scoping,
  * consumption; and `MESH_ERR_STORE_CLOSED` after `close()`.
  *
  * A driver's test is a few lines: `runtimeStoreCompliance('memory', async () => memoryStore(), { runner:
@@ -379,6 +379,91 @@ export function runtimeStoreCompliance(
       check((await store.pruneOutbox(T0 + 200)) === 0, 'a second prune deleted rows')
     })
 
+    test('pruneOutbox with a limit deletes at most that many, oldest first, and the rest next time', async (store) => {
+      for (let n = 1; n <= 5; n++) {
+        await store.insertOutbox(testOutboxRow(n))
+        await store.updateOutbox(testMessageId(n), { state: 'done', updatedAt: T0 + 100 - n })
+      }
+      await store.insertOutbox(testOutboxRow(6))
+      check((await store.pruneOutbox(T0 + 1_000, 2)) === 2, 'the first chunk')
+      checkEqual(
+        ids(await store.listOutbox(['done', 'pending'], 10)),
+        [1, 2, 3, 6].map(testMessageId),
+        'the rows after one chunk (the two updated longest ago went)',
+      )
+      check((await store.pruneOutbox(T0 + 1_000, 0)) === 0, 'a zero limit deleted rows')
+      check((await store.pruneOutbox(T0 + 1_000, 10)) === 3, 'the second chunk')
+      checkEqual(ids(await store.listOutbox(['done', 'pending'], 10)), [testMessageId(6)], 'the pending row')
+    })
+
+    test('pruneInbox with a limit deletes at most that many, oldest first', async (store) => {
+      const rows = await store.insertInboxMany(
+        [1, 2, 3, 4].map((n) => testInboxRow(n, { receivedAt: T0 + n })),
+      )
+      check((await store.pruneInbox(T0 + 100, 3)) === 3, 'the first chunk')
+      checkEqual(
+        seqs(await store.readInbox({ mesh: MESH, recipients: [testKey(2)] })),
+        [rows[3]?.row.seq],
+        'the row left after a chunk of 3',
+      )
+      check((await store.insertInbox(testInboxRow(4))).inserted === false, 'a kept row lost its dedupe')
+      check((await store.insertInbox(testInboxRow(1))).inserted, 'a pruned identity was still remembered')
+    })
+
+    test('saves one mesh view per mesh, replacing the last, as its own copy', async (store) => {
+      check((await store.loadMeshView(MESH)) === undefined, 'a view before any was saved')
+      const snapshot = new Uint8Array([1, 2, 3])
+      await store.saveMeshView({ mesh: MESH, version: 7, snapshot, savedAt: T0 })
+      await store.saveMeshView({ mesh: 'mesh-other', version: 1, snapshot: new Uint8Array([9]), savedAt: T0 })
+      snapshot.fill(0xee)
+      checkEqual(
+        await store.loadMeshView(MESH),
+        { mesh: MESH, version: 7, snapshot: new Uint8Array([1, 2, 3]), savedAt: T0 },
+        'the saved view',
+      )
+      const big = new Uint8Array(256 * 1024).map((_, i) => (i * 7) & 0xff)
+      await store.saveMeshView({ mesh: MESH, version: 9, snapshot: big, savedAt: T0 + 5 })
+      checkEqual(
+        await store.loadMeshView(MESH),
+        { mesh: MESH, version: 9, snapshot: big, savedAt: T0 + 5 },
+        'the view after a second save',
+      )
+      checkEqual(
+        await store.loadMeshView('mesh-other'),
+        { mesh: 'mesh-other', version: 1, snapshot: new Uint8Array([9]), savedAt: T0 },
+        'the other mesh',
+      )
+    })
+
+    test('keeps rpc answers by (mesh, from, correlationId); upserts; prunes expired ones', async (store) => {
+      const running = { mesh: MESH, from: testKey(3), correlationId: 'c-1', expiresAt: T0 + 100 }
+      await store.putRpcAnswer(running)
+      checkEqual(await store.getRpcAnswer(MESH, testKey(3), 'c-1'), running, 'a record without an answer')
+      const answered = { ...running, answer: new Uint8Array([0xc3]), expiresAt: T0 + 200 }
+      await store.putRpcAnswer(answered)
+      checkEqual(await store.getRpcAnswer(MESH, testKey(3), 'c-1'), answered, 'the record after its answer')
+      for (const [mesh, from, id] of [
+        ['mesh-other', 3, 'c-1'],
+        [MESH, 4, 'c-1'],
+        [MESH, 3, 'c-2'],
+      ] as const) {
+        check(
+          (await store.getRpcAnswer(mesh, testKey(from), id)) === undefined,
+          `another part of the key found the record (${mesh}, ${from}, ${id})`,
+        )
+      }
+      for (let n = 1; n <= 4; n++) {
+        await store.putRpcAnswer({ mesh: MESH, from: testKey(5), correlationId: `e-${n}`, expiresAt: T0 + n })
+      }
+      check((await store.pruneRpcAnswers(T0 + 3, 2)) === 2, 'the first chunk')
+      check((await store.getRpcAnswer(MESH, testKey(5), 'e-1')) === undefined, 'e-1 outlived its expiry')
+      check((await store.getRpcAnswer(MESH, testKey(5), 'e-3')) !== undefined, 'e-3 went beyond the limit')
+      check((await store.pruneRpcAnswers(T0 + 3)) === 1, 'expiresAt equal to now is expired')
+      check((await store.getRpcAnswer(MESH, testKey(5), 'e-4')) !== undefined, 'e-4 went before its expiry')
+      check((await store.getRpcAnswer(MESH, testKey(3), 'c-1')) !== undefined, 'c-1 went before its expiry')
+      check((await store.pruneRpcAnswers(T0 + 1_000)) === 2, 'pruning everything')
+    })
+
     test('dedupes inbox rows by (mesh, recipient, from, clientMessageId)', async (store) => {
       const first = await store.insertInbox(testInboxRow(1))
       check(first.inserted && first.row.seq > 0, 'the first inbox insert did not insert')
@@ -526,6 +611,17 @@ export function runtimeStoreCompliance(
         ['readInbox', () => store.readInbox({ mesh: MESH, recipients: [testKey(2)] })],
         ['consumeInbox', () => store.consumeInbox(MESH, [1], T0)],
         ['pruneInbox', () => store.pruneInbox(T0)],
+        [
+          'saveMeshView',
+          () => store.saveMeshView({ mesh: MESH, version: 1, snapshot: new Uint8Array(), savedAt: T0 }),
+        ],
+        ['loadMeshView', () => store.loadMeshView(MESH)],
+        [
+          'putRpcAnswer',
+          () => store.putRpcAnswer({ mesh: MESH, from: testKey(1), correlationId: 'c', expiresAt: T0 }),
+        ],
+        ['getRpcAnswer', () => store.getRpcAnswer(MESH, testKey(1), 'c')],
+        ['pruneRpcAnswers', () => store.pruneRpcAnswers(T0)],
       ]
       for (const [method, call] of calls) {
         const err = await call().then(

@@ -22,7 +22,9 @@ import type {
   OutboxPatch,
   OutboxRow,
   OutboxState,
+  RpcAnswerRow,
   RuntimeStore,
+  SavedMeshView,
 } from './types.js'
 
 /** A volatile store holding everything in memory. */
@@ -55,6 +57,22 @@ function cloneInbox(row: InboxRow): InboxRow {
   return { ...row }
 }
 
+function cloneRpcAnswer(row: RpcAnswerRow): RpcAnswerRow {
+  const copy: RpcAnswerRow = {
+    mesh: row.mesh,
+    from: row.from.slice(),
+    correlationId: row.correlationId,
+    expiresAt: row.expiresAt,
+  }
+  if (row.answer !== undefined) copy.answer = row.answer.slice()
+  return copy
+}
+
+/** The first `limit` items (all when `limit` is undefined; none when it is 0 or less). */
+function upTo<T>(items: T[], limit: number | undefined): T[] {
+  return limit === undefined ? items : items.slice(0, Math.max(0, limit))
+}
+
 class MemoryStore implements RuntimeStore {
   readonly durability = 'volatile' as const
   #closed = false
@@ -67,6 +85,9 @@ class MemoryStore implements RuntimeStore {
   /** Inbox rows per `mesh \0 recipient`, in `seq` order. */
   readonly #streams = new Map<string, InboxRow[]>()
   #seq = 0
+  readonly #meshViews = new Map<string, SavedMeshView>()
+  /** rpc answers by `mesh \0 from \0 correlationId`. */
+  readonly #rpcAnswers = new Map<string, RpcAnswerRow>()
 
   async insertOutbox(input: NewOutboxRow): Promise<{ inserted: boolean; row: OutboxRow }> {
     this.#assertOpen()
@@ -164,16 +185,16 @@ class MemoryStore implements RuntimeStore {
     return (await this.insertOutbox(newRow)).row
   }
 
-  async pruneOutbox(before: number): Promise<number> {
+  async pruneOutbox(before: number, limit?: number): Promise<number> {
     this.#assertOpen()
-    let deleted = 0
-    for (const [id, row] of this.#outbox) {
-      if (PRUNABLE.has(row.state) && row.updatedAt < before) {
-        this.#outbox.delete(id)
-        deleted++
-      }
-    }
-    return deleted
+    const doomed = upTo(
+      [...this.#outbox.values()]
+        .filter((row) => PRUNABLE.has(row.state) && row.updatedAt < before)
+        .sort((a, b) => a.updatedAt - b.updatedAt),
+      limit,
+    )
+    for (const row of doomed) this.#outbox.delete(row.id)
+    return doomed.length
   }
 
   async insertInbox(input: NewInboxRow): Promise<InboxInsert> {
@@ -220,22 +241,66 @@ class MemoryStore implements RuntimeStore {
     return changed
   }
 
-  async pruneInbox(before: number): Promise<number> {
+  async pruneInbox(before: number, limit?: number): Promise<number> {
     this.#assertOpen()
-    let deleted = 0
-    for (const [key, row] of this.#inboxByIdentity) {
-      if (row.receivedAt >= before) continue
-      this.#inboxByIdentity.delete(key)
+    // Oldest first (by seq, the arrival order), as the sqlite driver deletes them.
+    const doomed = upTo(
+      [...this.#inboxBySeq.values()].filter((row) => row.receivedAt < before).sort((a, b) => a.seq - b.seq),
+      limit,
+    )
+    if (doomed.length === 0) return 0
+    const gone = new Set<InboxRow>()
+    for (const row of doomed) {
+      gone.add(row)
       this.#inboxBySeq.delete(row.seq)
-      deleted++
+      this.#inboxByIdentity.delete(
+        `${row.mesh}\0${toHex(row.recipient)}\0${toHex(row.from)}\0${row.clientMessageId}`,
+      )
     }
-    if (deleted === 0) return 0
     for (const [key, stream] of this.#streams) {
-      const kept = stream.filter((row) => row.receivedAt >= before)
+      const kept = stream.filter((row) => !gone.has(row))
       if (kept.length === 0) this.#streams.delete(key)
-      else this.#streams.set(key, kept)
+      else if (kept.length !== stream.length) this.#streams.set(key, kept)
     }
-    return deleted
+    return doomed.length
+  }
+
+  async saveMeshView(view: SavedMeshView): Promise<void> {
+    this.#assertOpen()
+    this.#meshViews.set(view.mesh, { ...view, snapshot: view.snapshot.slice() })
+  }
+
+  async loadMeshView(mesh: string): Promise<SavedMeshView | undefined> {
+    this.#assertOpen()
+    const view = this.#meshViews.get(mesh)
+    return view === undefined ? undefined : { ...view, snapshot: view.snapshot.slice() }
+  }
+
+  async putRpcAnswer(row: RpcAnswerRow): Promise<void> {
+    this.#assertOpen()
+    this.#rpcAnswers.set(rpcKey(row.mesh, row.from, row.correlationId), cloneRpcAnswer(row))
+  }
+
+  async getRpcAnswer(
+    mesh: string,
+    from: Uint8Array,
+    correlationId: string,
+  ): Promise<RpcAnswerRow | undefined> {
+    this.#assertOpen()
+    const row = this.#rpcAnswers.get(rpcKey(mesh, from, correlationId))
+    return row === undefined ? undefined : cloneRpcAnswer(row)
+  }
+
+  async pruneRpcAnswers(now: number, limit?: number): Promise<number> {
+    this.#assertOpen()
+    const doomed = upTo(
+      [...this.#rpcAnswers]
+        .filter(([, row]) => row.expiresAt <= now)
+        .sort(([, a], [, b]) => a.expiresAt - b.expiresAt),
+      limit,
+    )
+    for (const [key] of doomed) this.#rpcAnswers.delete(key)
+    return doomed.length
   }
 
   async close(): Promise<void> {
@@ -246,6 +311,8 @@ class MemoryStore implements RuntimeStore {
     this.#inboxByIdentity.clear()
     this.#inboxBySeq.clear()
     this.#streams.clear()
+    this.#meshViews.clear()
+    this.#rpcAnswers.clear()
   }
 
   #assertOpen(): void {
@@ -296,6 +363,10 @@ class MemoryStore implements RuntimeStore {
     else stream.push(row)
     return { inserted: true, row: cloneInbox(row) }
   }
+}
+
+function rpcKey(mesh: string, from: Uint8Array, correlationId: string): string {
+  return `${mesh}\0${toHex(from)}\0${correlationId}`
 }
 
 /** The index of the first row of `stream` (sorted by seq) whose seq is greater than `seq`. */

@@ -125,6 +125,23 @@ export interface InboxQuery {
   limit?: number
 }
 
+/** The verified mesh view a runtime saved, to resume from at start (asks only for events after `version`). */
+export interface SavedMeshView {
+  mesh: string
+  version: number
+  snapshot: Uint8Array
+  savedAt: number
+}
+
+/** An rpc callee's record of one request: `answer` absent while the handler runs (at most once across restarts). */
+export interface RpcAnswerRow {
+  mesh: string
+  from: Uint8Array
+  correlationId: string
+  answer?: Uint8Array
+  expiresAt: number
+}
+
 /** The durable state of one runtime. */
 export interface RuntimeStore {
   /** `durable` for the sqlite driver (acks after commit), `volatile` for memory (acks on consumption). */
@@ -168,8 +185,12 @@ export interface RuntimeStore {
    * `newRow` is inserted `pending`. Resolves undefined when `id` is not `dead`.
    */
   requeueDead(id: string, newRow: NewOutboxRow, now: number): Promise<OutboxRow | undefined>
-  /** Deletes `done`, `aborted` and `dead` rows last updated before `before`. Resolves with the count. */
-  pruneOutbox(before: number): Promise<number>
+  /**
+   * Deletes `done`, `aborted` and `dead` rows last updated before `before`, at most `limit` of them (all
+   * when absent; the pruner passes a chunk size so one statement never holds the writer long). Resolves
+   * with the count.
+   */
+  pruneOutbox(before: number, limit?: number): Promise<number>
 
   /** Inserts a row unless its `(mesh, recipient, from, clientMessageId)` exists (then: the existing row). */
   insertInbox(row: NewInboxRow): Promise<InboxInsert>
@@ -182,8 +203,23 @@ export interface RuntimeStore {
   readInbox(query: InboxQuery): Promise<InboxRow[]>
   /** Marks rows consumed; resolves with how many changed. */
   consumeInbox(mesh: string, seqs: readonly number[], at: number): Promise<number>
-  /** Deletes rows received before `before` (dedupe memory is kept at least 7 days). */
-  pruneInbox(before: number): Promise<number>
+  /**
+   * Deletes rows received before `before`, at most `limit` of them, oldest first (all when absent). The
+   * caller keeps dedupe memory at least 7 days (`peer-runtime/store/janitor.ts`).
+   */
+  pruneInbox(before: number, limit?: number): Promise<number>
+
+  /** Saves the verified mesh view of `view.mesh`, replacing the one saved before (upsert by mesh). */
+  saveMeshView(view: SavedMeshView): Promise<void>
+  /** The view saved for `mesh`, or undefined when none was. */
+  loadMeshView(mesh: string): Promise<SavedMeshView | undefined>
+
+  /** Stores an rpc callee's record, replacing the one with the same `(mesh, from, correlationId)`. */
+  putRpcAnswer(row: RpcAnswerRow): Promise<void>
+  /** The record for `(mesh, from, correlationId)`, expired or not (the caller compares `expiresAt`). */
+  getRpcAnswer(mesh: string, from: Uint8Array, correlationId: string): Promise<RpcAnswerRow | undefined>
+  /** Deletes records with `expiresAt` ≤ `now`, at most `limit` (all when absent). Resolves with the count. */
+  pruneRpcAnswers(now: number, limit?: number): Promise<number>
 
   /** Closes the store; further calls reject with `MESH_ERR_STORE_CLOSED`. Idempotent. */
   close(): Promise<void>
