@@ -8,6 +8,9 @@
  *
  * Events apply strictly in order (`prevVersion` must equal the current version); one that does not fit
  * leaves the view as it is and tells the caller to catch up with `mesh_events{since}`.
+ *
+ * `snapshot()` and `restore()` save and load the view (`mesh-snapshot.ts`): a restored roster is
+ * re-verified from the signed records it was built of, so a restart needs only the events since.
  */
 import { bytesEqual, toHex } from '../protocol/encoding.js'
 import { MeshError } from '../protocol/errors.js'
@@ -16,6 +19,12 @@ import { verifyServiceAttestation, verifySessionAttestation } from '../protocol/
 import { MeshState } from '../protocol/mesh-state.js'
 import type { Signed } from '../protocol/signing.js'
 import { verifySystemEvent, type SystemEventFields } from '../protocol/system-event.js'
+import {
+  AUTHORITY_KINDS,
+  decodeMeshSnapshot,
+  encodeMeshSnapshot,
+  type AuthorityEvent,
+} from './mesh-snapshot.js'
 
 /** A presence whose chain this view verified. */
 export interface VerifiedPeer {
@@ -40,12 +49,61 @@ export class MeshView {
   readonly ownerPk: Uint8Array
   readonly #coordinatorPk: Uint8Array
   #state: MeshState
+  /** The genesis, roster and join events applied, in order: what a snapshot re-verifies on load. */
+  #authority: AuthorityEvent[] = []
+  /** The signature of the event at `version` (when the view knows it). */
+  #lastSig: Uint8Array | undefined
+  #restored = false
 
   constructor(o: { mesh: string; ownerPk: Uint8Array; coordinatorPk: Uint8Array }) {
     this.mesh = o.mesh
     this.ownerPk = Uint8Array.from(o.ownerPk)
     this.#coordinatorPk = Uint8Array.from(o.coordinatorPk)
     this.#state = new MeshState(o.mesh, this.ownerPk)
+  }
+
+  /** True while the state came from a snapshot rather than from a replay of the log since genesis. */
+  get restored(): boolean {
+    return this.#restored
+  }
+
+  /** The signature of the event at `version`, if the view applied or restored it. */
+  get lastSig(): Uint8Array | undefined {
+    return this.#lastSig
+  }
+
+  /** The view as bytes for `restore` (see `mesh-snapshot.ts` for what is kept and what is trusted). */
+  snapshot(): Uint8Array {
+    return encodeMeshSnapshot({
+      state: this.#state,
+      coordinatorPk: this.#coordinatorPk,
+      authority: this.#authority,
+      lastSig: this.#lastSig,
+    })
+  }
+
+  /**
+   * Replaces the state with a snapshot's. Throws (and changes nothing) when the bytes do not decode, are
+   * of another mesh, owner or coordinator key, or hold a roster change the roster refuses.
+   */
+  restore(bytes: Uint8Array): void {
+    const r = decodeMeshSnapshot(bytes, {
+      mesh: this.mesh,
+      ownerPk: this.ownerPk,
+      coordinatorPk: this.#coordinatorPk,
+    })
+    this.#state = r.state
+    this.#authority = r.authority
+    this.#lastSig = r.lastSig
+    this.#restored = true
+  }
+
+  /** Back to genesis (version 0): the next catch-up replays the whole log. */
+  reset(): void {
+    this.#state = new MeshState(this.mesh, this.ownerPk)
+    this.#authority = []
+    this.#lastSig = undefined
+    this.#restored = false
   }
 
   /** The version of the last applied event (0 before genesis). */
@@ -70,20 +128,23 @@ export class MeshView {
       const f = verifySystemEvent(record, { coordinatorPk: this.#coordinatorPk, mesh: this.mesh })
       if (f.version <= this.#state.version) continue
       if (f.prevVersion !== this.#state.version) return { applied, gap: true }
-      this.#apply(f)
+      this.#apply(f, record.sig)
       applied++
     }
     return { applied, gap: false }
   }
 
-  /** Applies one verified event (from a `system` envelope); same rules as `applyEvents`. */
-  applyEvent(f: SystemEventFields): ApplyResult {
+  /**
+   * Applies one verified event (from a `system` envelope, whose `sig` is the event's); same rules as
+   * `applyEvents`.
+   */
+  applyEvent(f: SystemEventFields, sig?: Uint8Array): ApplyResult {
     if (f.mesh !== this.mesh) {
       throw new MeshError('MESH_ERR_WRONG_MESH', `system event is for mesh ${f.mesh}, not ${this.mesh}`)
     }
     if (f.version <= this.#state.version) return { applied: 0, gap: false }
     if (f.prevVersion !== this.#state.version) return { applied: 0, gap: true }
-    this.#apply(f)
+    this.#apply(f, sig)
     return { applied: 1, gap: false }
   }
 
@@ -146,13 +207,13 @@ export class MeshView {
     return state.roster.isMember(peer.memberPk)
   }
 
-  #apply(f: SystemEventFields): void {
+  #apply(f: SystemEventFields, sig: Uint8Array | undefined): void {
     // The invite's expiry was checked by the coordinator when it accepted the join; the log does not
     // carry that moment, so replay checks the chain of authority only (time 0 is before every expiry).
     const next = this.#state
     if (f.kind === 'genesis') {
-      const body = f.body as Record<string, unknown> | null
-      const owner = body?.['ownerPk']
+      const genesis = f.body as Record<string, unknown> | null
+      const owner = genesis?.['ownerPk']
       if (!(owner instanceof Uint8Array) || !bytesEqual(owner, this.ownerPk)) {
         throw new MeshError(
           'MESH_ERR_WRONG_SIGNER',
@@ -160,7 +221,10 @@ export class MeshView {
         )
       }
     }
-    next.apply(f.kind, (f.body ?? {}) as Record<string, unknown>, 0)
+    const body = (f.body ?? {}) as Record<string, unknown>
+    next.apply(f.kind, body, 0)
     next.version = f.version
+    if (AUTHORITY_KINDS.has(f.kind)) this.#authority.push({ kind: f.kind, body })
+    this.#lastSig = sig === undefined ? undefined : Uint8Array.from(sig)
   }
 }
