@@ -221,6 +221,10 @@ export const ERROR_CODES = {
     permanent: true,
     summary: 'the daemon has no registered session of that id (or the token belongs to none)',
   },
+  MESH_ERR_SESSION_UNAVAILABLE: {
+    permanent: false,
+    summary: 'a registered session (or its mesh) did not open in the daemon yet; it is retried in the background',
+  },
   MESH_ERR_UNKNOWN_MESSAGE: {
     permanent: true,
     summary: "the session's outbox holds no message of that id",

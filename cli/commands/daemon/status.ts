@@ -1,5 +1,5 @@
 import { Command } from 'clipanion'
-import type { DaemonStatus } from '../../../peer-runtime/node/daemon/daemon.js'
+import type { DaemonStatus, LinkStatusJson } from '../../../peer-runtime/node/daemon/types.js'
 import { connectDaemon } from './connect.js'
 import { HomeCommand } from '../home-command.js'
 
@@ -12,9 +12,13 @@ export class DaemonStatusCommand extends HomeCommand {
     description: "Show the home's daemon: meshes, sessions, connections",
     details: `
       Asks the daemon over \`<home>/daemon.sock\` (with the admin token) for its meshes and sessions and
-      whether each is connected to its coordinator. Exits 0 when a daemon runs, 3 when none does.
-      \`--json\` prints \`{running: true, pid, port, socket, startedAt, meshes, sessions}\` or
-      \`{running: false}\`.
+      the state of each: \`connected\`, \`connecting\`, \`reconnecting\` (the coordinator is away; it
+      keeps trying), \`stopped\` (for good: the member was revoked, the session kicked or replaced) or
+      \`unavailable\` (it did not open, for example a damaged file; retried in the background), with the
+      last error. Exits 0 when a daemon runs, 3 when none does. \`--json\` prints \`{running: true, pid,
+      port, socket, startedAt, meshes, sessions}\`, each mesh and session with \`state\`, \`connected\`,
+      \`since\` and, when there is one, \`lastError: {code, message}\` (\`attempts\` and \`retryAt\` for
+      \`unavailable\`), or \`{running: false}\`.
     `,
     examples: [['Show the daemon of ~/.agentmesh', '$0 daemon status']],
   })
@@ -36,13 +40,14 @@ export class DaemonStatusCommand extends HomeCommand {
         `daemon pid ${status.pid}, up since ${new Date(status.startedAt).toISOString()}`,
         `  socket ${status.socket}, 127.0.0.1:${status.port}`,
       ]
+      const now = Date.now()
       for (const m of status.meshes) {
-        out.push(`  mesh ${m.mesh} (${m.coordinatorUrl}): ${m.connected ? 'connected' : 'not connected'}`)
+        const url = m.coordinatorUrl === undefined ? '' : ` (${m.coordinatorUrl})`
+        out.push(`  mesh ${m.mesh}${url}: ${describeLink(m, now)}`)
         for (const s of status.sessions.filter((x) => x.mesh === m.mesh)) {
           const name = s.displayName === undefined ? '' : ` "${s.displayName}"`
-          out.push(
-            `    session ${s.sessionId}${name} ${s.sessionPk.slice(0, 16)}…: ${s.connected ? 'connected' : 'not connected'}`,
-          )
+          const pk = s.sessionPk === undefined ? '' : ` ${s.sessionPk.slice(0, 16)}…`
+          out.push(`    session ${s.sessionId}${name}${pk}: ${describeLink(s, now)}`)
         }
       }
       this.context.stdout.write(out.join('\n') + '\n')
@@ -50,5 +55,33 @@ export class DaemonStatusCommand extends HomeCommand {
     } finally {
       daemon.client.close()
     }
+  }
+}
+
+const STOP_REASONS: Record<string, string> = {
+  MESH_ERR_REVOKED: 'revoked',
+  MESH_ERR_NOT_AUTHORIZED: 'kicked',
+  MESH_ERR_SESSION_REPLACED: 'replaced by another connection',
+}
+
+/** `connected`, `reconnecting (CODE: why)`, `stopped: revoked (CODE)`, `unavailable, retrying in 2.1 s (…)`. */
+export function describeLink(l: LinkStatusJson, now: number): string {
+  const why = l.lastError === undefined ? '' : ` (${l.lastError.code}: ${l.lastError.message})`
+  switch (l.state) {
+    case 'connected':
+      return 'connected'
+    case 'stopped': {
+      const code = l.lastError?.code ?? 'closed'
+      return `stopped: ${STOP_REASONS[code] ?? l.lastError?.message ?? 'closed'} (${code})`
+    }
+    case 'unavailable': {
+      const retry =
+        l.retryAt === undefined
+          ? ', waiting for its mesh'
+          : `, retrying in ${(Math.max(0, l.retryAt - now) / 1000).toFixed(1)} s`
+      return `unavailable${retry}${why}`
+    }
+    default:
+      return `${l.state}${why}`
   }
 }

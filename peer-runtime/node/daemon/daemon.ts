@@ -7,17 +7,23 @@
  * - Two daemons never share a home: `daemon.lock` holds the pid (a stale one, after `kill -9`, is taken over).
  * - Registrations persist in `daemon-sessions.json`; after a restart each session comes back with its key,
  *   its token and its outbox (whatever was stored before the crash is delivered, once).
+ * - What fails to open at start (a mesh whose config or store will not open, a registration whose key or
+ *   store will not) blocks nothing else: it is kept, shown as `unavailable` with its error, retried in the
+ *   background (`retry-schedule.ts`), and its session's IPC calls answer `MESH_ERR_SESSION_UNAVAILABLE`.
+ * - A mesh whose control plane stopped for good (the member revoked) is `stopped`: its sessions' IPC calls
+ *   answer the stop's code (`MESH_ERR_REVOKED`), and the other meshes go on.
  * - `close()` (SIGTERM, `daemon down`) stops the IPC listeners, closes every peer (the outboxes keep what
  *   is undelivered), releases the lock and removes `daemon.sock` and `daemon.json`.
  */
-import { unlink } from 'node:fs/promises'
+import { readdir, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
 import { systemClock, type Clock } from '../../../protocol/clock.js'
 import { toHex } from '../../../protocol/encoding.js'
 import { MeshError } from '../../../protocol/errors.js'
-import { LOCAL_ID_RE } from '../../../protocol/ids.js'
+import { LOCAL_ID_RE, MESH_ID_RE } from '../../../protocol/ids.js'
 import { Emitter } from '../../../transports/emitter.js'
 import type { RuntimeStore } from '../../store/types.js'
-import { listMeshes, readMeshConfig, type MeshConfig } from '../home.js'
+import { errnoCode, readMeshConfig } from '../home.js'
 import {
   daemonPaths,
   loadOrCreateAdminToken,
@@ -30,9 +36,42 @@ import {
   type DaemonPaths,
 } from './files.js'
 import { IdempotentSender } from './ipc-send.js'
-import { openControlPlane, openSession, type PeerTuning, type Presence } from './presences.js'
-import { readRegistrations, registrationKey, writeRegistrations, type Registration } from './registry.js'
 import { startIpcServer, type IpcServer } from './ipc-server.js'
+import { LinkWatch } from './link-watch.js'
+import { errorFields, stderrLog, type DaemonLog } from './log.js'
+import { openControlPlane, openSession, type PeerTuning } from './presences.js'
+import { readRegistrations, registrationKey, writeRegistrations, type Registration } from './registry.js'
+import { RetrySchedule, type RetryTimings } from './retry-schedule.js'
+import {
+  linkJson,
+  meshStoppedError,
+  pendingJson,
+  sessionLinkJson,
+  stoppedError,
+  unavailableError,
+} from './status-json.js'
+import type {
+  Caller,
+  DaemonEvents,
+  DaemonMesh,
+  DaemonSession,
+  DaemonStatus,
+  IpcHost,
+  MeshStatusJson,
+  RegisteredSession,
+  SessionStatusJson,
+} from './types.js'
+
+export type {
+  Caller,
+  DaemonEvents,
+  DaemonMesh,
+  DaemonSession,
+  DaemonStatus,
+  MeshStatusJson,
+  RegisteredSession,
+  SessionStatusJson,
+} from './types.js'
 
 /** Options of `startDaemon`. */
 export interface DaemonOptions {
@@ -45,52 +84,39 @@ export interface DaemonOptions {
   /** The SSE keepalive period (default 15 s). */
   keepaliveMs?: number
   version?: string
+  /** Where log lines go (default: pino JSON lines on stderr). */
+  log?: DaemonLog
+  /** Background retries of meshes and registrations that failed to open (default 1 s doubling to 60 s). */
+  retry?: Partial<RetryTimings>
 }
 
-/** A mesh the daemon holds. */
-export interface DaemonMesh {
-  config: MeshConfig
-  control: Presence
+/** A mesh that did not open: retried in the background. */
+interface PendingMesh {
+  retry: RetrySchedule
+  since: number
 }
 
-/** A registered session. */
-export interface DaemonSession {
-  mesh: DaemonMesh
+/** A registration that did not open (or whose mesh did not): retried in the background. */
+interface PendingSession {
   registration: Registration
-  presence: Presence
-  sender: IdempotentSender
+  retry: RetrySchedule
+  since: number
 }
 
-/** What `POST /v1/sessions` answers. */
-export interface RegisteredSession {
-  mesh: string
-  sessionId: string
-  /** The session's bearer token (shown once; a new registration of the same id replaces it). */
-  token: string
-  sessionPk: string
-  memberPk: string
-}
-
-/** Who a bearer token belongs to. */
-export type Caller = { kind: 'admin' } | { kind: 'session'; session: DaemonSession }
-
-/** The daemon's events. */
-export interface DaemonEvents {
-  /** A session token stopped being valid (unregistered, or replaced by a new registration). */
-  revoked: (tokenHash: string) => void
-}
-
-export class Daemon extends Emitter<DaemonEvents> {
+export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   readonly paths: DaemonPaths
   readonly startedAt: number
   readonly #o: DaemonOptions
   readonly #clock: Clock
+  readonly #log: DaemonLog
   readonly #lock: DaemonLock
   readonly #adminToken: string
   readonly #meshes = new Map<string, DaemonMesh>()
   readonly #opening = new Map<string, Promise<DaemonMesh>>()
+  readonly #pendingMeshes = new Map<string, PendingMesh>()
   readonly #sessions = new Map<string, DaemonSession>()
-  /** Token hash → session key. */
+  readonly #pendingSessions = new Map<string, PendingSession>()
+  /** Token hash → session key (open or pending). */
   readonly #tokens = new Map<string, string>()
   /** Registration changes run one at a time (they rewrite the registry file). */
   #changes: Promise<unknown> = Promise.resolve()
@@ -98,23 +124,24 @@ export class Daemon extends Emitter<DaemonEvents> {
   #closing: Promise<void> | undefined
   readonly #closedWaiters = new Set<() => void>()
 
-  private constructor(o: DaemonOptions, lock: DaemonLock, adminToken: string) {
+  private constructor(o: DaemonOptions, lock: DaemonLock, adminToken: string, log: DaemonLog) {
     super()
     this.#o = o
     this.#clock = o.clock ?? systemClock
+    this.#log = log
     this.paths = daemonPaths(o.home)
     this.#lock = lock
     this.#adminToken = adminToken
     this.startedAt = this.#clock.now()
   }
 
-  /** Takes the home's lock, opens every mesh and registered session, and starts listening. */
+  /** Takes the home's lock, opens every mesh and registered session it can, and starts listening. */
   static async start(o: DaemonOptions): Promise<Daemon> {
     const lock = await lockHome(o.home)
     let daemon: Daemon | undefined
     try {
       const token = await loadOrCreateAdminToken(o.home)
-      daemon = new Daemon(o, lock, token)
+      daemon = new Daemon(o, lock, token, o.log ?? stderrLog())
       await daemon.#open()
       return daemon
     } catch (err) {
@@ -136,12 +163,12 @@ export class Daemon extends Emitter<DaemonEvents> {
     return this.#o.keepaliveMs ?? 15_000
   }
 
-  /** The meshes held, by id. */
+  /** The meshes held open, by id (a mesh that did not open yet is only in `status()`). */
   meshes(): DaemonMesh[] {
     return [...this.#meshes.values()]
   }
 
-  /** The registered sessions. */
+  /** The registered sessions that are open. */
   sessions(): DaemonSession[] {
     return [...this.#sessions.values()]
   }
@@ -151,8 +178,16 @@ export class Daemon extends Emitter<DaemonEvents> {
     if (token === undefined || token === '') return undefined
     if (sameToken(token, this.#adminToken)) return { kind: 'admin' }
     const key = this.#tokens.get(tokenHash(token))
-    const session = key === undefined ? undefined : this.#sessions.get(key)
-    return session === undefined ? undefined : { kind: 'session', session }
+    if (key === undefined) return undefined
+    const session = this.#sessions.get(key)
+    if (session !== undefined) {
+      const stopped = stoppedError(session)
+      return stopped === undefined ? { kind: 'session', session } : { kind: 'unusable', error: stopped }
+    }
+    const pending = this.#pendingSessions.get(key)
+    return pending === undefined
+      ? undefined
+      : { kind: 'unusable', error: unavailableError(pending.registration, pending.retry) }
   }
 
   /**
@@ -162,6 +197,7 @@ export class Daemon extends Emitter<DaemonEvents> {
   register(o: { mesh?: string; sessionId: string; displayName?: string }): Promise<RegisteredSession> {
     return this.#change(async () => {
       const mesh = await this.#meshFor(o.mesh)
+      if (mesh.link.state === 'stopped') throw meshStoppedError(mesh)
       if (!LOCAL_ID_RE.test(o.sessionId)) {
         throw new MeshError('MESH_ERR_MALFORMED_FRAME', 'a session id is 1–128 printable ASCII characters', {
           details: { path: 'sessionId' },
@@ -170,25 +206,42 @@ export class Daemon extends Emitter<DaemonEvents> {
       const key = registrationKey(mesh.config.mesh, o.sessionId)
       const token = newToken('ams_')
       const existing = this.#sessions.get(key)
-      const displayName = o.displayName ?? existing?.registration.displayName
+      const pending = this.#pendingSessions.get(key)
+      const previous = existing?.registration ?? pending?.registration
+      const displayName = o.displayName ?? previous?.displayName
       const registration: Registration = {
         mesh: mesh.config.mesh,
         sessionId: o.sessionId,
         tokenHash: tokenHash(token),
-        registeredAt: existing?.registration.registeredAt ?? this.#clock.now(),
+        registeredAt: previous?.registeredAt ?? this.#clock.now(),
         ...(displayName !== undefined && { displayName }),
       }
       let session = existing
-      if (existing !== undefined && existing.registration.displayName !== registration.displayName) {
-        // The name travels in the hello: reconnect with the new one.
-        await existing.presence.close()
+      if (
+        existing !== undefined &&
+        (existing.registration.displayName !== registration.displayName || existing.link.state === 'stopped')
+      ) {
+        // The name travels in the hello, and a kicked session says hello again: reconnect.
+        this.#sessions.delete(key)
+        await closeSession(existing)
         session = undefined
       }
-      if (session === undefined) session = await this.#openSession(mesh, registration)
-      else session.registration = registration
-      if (existing !== undefined) {
-        this.#tokens.delete(existing.registration.tokenHash)
-        this.emit('revoked', existing.registration.tokenHash)
+      if (session === undefined) {
+        try {
+          session = await this.#openSession(mesh, registration)
+        } catch (err) {
+          // The previous registration (its token still valid) is kept and retried.
+          if (existing !== undefined) this.#sessionFailed(existing.registration, err)
+          throw err
+        }
+        if (pending !== undefined) {
+          pending.retry.cancel()
+          this.#pendingSessions.delete(key)
+        }
+      } else session.registration = registration
+      if (previous !== undefined) {
+        this.#tokens.delete(previous.tokenHash)
+        this.emit('revoked', previous.tokenHash)
       }
       this.#sessions.set(key, session)
       this.#tokens.set(registration.tokenHash, key)
@@ -206,9 +259,12 @@ export class Daemon extends Emitter<DaemonEvents> {
   /** Ends a session: closes its peer (its outbox file stays for a later registration) and its token. */
   unregister(o: { mesh?: string; sessionId: string }): Promise<void> {
     return this.#change(async () => {
-      const matches = this.sessions().filter(
-        (s) =>
-          s.registration.sessionId === o.sessionId && (o.mesh === undefined || s.mesh.config.mesh === o.mesh),
+      const all = [
+        ...this.sessions().map((s) => s.registration),
+        ...[...this.#pendingSessions.values()].map((p) => p.registration),
+      ]
+      const matches = all.filter(
+        (r) => r.sessionId === o.sessionId && (o.mesh === undefined || r.mesh === o.mesh),
       )
       if (matches.length === 0) {
         throw new MeshError(
@@ -224,16 +280,20 @@ export class Daemon extends Emitter<DaemonEvents> {
           'MESH_ERR_MALFORMED_FRAME',
           `session ${o.sessionId} is in several meshes: pass ?mesh=`,
           {
-            details: { meshes: matches.map((s) => s.mesh.config.mesh) },
+            details: { meshes: matches.map((r) => r.mesh) },
           },
         )
       }
-      const s = matches[0]!
-      this.#sessions.delete(registrationKey(s.mesh.config.mesh, s.registration.sessionId))
-      this.#tokens.delete(s.registration.tokenHash)
-      this.emit('revoked', s.registration.tokenHash)
+      const r = matches[0]!
+      const key = registrationKey(r.mesh, r.sessionId)
+      const open = this.#sessions.get(key)
+      this.#sessions.delete(key)
+      this.#pendingSessions.get(key)?.retry.cancel()
+      this.#pendingSessions.delete(key)
+      this.#tokens.delete(r.tokenHash)
+      this.emit('revoked', r.tokenHash)
       await this.#persist()
-      await s.presence.close()
+      if (open !== undefined) await closeSession(open)
     })
   }
 
@@ -244,24 +304,39 @@ export class Daemon extends Emitter<DaemonEvents> {
 
   /** A plain snapshot for `GET /v1/status` and `daemon status`. */
   status(): DaemonStatus {
+    const meshes: MeshStatusJson[] = [
+      ...this.meshes().map((m) => ({
+        mesh: m.config.mesh,
+        memberPk: m.config.memberPk,
+        coordinatorUrl: m.config.coordinatorUrl,
+        ...linkJson(m.link),
+      })),
+      ...[...this.#pendingMeshes].map(([mesh, p]) => ({ mesh, ...pendingJson(p) })),
+    ].sort((a, b) => (a.mesh < b.mesh ? -1 : a.mesh > b.mesh ? 1 : 0))
+    const sessions: (SessionStatusJson & { registeredAt: number })[] = [
+      ...this.sessions().map((s) => ({
+        mesh: s.mesh.config.mesh,
+        sessionId: s.registration.sessionId,
+        sessionPk: toHex(s.presence.identity.publicKey),
+        ...(s.registration.displayName !== undefined && { displayName: s.registration.displayName }),
+        ...sessionLinkJson(s),
+        registeredAt: s.registration.registeredAt,
+      })),
+      ...[...this.#pendingSessions.values()].map((p) => ({
+        mesh: p.registration.mesh,
+        sessionId: p.registration.sessionId,
+        ...(p.registration.displayName !== undefined && { displayName: p.registration.displayName }),
+        ...pendingJson(p),
+        registeredAt: p.registration.registeredAt,
+      })),
+    ].sort((a, b) => a.registeredAt - b.registeredAt)
     return {
       pid: process.pid,
       port: this.port,
       socket: this.socketPath,
       startedAt: this.startedAt,
-      meshes: this.meshes().map((m) => ({
-        mesh: m.config.mesh,
-        memberPk: m.config.memberPk,
-        coordinatorUrl: m.config.coordinatorUrl,
-        connected: m.control.peer.connected,
-      })),
-      sessions: this.sessions().map((s) => ({
-        mesh: s.mesh.config.mesh,
-        sessionId: s.registration.sessionId,
-        sessionPk: toHex(s.presence.identity.publicKey),
-        ...(s.registration.displayName !== undefined && { displayName: s.registration.displayName }),
-        connected: s.presence.peer.connected,
-      })),
+      meshes,
+      sessions: sessions.map(({ registeredAt: _, ...s }) => s),
     }
   }
 
@@ -275,11 +350,19 @@ export class Daemon extends Emitter<DaemonEvents> {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       try {
+        for (const p of [...this.#pendingMeshes.values(), ...this.#pendingSessions.values()]) p.retry.cancel()
         await this.#ipc?.close()
         await this.#changes.catch(() => undefined)
-        await Promise.allSettled(this.sessions().map((s) => s.presence.close()))
-        await Promise.allSettled(this.meshes().map((m) => m.control.close()))
+        await Promise.allSettled([...this.#opening.values()])
+        await Promise.allSettled(this.sessions().map(closeSession))
+        await Promise.allSettled(
+          this.meshes().map((m) => {
+            m.link.detach()
+            return m.control.close()
+          }),
+        )
         await unlink(this.paths.info).catch(() => undefined)
+        this.#log.info({}, 'daemon stopped')
       } finally {
         await this.#lock.release()
         for (const w of this.#closedWaiters) w()
@@ -291,14 +374,10 @@ export class Daemon extends Emitter<DaemonEvents> {
   // ── internals ──────────────────────────────────────────────────────────────
 
   async #open(): Promise<void> {
-    for (const config of await listMeshes(this.#o.home)) await this.#meshFor(config.mesh)
+    for (const mesh of await meshIds(this.#o.home)) await this.#tryMesh(mesh)
     for (const r of await readRegistrations(this.paths.sessions)) {
-      const mesh = await this.#meshFor(r.mesh).catch(() => undefined)
-      if (mesh === undefined) continue // the home left that mesh: the registration lapses
-      const session = await this.#openSession(mesh, r)
-      const key = registrationKey(r.mesh, r.sessionId)
-      this.#sessions.set(key, session)
-      this.#tokens.set(r.tokenHash, key)
+      this.#tokens.set(r.tokenHash, registrationKey(r.mesh, r.sessionId))
+      await this.#tryOpenSession(r)
     }
     this.#ipc = await startIpcServer(this, {
       socketPath: this.paths.socket,
@@ -311,18 +390,27 @@ export class Daemon extends Emitter<DaemonEvents> {
       startedAt: this.startedAt,
       version: this.#o.version ?? '0',
     })
+    this.#log.info(
+      {
+        port: this.#ipc.port,
+        meshes: this.#meshes.size,
+        sessions: this.#sessions.size,
+        unavailable: this.#pendingMeshes.size + this.#pendingSessions.size,
+      },
+      'daemon started',
+    )
   }
 
   /** The mesh named (opened on first use: a mesh joined after `up` is picked up then). */
   #meshFor(mesh: string | undefined): Promise<DaemonMesh> {
     if (mesh === undefined) {
-      const all = this.meshes()
-      if (all.length === 1) return Promise.resolve(all[0]!)
+      const all = [...this.#meshes.keys(), ...this.#pendingMeshes.keys()]
+      if (all.length === 1) return this.#meshFor(all[0])
       return Promise.reject(
         new MeshError(
           'MESH_ERR_MALFORMED_FRAME',
           all.length === 0 ? 'this home has joined no mesh' : 'the daemon holds several meshes: name one',
-          { details: { path: 'mesh', meshes: all.map((m) => m.config.mesh) } },
+          { details: { path: 'mesh', meshes: all.sort() } },
         ),
       )
     }
@@ -330,17 +418,151 @@ export class Daemon extends Emitter<DaemonEvents> {
     if (held !== undefined) return Promise.resolve(held)
     let opening = this.#opening.get(mesh)
     if (opening === undefined) {
-      opening = (async () => {
-        const config = await readMeshConfig(this.#o.home, mesh)
-        const control = await openControlPlane({ ...this.#common(), config })
-        await control.peer.start()
-        const m = { config, control }
-        this.#meshes.set(mesh, m)
-        return m
-      })().finally(() => this.#opening.delete(mesh))
+      opening = this.#openMesh(mesh).finally(() => this.#opening.delete(mesh))
       this.#opening.set(mesh, opening)
     }
     return opening
+  }
+
+  async #openMesh(mesh: string): Promise<DaemonMesh> {
+    if (this.#closing !== undefined) throw shuttingDown()
+    const config = await readMeshConfig(this.#o.home, mesh)
+    const control = await openControlPlane({ ...this.#common(), config })
+    const m: DaemonMesh = {
+      config,
+      control,
+      link: new LinkWatch({
+        peer: control.peer,
+        clock: this.#clock,
+        log: this.#log,
+        fields: { mesh, role: 'control-plane' },
+        onChange: (link) => {
+          if (link.state === 'stopped') this.#meshStopped(m)
+        },
+      }),
+    }
+    try {
+      await control.peer.start()
+    } catch (err) {
+      m.link.detach()
+      await control.close().catch(() => undefined)
+      throw err
+    }
+    this.#meshes.set(mesh, m)
+    const pending = this.#pendingMeshes.get(mesh)
+    if (pending !== undefined) {
+      pending.retry.cancel()
+      this.#pendingMeshes.delete(mesh)
+      this.#log.info({ mesh, role: 'control-plane', attempts: pending.retry.attempts }, 'mesh opened')
+      // Its registrations waited for it.
+      for (const p of this.#pendingSessions.values()) {
+        if (p.registration.mesh === mesh) this.#retrySoon(p.registration)
+      }
+    }
+    return m
+  }
+
+  /** Opens `mesh`, or records it as pending and schedules another try. Never throws. */
+  async #tryMesh(mesh: string): Promise<DaemonMesh | undefined> {
+    if (this.#closing !== undefined) return undefined
+    try {
+      return await this.#meshFor(mesh)
+    } catch (err) {
+      if (this.#closing === undefined) this.#meshFailed(mesh, err)
+      return undefined
+    }
+  }
+
+  #meshFailed(mesh: string, err: unknown): void {
+    let p = this.#pendingMeshes.get(mesh)
+    if (p === undefined) {
+      p = { retry: new RetrySchedule(this.#clock, this.#o.retry), since: this.#clock.now() }
+      this.#pendingMeshes.set(mesh, p)
+    }
+    const delay = p.retry.failed(err, () => void this.#tryMesh(mesh))
+    this.#log.warn(
+      { mesh, role: 'control-plane', attempts: p.retry.attempts, retryInMs: delay, ...errorFields(err) },
+      'mesh open failed',
+    )
+  }
+
+  /** The control plane stopped for good (revoked): so does every session of the mesh. */
+  #meshStopped(m: DaemonMesh): void {
+    const error = meshStoppedError(m)
+    for (const s of this.sessions()) if (s.mesh === m) s.link.stopBecause(error)
+  }
+
+  /**
+   * Opens registration `r` (at start, or when its retry falls due), or keeps it pending with its error:
+   * waiting for its mesh when that did not open, else on its own schedule. Never throws.
+   */
+  async #tryOpenSession(r: Registration): Promise<void> {
+    const key = registrationKey(r.mesh, r.sessionId)
+    let mesh: DaemonMesh
+    try {
+      mesh = await this.#meshFor(r.mesh)
+    } catch (err) {
+      if (this.#closing !== undefined) return
+      if (!this.#pendingMeshes.has(r.mesh)) this.#meshFailed(r.mesh, err)
+      // No schedule of its own: the mesh's retry opens it, then this registration.
+      const p = this.#pending(r)
+      p.retry.cancel()
+      p.retry.lastError = err
+      return
+    }
+    try {
+      const session = await this.#openSession(mesh, r)
+      const pending = this.#pendingSessions.get(key)
+      if (pending !== undefined) {
+        pending.retry.cancel()
+        this.#pendingSessions.delete(key)
+        this.#log.info(
+          { mesh: r.mesh, role: 'session', sessionId: r.sessionId, attempts: pending.retry.attempts },
+          'session opened',
+        )
+      }
+      this.#sessions.set(key, session)
+    } catch (err) {
+      if (this.#closing === undefined) this.#sessionFailed(r, err)
+    }
+  }
+
+  #pending(r: Registration): PendingSession {
+    const key = registrationKey(r.mesh, r.sessionId)
+    let p = this.#pendingSessions.get(key)
+    if (p === undefined) {
+      p = { registration: r, retry: new RetrySchedule(this.#clock, this.#o.retry), since: this.#clock.now() }
+      this.#pendingSessions.set(key, p)
+    }
+    p.registration = r
+    return p
+  }
+
+  #sessionFailed(r: Registration, err: unknown): void {
+    const p = this.#pending(r)
+    const delay = p.retry.failed(err, () => this.#retrySoon(r))
+    this.#log.warn(
+      {
+        mesh: r.mesh,
+        role: 'session',
+        sessionId: r.sessionId,
+        attempts: p.retry.attempts,
+        retryInMs: delay,
+        ...errorFields(err),
+      },
+      'session open failed',
+    )
+  }
+
+  /** Tries pending registration `r` again, in turn with registration changes. */
+  #retrySoon(r: Registration): void {
+    const key = registrationKey(r.mesh, r.sessionId)
+    this.#change(async () => {
+      const p = this.#pendingSessions.get(key)
+      // Unregistered or registered anew meanwhile: nothing to retry.
+      if (p === undefined || p.registration.tokenHash !== r.tokenHash) return
+      await this.#tryOpenSession(p.registration)
+    }).catch(() => undefined)
   }
 
   async #openSession(mesh: DaemonMesh, registration: Registration): Promise<DaemonSession> {
@@ -351,13 +573,31 @@ export class Daemon extends Emitter<DaemonEvents> {
       inbox: mesh.control.store,
       ...(registration.displayName !== undefined && { displayName: registration.displayName }),
     })
+    const session: DaemonSession = {
+      mesh,
+      registration,
+      presence,
+      sender: new IdempotentSender(presence.peer),
+      link: new LinkWatch({
+        peer: presence.peer,
+        clock: this.#clock,
+        log: this.#log,
+        fields: { mesh: mesh.config.mesh, role: 'session', sessionId: registration.sessionId },
+        onChange: (link) => {
+          if (link.state === 'stopped' && link.lastError !== undefined) {
+            this.emit('stopped', session, link.lastError)
+          }
+        },
+      }),
+    }
     try {
       await presence.peer.start()
     } catch (err) {
-      await presence.close()
+      await closeSession(session)
       throw err
     }
-    return { mesh, registration, presence, sender: new IdempotentSender(presence.peer) }
+    if (mesh.link.state === 'stopped') session.link.stopBecause(meshStoppedError(mesh))
+    return session
   }
 
   #common(): { home: string; clock: Clock; tuning: PeerTuning } {
@@ -365,33 +605,41 @@ export class Daemon extends Emitter<DaemonEvents> {
   }
 
   #persist(): Promise<void> {
-    return writeRegistrations(
-      this.paths.sessions,
-      this.sessions().map((s) => s.registration),
-    )
+    return writeRegistrations(this.paths.sessions, [
+      ...this.sessions().map((s) => s.registration),
+      ...[...this.#pendingSessions.values()].map((p) => p.registration),
+    ])
   }
 
   #change<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#closing !== undefined) {
-      return Promise.reject(new MeshError('MESH_ERR_SHUTTING_DOWN', 'the daemon is shutting down'))
-    }
+    if (this.#closing !== undefined) return Promise.reject(shuttingDown())
     const run = this.#changes.then(fn, fn)
     this.#changes = run.catch(() => undefined)
     return run
   }
 }
 
-/** What `GET /v1/status` answers. */
-export interface DaemonStatus {
-  pid: number
-  port: number
-  socket: string
-  startedAt: number
-  meshes: { mesh: string; memberPk: string; coordinatorUrl: string; connected: boolean }[]
-  sessions: { mesh: string; sessionId: string; sessionPk: string; displayName?: string; connected: boolean }[]
-}
-
 /** Starts a daemon on `home`. */
 export function startDaemon(o: DaemonOptions): Promise<Daemon> {
   return Daemon.start(o)
+}
+
+/** The mesh ids under `<home>/meshes/` (whether or not their config reads). */
+async function meshIds(home: string): Promise<string[]> {
+  try {
+    // Replaced or half-made joins carry a dot in their name, which a mesh id never has.
+    return (await readdir(join(home, 'meshes'))).filter((n) => MESH_ID_RE.test(n)).sort()
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return []
+    throw err
+  }
+}
+
+async function closeSession(s: DaemonSession): Promise<void> {
+  s.link.detach()
+  await s.presence.close()
+}
+
+function shuttingDown(): MeshError {
+  return new MeshError('MESH_ERR_SHUTTING_DOWN', 'the daemon is shutting down')
 }

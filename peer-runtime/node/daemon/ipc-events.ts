@@ -1,22 +1,27 @@
 /**
  * `GET /v1/events`: a session's server-sent events. Frames:
  *
- *     event: ready      data: {session, after}             once, when the stream is live
+ *     event: ready      data: {session, sessionPk, after}  once, when the stream is live
  *     event: message    id: <seq>   data: MessageJson      a DM to the session's key, or to its member's
  *     event: delivery   data: DeliveryJson                 a change of one of the session's outbox rows
+ *     event: stopped    data: {code, message}              the session or its mesh stopped for good; the end
  *     : keepalive                                          every 15 s
  *
  * With `?after=<seq>` (or `Last-Event-ID`) the stream first replays the inbox after that position, then
  * goes live without a gap or a repeat (live events that arrive during the replay wait, and those the
- * replay already gave are skipped). The stream ends when the session's token is revoked or the daemon
- * stops.
+ * replay already gave are skipped). Without it the stream starts at the inbox's head, and `ready.after`
+ * says where: a client that re-dials later passes its last message id, or that, and misses nothing. The
+ * stream ends when the session's token is revoked, the session stops, or the daemon stops (a client
+ * tells the last two apart by the `stopped` event).
  */
 import type { ServerResponse } from 'node:http'
 import { toHex } from '../../../protocol/encoding.js'
 import type { InboundMessage } from '../../inbox.js'
 import type { OutboxRow } from '../../store/types.js'
-import type { Daemon, DaemonSession } from './daemon.js'
+import type { MeshError } from '../../../protocol/errors.js'
+import { inboxHead } from './inbox-head.js'
 import { deliveryJson, messageJson, rowMessageJson, type MessageJson } from './ipc-json.js'
+import type { DaemonSession, IpcHost } from './types.js'
 
 /** An open event stream; `end()` closes it. */
 export interface EventStream {
@@ -25,7 +30,7 @@ export interface EventStream {
 
 /** Serves the stream on `res` (already hijacked from Fastify). */
 export async function serveEvents(
-  daemon: Daemon,
+  daemon: IpcHost,
   session: DaemonSession,
   res: ServerResponse,
   after: number | undefined,
@@ -66,6 +71,11 @@ export async function serveEvents(
   const onRevoked = (hash: string): void => {
     if (hash === tokenHash) end()
   }
+  const onStopped = (stopped: DaemonSession, error: MeshError): void => {
+    if (stopped !== session) return
+    write(`event: stopped\ndata: ${JSON.stringify({ code: error.code, message: error.message })}\n\n`)
+    end()
+  }
   const keepalive = setInterval(() => write(': keepalive\n\n'), daemon.keepaliveMs)
   keepalive.unref()
   const session$ = session.presence.peer
@@ -74,6 +84,7 @@ export async function serveEvents(
   member$.on('message', fromMember)
   session$.on('outbox', onOutbox)
   daemon.on('revoked', onRevoked)
+  daemon.on('stopped', onStopped)
   function end(): void {
     if (ended) return
     ended = true
@@ -82,14 +93,16 @@ export async function serveEvents(
     member$.off('message', fromMember)
     session$.off('outbox', onOutbox)
     daemon.off('revoked', onRevoked)
+    daemon.off('stopped', onStopped)
     res.end()
     onEnd()
   }
   res.on('close', end)
 
-  if (after !== undefined) {
-    const inbox = daemon.inboxOf(session)
-    const recipients = [sessionPk, session.mesh.control.identity.publicKey]
+  const inbox = daemon.inboxOf(session)
+  const recipients = [sessionPk, session.mesh.control.identity.publicKey]
+  if (after === undefined) lastSeq = await inboxHead(inbox, session.mesh.config.mesh, recipients)
+  else {
     for (;;) {
       const rows = await inbox.readInbox({
         mesh: session.mesh.config.mesh,

@@ -6,7 +6,7 @@
  *     POST   /v1/sessions         admin    {mesh?, sessionId, displayName?} → {token, sessionPk, …}
  *     GET    /v1/sessions         admin    the registered sessions
  *     DELETE /v1/sessions/:id     admin    ?mesh= when the id is in several meshes → 204
- *     GET    /v1/status           admin    pid, port, meshes and sessions with their connection state
+ *     GET    /v1/status           admin    pid, port, meshes and sessions with their state (types.ts)
  *     POST   /v1/shutdown         admin    → 202, then the daemon closes
  *     POST   /v1/send             session  {to, payload | text, id?, channel?, meta?} → 202 SendAnswer
  *     GET    /v1/inbox            session  ?after=<seq>&limit= → {messages, next}
@@ -21,9 +21,9 @@ import { chmod, unlink } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { MeshError } from '../../../protocol/errors.js'
-import type { Caller, Daemon, DaemonSession } from './daemon.js'
 import { serveEvents, type EventStream } from './ipc-events.js'
 import { deliveryJson, errorReply, peerJson, rowMessageJson } from './ipc-json.js'
+import type { Caller, DaemonSession, IpcHost } from './types.js'
 
 /** The running listeners. */
 export interface IpcServer {
@@ -41,7 +41,7 @@ const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]'])
 
 /** Starts both listeners for `daemon`. */
 export async function startIpcServer(
-  daemon: Daemon,
+  daemon: IpcHost,
   o: { socketPath: string; port: number },
 ): Promise<IpcServer> {
   const viaSocket = new WeakSet<IncomingMessage>()
@@ -219,6 +219,8 @@ export async function startIpcServer(
 
   function sessionOf(req: FastifyRequest): DaemonSession {
     const c = req.caller
+    // A registered session that is not open (retried) or stopped (revoked): its own error, with its code.
+    if (c?.kind === 'unusable') throw c.error
     if (c?.kind !== 'session') {
       throw new MeshError('MESH_ERR_NOT_AUTHORIZED', 'this route needs a session token (POST /v1/sessions)')
     }
