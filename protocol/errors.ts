@@ -134,7 +134,11 @@ export const ERROR_CODES = {
   MESH_ERR_STORE_CLOSED: { permanent: false, summary: 'the store was used after it was closed' },
   MESH_ERR_STORE_LOCKED: {
     permanent: true,
-    summary: 'the data directory is locked by another running coordinator',
+    summary: 'the store is locked by another running process (a coordinator, a daemon or a `listen`)',
+  },
+  MESH_ERR_STORE_FULL: {
+    permanent: false,
+    summary: 'the disk under the runtime store is full; nothing was stored, retry once there is room',
   },
   MESH_ERR_SCHEMA_TOO_NEW: {
     permanent: true,

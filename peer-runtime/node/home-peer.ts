@@ -2,9 +2,9 @@
  * Opening a `Peer` from a home: the member key as the control-plane presence (DMs to the member key
  * arrive there), or a stable session key with a member-signed attestation, re-minted at half its TTL.
  * Each presence key gets its own sqlite store (`stores/<pk prefix>.db`), so a session's outbox survives
- * its restarts and never mixes with another presence's.
+ * its restarts and never mixes with another presence's. One process opens a store at a time: while the
+ * daemon holds the member's store, opening the control plane here throws `MESH_ERR_STORE_LOCKED`.
  */
-import { open } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { systemClock, type Clock } from '../../protocol/clock.js'
 import { parseKeyHex } from '../../protocol/encoding.js'
@@ -63,8 +63,8 @@ export async function openMeshPeer(home: string, mesh: string, o: OpenMeshPeer):
   const identity = session?.key ?? member
   const path = storePath(home, mesh, identity.publicKey)
   await makePrivateDir(dirname(path))
-  // SQLite creates its -wal and -shm files with the database file's mode: make that 0600 first.
-  await (await open(path, 'a', 0o600)).close()
+  // The store makes its file 0600 itself, under its lock (`MESH_ERR_STORE_LOCKED` while another process,
+  // such as the daemon, has it open): creating it here, before the lock, raced a concurrent opener.
   const store: RuntimeStore = sqliteStore({ path })
   const displayName = o.displayName ?? config.displayName
   const url = o.coordinatorUrl === undefined ? config.wsUrl : coordinatorUrls(o.coordinatorUrl).ws

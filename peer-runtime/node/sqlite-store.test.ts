@@ -1,8 +1,11 @@
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import Database from 'better-sqlite3'
-import { afterAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { isMeshError } from '../../protocol/errors.js'
 import {
   runtimeStoreCompliance,
@@ -118,6 +121,67 @@ runtimeStoreCompliance(
     durability: 'durable',
   },
 )
+
+const child = join(import.meta.dirname, '../../test/support/store-child.ts')
+const children: ChildProcess[] = []
+afterEach(async () => {
+  for (const c of children.splice(0)) {
+    if (c.exitCode === null && c.signalCode === null) {
+      c.kill('SIGKILL')
+      await once(c, 'exit')
+    }
+  }
+})
+
+/** `store-child.ts hold <path>`: resolves with the process and the first line it printed. */
+async function holdInChild(path: string): Promise<{ proc: ChildProcess; line: string }> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', child, 'hold', path], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  children.push(proc)
+  const lines = createInterface({ input: proc.stdout! })
+  const [line] = (await once(lines, 'line')) as [string]
+  return { proc, line }
+}
+
+describe('sqlite store: one process per store', () => {
+  it('refuses a second opener in this process with MESH_ERR_STORE_LOCKED naming this pid; close frees it', async () => {
+    const path = freshPath()
+    const store = sqliteStore({ path })
+    expect(() => sqliteStore({ path })).toThrow(
+      expect.objectContaining({ code: 'MESH_ERR_STORE_LOCKED', details: { path, pid: process.pid } }),
+    )
+    // The refused opener changed nothing: the first one still works.
+    await store.insertOutbox(testOutboxRow(1))
+    await store.close()
+    expect(existsSync(`${path}.lock`)).toBe(false)
+    const again = sqliteStore({ path })
+    expect((await again.getOutbox(testMessageId(1)))?.id).toBe(testMessageId(1))
+    await again.close()
+  })
+
+  it('refuses while another process holds the store, naming its pid; takes over after its kill -9', async () => {
+    const path = freshPath()
+    const { proc, line } = await holdInChild(path)
+    expect(line).toBe('open')
+    expect(() => sqliteStore({ path })).toThrow(
+      expect.objectContaining({ code: 'MESH_ERR_STORE_LOCKED', details: { path, pid: proc.pid } }),
+    )
+    proc.kill('SIGKILL')
+    await once(proc, 'exit')
+    const store = sqliteStore({ path })
+    await store.insertOutbox(testOutboxRow(1))
+    await store.close()
+  })
+
+  it('two processes opening a new file at once: one opens it, the other is told it is locked', async () => {
+    // Before the lock, both read schema 0 and the loser failed on CREATE TABLE with
+    // MESH_ERR_STORE_UNAVAILABLE, leaving a 0-byte file (its data in the winner's -wal).
+    const path = freshPath()
+    const [a, b] = await Promise.all([holdInChild(path), holdInChild(path)])
+    expect([a.line, b.line].sort()).toEqual(['error MESH_ERR_STORE_LOCKED', 'open'])
+  })
+})
 
 describe('sqlite store', () => {
   it('creates its directory 0700 and its files 0600, and narrows an existing file to 0600', async () => {

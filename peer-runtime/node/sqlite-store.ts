@@ -10,12 +10,17 @@
  *   commit then waits for the disk (about a millisecond or more); batch writes (`insertOutboxMany`,
  *   `insertInboxMany`, `claimDue`) to share one sync.
  *
- * The store belongs to one process: it takes no lock file, and two runtimes on one file would each
- * dispatch the other's outbox rows. The file is created 0600 in a directory created 0700 (SQLite gives
- * its `-wal` and `-shm` files the database file's mode), and an existing file is narrowed to 0600.
+ * The store belongs to one process: two runtimes on one file would each dispatch the other's outbox
+ * rows. Opening takes `<path>.lock` (`pid-lock.ts`) before touching the database; a second opener, in
+ * another process or in this one, gets `MESH_ERR_STORE_LOCKED` naming the holder's pid, and a lock left
+ * by a dead process is taken over. `close()` releases it. The file is created 0600 in a directory created
+ * 0700 (SQLite gives its `-wal` and `-shm` files the database file's mode), and an existing file is
+ * narrowed to 0600.
  *
- * The schema carries its version in `PRAGMA user_version`; a file written by a newer build is refused
- * with `MESH_ERR_SCHEMA_TOO_NEW`. better-sqlite3 is synchronous: each call runs to completion on the
+ * The schema carries its version in `PRAGMA user_version` and migrates forward in one transaction
+ * (`sqlite-schema.ts`); a file written by a newer build is refused with `MESH_ERR_SCHEMA_TOO_NEW`. A
+ * write that finds the disk full (`SQLITE_FULL`) rejects with `MESH_ERR_STORE_FULL` and stores nothing;
+ * writes succeed again once there is room. better-sqlite3 is synchronous: each call runs to completion on the
  * calling thread, so statements are prepared once and kept small (the due-row index makes `claimDue`
  * cost what it returns).
  */
@@ -23,6 +28,7 @@ import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
 import { newInboxRow, newOutboxRow } from '../store/rows.js'
+import { acquirePidLock, type PidLock } from './pid-lock.js'
 import { migrate } from './sqlite-schema.js'
 import type { Channel } from '../../protocol/envelope.js'
 import { toHex } from '../../protocol/encoding.js'
@@ -182,6 +188,37 @@ function stateList(states: readonly OutboxState[]): string {
 
 const ALL_STATES = stateList(['pending', 'inflight', 'accepted', 'done', 'dead', 'aborted'])
 
+/** How long a statement waits for another connection's write lock before failing (`busy_timeout`). */
+const BUSY_TIMEOUT_MS = 5_000
+
+/** The lock file of the store at `path`: `<path>.lock`. */
+export function storeLockPath(path: string): string {
+  return `${path}.lock`
+}
+
+function lockedError(path: string, pid: number | undefined): MeshError {
+  const who = pid === undefined ? 'another process' : pid === process.pid ? 'this process' : `pid ${pid}`
+  return new MeshError(
+    'MESH_ERR_STORE_LOCKED',
+    `the runtime store ${path} is in use by ${who}; one process opens a store at a time ` +
+      '(is a daemon or a `listen` running on this home?)',
+    { details: pid === undefined ? { path } : { path, pid } },
+  )
+}
+
+/** A driver error as a `MeshError`: `SQLITE_FULL` is `MESH_ERR_STORE_FULL`, anything else unavailable. */
+function storeError(err: unknown, message: string): MeshError {
+  const code = typeof err === 'object' && err !== null && 'code' in err ? err.code : undefined
+  if (code === 'SQLITE_FULL') {
+    return new MeshError(
+      'MESH_ERR_STORE_FULL',
+      `${message}: the disk (or the store's size limit) is full; nothing of this write was stored`,
+      { cause: err },
+    )
+  }
+  return new MeshError('MESH_ERR_STORE_UNAVAILABLE', message, { cause: err })
+}
+
 /** Opens (creating if needed) the runtime's database at `path`. Throws a `MeshError` when it cannot. */
 export function sqliteStore(options: SqliteStoreOptions): RuntimeStore {
   return new SqliteStore(options)
@@ -190,6 +227,7 @@ export function sqliteStore(options: SqliteStoreOptions): RuntimeStore {
 class SqliteStore implements RuntimeStore {
   readonly durability = 'durable' as const
   readonly #db: Database.Database
+  readonly #lock: PidLock
   #closed = false
   readonly #stmt: ReturnType<typeof prepare>
   /** `readInbox` statements by recipient count and `unconsumed`. */
@@ -202,23 +240,28 @@ class SqliteStore implements RuntimeStore {
 
   constructor({ path, synchronous = 'normal' }: SqliteStoreOptions) {
     let db: Database.Database | undefined
+    let lock: PidLock | undefined
     try {
       mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+      // The lock comes first: everything after it (creating the file, WAL, migrations) is done by one
+      // process at a time. Two openers racing on a new file used to both see schema 0 and the loser
+      // failed on `CREATE TABLE`.
+      lock = acquirePidLock(storeLockPath(path), { held: (holder) => lockedError(path, holder?.pid) })
       closeSync(openSync(path, 'a', 0o600))
       chmodSync(path, 0o600)
-      db = new Database(path)
+      db = new Database(path, { timeout: BUSY_TIMEOUT_MS })
       const mode = db.pragma('journal_mode = WAL', { simple: true })
       if (mode !== 'wal') throw new Error(`journal_mode is ${String(mode)}, not wal`)
       db.pragma(`synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
       migrate(db)
       this.#db = db
+      this.#lock = lock
       this.#stmt = prepare(db)
     } catch (err) {
       db?.close()
+      lock?.release()
       if (isMeshError(err)) throw err
-      throw new MeshError('MESH_ERR_STORE_UNAVAILABLE', `cannot open the runtime store ${path}`, {
-        cause: err,
-      })
+      throw storeError(err, `cannot open the runtime store ${path}`)
     }
     const stmt = this.#stmt
     db = this.#db
@@ -382,17 +425,25 @@ class SqliteStore implements RuntimeStore {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    this.#db.close()
+    try {
+      this.#db.close()
+    } finally {
+      this.#lock.release()
+    }
   }
 
-  /** Runs a synchronous database call; driver failures become `MESH_ERR_STORE_UNAVAILABLE`. */
+  /**
+   * Runs a synchronous database call; a full disk (or `max_page_count`) becomes `MESH_ERR_STORE_FULL`,
+   * other driver failures `MESH_ERR_STORE_UNAVAILABLE`. Either way the statement or transaction was
+   * rolled back: nothing of it is stored.
+   */
   #run<T>(fn: () => T): T {
     if (this.#closed) throw new MeshError('MESH_ERR_STORE_CLOSED', 'the runtime store is closed')
     try {
       return fn()
     } catch (err) {
       if (isMeshError(err)) throw err
-      throw new MeshError('MESH_ERR_STORE_UNAVAILABLE', 'the runtime store failed', { cause: err })
+      throw storeError(err, 'the runtime store failed')
     }
   }
 

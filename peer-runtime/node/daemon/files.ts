@@ -1,7 +1,7 @@
 /**
  * What the daemon keeps in the home, beside the meshes (`home.ts`), all 0600:
  *
- *     daemon.lock            the running daemon's pid (O_EXCL): two daemons never share a home
+ *     daemon.lock            the running daemon's pid, boot id and start time: two daemons never share a home
  *     daemon.sock            the IPC Unix socket
  *     daemon.json            {pid, port, socket, startedAt}: where a client finds the loopback port
  *     daemon.token           the admin token (registers sessions), created on the first `daemon up`
@@ -9,10 +9,11 @@
  */
 import { loadOrCreateTokenFile, readTokenFile } from '../../../protocol/node/secret-file.js'
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
-import { link, open, readFile, rename, stat, unlink } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MeshError } from '../../../protocol/errors.js'
 import { errnoCode, makePrivateDir, writePrivateFile } from '../home.js'
+import { acquirePidLock, liveHolder, pidRuns } from '../pid-lock.js'
 
 /** The daemon's files in `home`. */
 export interface DaemonPaths {
@@ -100,39 +101,19 @@ export interface DaemonLock {
 }
 
 /**
- * Takes `daemon.lock`: created with O_EXCL and holding our pid. A lock whose pid still runs refuses with
- * `MESH_ERR_DAEMON_RUNNING {pid}`; one whose pid is gone (a `kill -9`) is taken over.
+ * Takes `daemon.lock` (`pid-lock.ts`: our pid, boot id and process start time, written whole). A lock
+ * whose holder still runs refuses with `MESH_ERR_DAEMON_RUNNING {pid}`; one whose pid is gone (a
+ * `kill -9`), or now belongs to an unrelated process (another start time, another boot), is taken over.
  */
 export async function lockHome(home: string): Promise<DaemonLock> {
   await makePrivateDir(home)
-  const path = daemonPaths(home).lock
-  for (let round = 0; round < 5; round++) {
-    if (await tryCreate(path)) return heldLock(path)
-    const text = await readFile(path, 'utf8').catch(ignoreEnoent)
-    if (text === undefined) continue
-    const pid = parsePid(text)
-    if (pid !== undefined && isRunning(pid)) throw runningError(home, pid)
-    if (pid === undefined && (await isFresh(path))) throw runningError(home, undefined)
-    // Stale: rename it aside (a rename of a file someone else just replaced moves theirs, so check).
-    const aside = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.stale`
-    try {
-      await rename(path, aside)
-    } catch (err) {
-      if (errnoCode(err) === 'ENOENT') continue
-      throw err
-    }
-    const moved = await readFile(aside, 'utf8').catch(ignoreEnoent)
-    if (moved !== text) await link(aside, path).catch(() => undefined)
-    await unlink(aside).catch(() => undefined)
-  }
-  throw runningError(home, undefined)
+  const lock = acquirePidLock(daemonPaths(home).lock, { held: (holder) => runningError(home, holder?.pid) })
+  return { release: async () => lock.release() }
 }
 
-/** The pid in `daemon.lock` when that process runs, else undefined. */
+/** The pid in `daemon.lock` when that process (the same one, not a reuse of its pid) runs, else undefined. */
 export async function runningDaemonPid(home: string): Promise<number | undefined> {
-  const text = await readFile(daemonPaths(home).lock, 'utf8').catch(ignoreEnoent)
-  const pid = text === undefined ? undefined : parsePid(text)
-  return pid !== undefined && isRunning(pid) ? pid : undefined
+  return liveHolder(daemonPaths(home).lock)?.pid
 }
 
 /** Writes `daemon.json` (0600, atomically). */
@@ -140,57 +121,8 @@ export async function writeDaemonInfo(home: string, info: DaemonInfo): Promise<v
   await writePrivateFile(daemonPaths(home).info, JSON.stringify(info, null, 2) + '\n')
 }
 
-async function tryCreate(path: string): Promise<boolean> {
-  let file
-  try {
-    file = await open(path, 'wx', 0o600)
-  } catch (err) {
-    if (errnoCode(err) === 'EEXIST') return false
-    throw err
-  }
-  try {
-    await file.writeFile(`${process.pid}\n`)
-    await file.sync()
-  } finally {
-    await file.close()
-  }
-  return true
-}
-
-function heldLock(path: string): DaemonLock {
-  let released = false
-  return {
-    async release() {
-      if (released) return
-      released = true
-      const text = await readFile(path, 'utf8').catch(ignoreEnoent)
-      if (text !== undefined && parsePid(text) === process.pid) await unlink(path).catch(() => undefined)
-    },
-  }
-}
-
-function parsePid(text: string): number | undefined {
-  const t = text.trim()
-  if (!/^\d{1,10}$/.test(t)) return undefined
-  const pid = Number(t)
-  return pid > 0 ? pid : undefined
-}
-
 /** Whether `pid` runs (EPERM: it does, as another user). */
-export function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return errnoCode(err) === 'EPERM'
-  }
-}
-
-// A lock file without a pid younger than this is a starter between creating and writing it.
-async function isFresh(path: string): Promise<boolean> {
-  const info = await stat(path).catch(ignoreEnoent)
-  return info !== undefined && Date.now() - info.mtimeMs < 10_000
-}
+export const isRunning = pidRuns
 
 function runningError(home: string, pid: number | undefined): MeshError {
   return new MeshError(
@@ -199,9 +131,4 @@ function runningError(home: string, pid: number | undefined): MeshError {
       'stop it with `agentmesh daemon down`',
     { details: pid === undefined ? { home } : { home, pid } },
   )
-}
-
-function ignoreEnoent(err: unknown): undefined {
-  if (errnoCode(err) === 'ENOENT') return undefined
-  throw err
 }
