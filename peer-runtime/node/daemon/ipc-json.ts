@@ -126,10 +126,14 @@ const STATUS: Partial<Record<MeshErrorCode, number>> = {
   MESH_ERR_SESSION_REPLACED: 409,
   MESH_ERR_PAYLOAD_TOO_LARGE: 413,
   MESH_ERR_ENVELOPE_TOO_LARGE: 413,
+  // Another process holds a store this request needed (WebDAV's "Locked").
+  MESH_ERR_STORE_LOCKED: 423,
   MESH_ERR_INTERNAL: 500,
   MESH_ERR_SHUTTING_DOWN: 503,
   MESH_ERR_DISCONNECTED: 503,
   MESH_ERR_SESSION_UNAVAILABLE: 503,
+  // The daemon's disk is full: nothing was stored, so never a 202 (WebDAV's "Insufficient Storage").
+  MESH_ERR_STORE_FULL: 507,
 }
 
 function statusOf(code: MeshErrorCode): number {
