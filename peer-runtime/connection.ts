@@ -5,11 +5,14 @@
  * neutral: the socket comes from an injected factory (the `ws` package in Node, the native WebSocket in a
  * browser), timers from the injected clock.
  *
- * Reconnects use full-jitter backoff from 0.5 s doubling to 30 s, reset by a `hello_ack`. Terminal
- * closes stop it for good (4001 kicked, 4002 revoked, 4010 unsupported version), and so does 4003
- * (replaced) unless the newer connection is one of ours (DESIGN.md §3). A coordinator whose challenge
- * carries another key than the pinned one gets no hello (`MESH_ERR_COORDINATOR_MISMATCH`) and is tried
- * again later, in case the right one comes back at that address.
+ * Reconnects follow a `ReconnectPolicy`: by default forever, full-jitter backoff from 0.5 s doubling to a
+ * cap of 5 s (DESIGN.md §6 says 30 s: a departure, see docs/ARCHITECTURE.md), reset by a `hello_ack`.
+ * Every wait is announced (`retrying`, with its delay) so a command can tell its user. Terminal closes
+ * stop it for good (4001 kicked, 4002 revoked, 4010 unsupported version), and so does 4003 (replaced)
+ * unless the newer connection is one of ours (DESIGN.md §3), and so does a hello the coordinator refuses
+ * with a code retrying cannot fix (`giveUpOn`: revoked, unknown mesh, not a member, unsupported version).
+ * A coordinator whose challenge carries another key than the pinned one gets no hello
+ * (`MESH_ERR_COORDINATOR_MISMATCH`) and is tried again later, in case the right one comes back there.
  */
 import type { Clock, ClockTimer } from '../protocol/clock.js'
 import { bytesEqual, toHex } from '../protocol/encoding.js'
@@ -53,11 +56,53 @@ export const TERMINAL_CLOSE_CODES: ReadonlyMap<number, MeshErrorCode> = new Map(
 
 const OPEN = 1
 
+/** How a refused hello's `error` frame waits for the coordinator's close (which carries the close code). */
+const REFUSAL_CLOSE_WAIT_MS = 1_000
+
+/** Hello refusals that retrying cannot fix: the connection stops with them (`ReconnectPolicy.giveUpOn`). */
+export const GIVE_UP_ON_HELLO: ReadonlySet<MeshErrorCode> = new Set<MeshErrorCode>([
+  'MESH_ERR_REVOKED',
+  'MESH_ERR_UNSUPPORTED_VERSION',
+  'MESH_ERR_UNKNOWN_MESH',
+  'MESH_ERR_UNKNOWN_KEY',
+])
+
+/** When and how often the connection dials again after a socket or a hello failed. */
+export interface ReconnectPolicy {
+  /**
+   * Failures in a row (sockets or hellos that failed, or a live socket gone, with no `hello_ack` between
+   * them) after which the connection stops with `MESH_ERR_COORDINATOR_UNREACHABLE`. Default `'forever'`.
+   */
+  attempts: number | 'forever'
+  /** First delay cap, doubling per failed dial (full jitter: the delay is uniform below the cap). Default 500 ms. */
+  baseMs: number
+  /** Largest delay. Default 5 s. */
+  capMs: number
+  /** Refusal codes of a hello that stop the connection for good. Default `GIVE_UP_ON_HELLO`. */
+  giveUpOn: ReadonlySet<MeshErrorCode>
+  /**
+   * Called with every wait, like the `retrying` event: a hook for code that holds a `Peer` rather than
+   * the connection (a command telling its user "retrying in 2.1 s").
+   */
+  onRetry?: (info: RetryInfo) => void
+}
+
+/** What `retrying` reports: the connection waits `delayMs` before its next dial. */
+export interface RetryInfo {
+  delayMs: number
+  /** Failed dials in a row so far (1 after the first failure). */
+  attempt: number
+  /** When the outage began (the clock's ms): the first failure since the last `hello_ack`. */
+  since: number
+  /** Why the last dial failed (or the last socket went), when known. */
+  error?: MeshError
+}
+
 /** Timings of the connection; each is an option so tests inject their own (DESIGN.md §6). */
 export interface ConnectionTimings {
-  /** First reconnect delay cap (doubling from here). Default 500 ms. */
+  /** First reconnect delay cap (doubling from here). Default 500 ms (`ReconnectPolicy.baseMs` wins). */
   backoffBaseMs: number
-  /** Largest reconnect delay. Default 30 s. */
+  /** Largest reconnect delay. Default 5 s (`ReconnectPolicy.capMs` wins). */
   backoffCapMs: number
   /** A `ping` goes out this long after the last frame sent. Default 30 s. */
   pingMs: number
@@ -71,7 +116,7 @@ export interface ConnectionTimings {
 
 export const DEFAULT_CONNECTION_TIMINGS: ConnectionTimings = {
   backoffBaseMs: 500,
-  backoffCapMs: 30_000,
+  backoffCapMs: 5_000,
   pingMs: 30_000,
   staleMs: 75_000,
   helloTimeoutMs: 10_000,
@@ -96,6 +141,8 @@ export interface ConnectionInit {
   coordinatorPk: Uint8Array
   clock: Clock
   timings?: Partial<ConnectionTimings>
+  /** When to dial again (default: forever, 0.5 s to 5 s). */
+  reconnect?: Partial<ReconnectPolicy>
   /** Jitter source (tests pin it). Default Math.random. */
   random?: () => number
 }
@@ -119,7 +166,12 @@ export interface ConnectionEvents {
   failed: (info: DownInfo) => void
   /** The connection stopped for good (terminal close code, replaced by another process, or `close()`). */
   stopped: (error?: MeshError) => void
+  /** The connection waits `delayMs` before dialling again (after every `down` or `failed` it retries). */
+  retrying: (info: RetryInfo) => void
 }
+
+/** The connection options a `Peer` passes through: timings, plus the reconnect policy. */
+export type ConnectionOptions = Partial<ConnectionTimings> & { reconnect?: Partial<ReconnectPolicy> }
 
 export type ConnectionState = 'idle' | 'connecting' | 'ready' | 'waiting' | 'stopped'
 
@@ -139,6 +191,7 @@ interface Pending {
 export class CoordinatorConnection extends Emitter<ConnectionEvents> {
   readonly #init: ConnectionInit
   readonly #timings: ConnectionTimings
+  readonly #policy: ReconnectPolicy
   readonly #random: () => number
   #state: ConnectionState = 'idle'
   #socket: WebSocketLike | undefined
@@ -146,6 +199,9 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
   /** The instance ids of our sockets, so a 4003 naming one of them is known to be our own newer one. */
   readonly #instanceIds = new Set<string>()
   #attempt = 0
+  /** When the current outage began; undefined while ready (or before the first failure). */
+  #outageSince: number | undefined
+  #lastFailure: MeshError | undefined
   #retry: ClockTimer | undefined
   #helloTimer: ClockTimer | undefined
   #pingTimer: ClockTimer | undefined
@@ -159,6 +215,13 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     super()
     this.#init = init
     this.#timings = { ...DEFAULT_CONNECTION_TIMINGS, ...init.timings }
+    this.#policy = {
+      attempts: init.reconnect?.attempts ?? 'forever',
+      baseMs: init.reconnect?.baseMs ?? this.#timings.backoffBaseMs,
+      capMs: init.reconnect?.capMs ?? this.#timings.backoffCapMs,
+      giveUpOn: init.reconnect?.giveUpOn ?? GIVE_UP_ON_HELLO,
+      ...(init.reconnect?.onRetry !== undefined && { onRetry: init.reconnect.onRetry }),
+    }
     this.#random = init.random ?? Math.random
   }
 
@@ -299,6 +362,7 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     // Only recent ids matter: a 4003 names the connection that replaced the current one.
     if (this.#instanceIds.size > 16) this.#instanceIds.delete(this.#instanceIds.values().next().value!)
     let helloSent = false
+    let refusal: MeshError | undefined
     this.#helloTimer = this.#init.clock.setTimeout(() => {
       this.#drop(
         socket,
@@ -329,9 +393,16 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
           helloSent = true
           this.#sayHello(socket, frame, instanceId)
         } else if (frame.t === 'hello_ack') this.#onHelloAck(socket, frame)
-        else if (frame.t === 'error') {
-          const err = MeshError.fromWire(frame)
-          this.#drop(socket, 1000, 'hello refused', err)
+        else if (frame.t === 'error' && refusal === undefined) {
+          // The coordinator closes right after its error, and the close code says more (4002, 4010):
+          // wait a moment for it, then drop the socket ourselves.
+          refusal = MeshError.fromWire(frame)
+          const err = refusal
+          this.#helloTimer?.cancel()
+          this.#helloTimer = this.#init.clock.setTimeout(
+            () => this.#drop(socket, 1000, 'hello refused', err),
+            REFUSAL_CLOSE_WAIT_MS,
+          )
         }
         return
       }
@@ -339,7 +410,7 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     }
     socket.onclose = (ev) => {
       if (this.#socket !== socket) return
-      this.#socketGone({ code: ev.code, reason: ev.reason })
+      this.#socketGone({ code: ev.code, reason: ev.reason, ...(refusal !== undefined && { error: refusal }) })
     }
     socket.onerror = () => {
       // onclose follows every error; nothing to do here but not to crash on an unhandled 'error'.
@@ -382,6 +453,8 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     this.#helloAck = ack
     this.#state = 'ready'
     this.#attempt = 0
+    this.#outageSince = undefined
+    this.#lastFailure = undefined
     this.#schedulePing(socket)
     for (const w of this.#readyWaiters) w.resolve()
     this.#readyWaiters.clear()
@@ -418,6 +491,7 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
           details: { code: info.code, reason: info.reason },
         })
       if (wasReady) this.emit('down', { ...info, error: err })
+      else this.emit('failed', { ...info, error: err })
       this.#stop(err)
       return
     }
@@ -431,14 +505,20 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     }
     if (wasReady) this.emit('down', info)
     else this.emit('failed', info)
-    this.#scheduleRetry()
+    // A listener may have closed the connection meanwhile.
+    if ((this.#state as ConnectionState) === 'stopped') return
+    if (!wasReady && info.error !== undefined && this.#policy.giveUpOn.has(info.error.code)) {
+      this.#stop(info.error)
+      return
+    }
+    this.#scheduleRetry(info.error)
   }
 
   #failed(info: DownInfo): void {
     this.#clearSocketTimers()
     this.#socket = undefined
     this.emit('failed', info)
-    this.#scheduleRetry()
+    this.#scheduleRetry(info.error)
   }
 
   /** Drops `socket` on our side, reporting `error` as the cause. */
@@ -454,16 +534,40 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     this.#socketGone({ code: 1006, reason, error })
   }
 
-  #scheduleRetry(): void {
+  #scheduleRetry(error: MeshError | undefined): void {
     if (this.#state === 'stopped') return
+    this.#outageSince ??= this.#init.clock.now()
+    if (error !== undefined) this.#lastFailure = error
+    const { attempts, baseMs, capMs } = this.#policy
+    if (attempts !== 'forever' && this.#attempt + 1 >= attempts) {
+      this.#stop(
+        new MeshError(
+          'MESH_ERR_COORDINATOR_UNREACHABLE',
+          `no hello accepted by ${this.#init.url} in ${this.#attempt + 1} attempts`,
+          {
+            details: { url: this.#init.url, attempts: this.#attempt + 1 },
+            ...(this.#lastFailure !== undefined && { cause: this.#lastFailure }),
+          },
+        ),
+      )
+      return
+    }
     this.#state = 'waiting'
-    const cap = Math.min(this.#timings.backoffCapMs, this.#timings.backoffBaseMs * 2 ** this.#attempt)
-    this.#attempt = Math.min(this.#attempt + 1, 30)
+    const cap = Math.min(capMs, baseMs * 2 ** Math.min(this.#attempt, 30))
+    this.#attempt++
     const delay = Math.floor(this.#random() * cap)
     this.#retry = this.#init.clock.setTimeout(() => {
       this.#retry = undefined
       if (this.#state === 'waiting') this.#dial()
     }, delay)
+    const info: RetryInfo = {
+      delayMs: delay,
+      attempt: this.#attempt,
+      since: this.#outageSince,
+      ...(this.#lastFailure !== undefined && { error: this.#lastFailure }),
+    }
+    this.emit('retrying', info)
+    this.#policy.onRetry?.(info)
   }
 
   #stop(error: MeshError | undefined): void {

@@ -36,13 +36,14 @@ import type { PeerTransport } from '../transports/types.js'
 import type { WebrtcTransportInit } from '../transports/webrtc/index.js'
 import {
   CoordinatorConnection,
-  type ConnectionTimings,
+  type ConnectionOptions,
   type DownInfo,
   type SocketFactory,
 } from './connection.js'
 import { PeerDirectory, type KnownPeer } from './directory.js'
 import { Inbox, type InboundMessage } from './inbox.js'
 import { MeshView } from './mesh-view.js'
+import { MeshViewSaver } from './mesh-view-saver.js'
 import { AttestationRefresher } from './attestation-refresh.js'
 import { fromError, fromSendAck, p2pState } from './dispatch-result.js'
 import { Outbox, type DispatchResult } from './outbox.js'
@@ -82,13 +83,16 @@ export interface PeerOptions {
   webrtc?: PeerWebrtcOptions
   clock?: Clock
   displayName?: string
-  connection?: Partial<ConnectionTimings>
+  /** Connection timings and the reconnect policy (default: forever, 0.5 s to 5 s). */
+  connection?: ConnectionOptions
   /** Outbox tuning (tests shorten the backoff). */
   outbox?: { backoffBaseMs?: number; backoffCapMs?: number; concurrency?: number; random?: () => number }
   /** The TTL the attestation source mints with (default 12 h): the refresh comes at half of it. */
   attestationTtlMs?: number
   /** How long `send` waits to learn (and verify) a recipient it does not know yet. Default 30 s. */
   resolveTimeoutMs?: number
+  /** How long live mesh changes wait to be saved together (default 1 s; a catch-up saves when it ends). */
+  viewSaveDelayMs?: number
 }
 
 /** What `send` resolves with: the message is stored and on its way. */
@@ -143,6 +147,7 @@ export class Peer extends Emitter<PeerEvents> {
   readonly #clock: Clock
   readonly #connection: CoordinatorConnection
   readonly #view: MeshView
+  readonly #viewSaver: MeshViewSaver
   readonly #directory: PeerDirectory
   readonly #inbox: Inbox
   readonly #outbox: Outbox
@@ -175,6 +180,13 @@ export class Peer extends Emitter<PeerEvents> {
     this.#cache = new BoxKeyCache(o.identity)
     this.#view = new MeshView({ mesh: o.mesh, ownerPk: o.ownerPk, coordinatorPk: o.coordinatorPk })
     this.#directory = new PeerDirectory(this.#view)
+    this.#viewSaver = new MeshViewSaver({
+      view: this.#view,
+      store: o.store,
+      clock: this.#clock,
+      ...(o.viewSaveDelayMs !== undefined && { delayMs: o.viewSaveDelayMs }),
+      onError: (err) => this.emit('error', err),
+    })
     this.#inbox = new Inbox({
       store: o.store,
       mesh: o.mesh,
@@ -196,6 +208,7 @@ export class Peer extends Emitter<PeerEvents> {
       ...(o.sessionId !== undefined && { sessionId: o.sessionId }),
       ...(o.attestation !== undefined && { attestation: o.attestation }),
       ...(o.connection !== undefined && { timings: o.connection }),
+      ...(o.connection?.reconnect !== undefined && { reconnect: o.connection.reconnect }),
     })
     this.#refresher =
       o.attestation === undefined || o.role === 'control-plane'
@@ -232,11 +245,15 @@ export class Peer extends Emitter<PeerEvents> {
     if (o.webrtc !== undefined) this.#setUpP2P(o.webrtc)
   }
 
-  /** Recovers the outbox and starts connecting; resolves without waiting for the coordinator. */
+  /**
+   * Recovers the outbox, loads the saved mesh view (so the catch-up asks only for newer events) and
+   * starts connecting; resolves without waiting for the coordinator.
+   */
   async start(): Promise<this> {
     if (this.#started) return this
     this.#started = true
     await this.#outbox.start()
+    await this.#viewSaver.load()
     this.#connection.start()
     return this
   }
@@ -426,6 +443,7 @@ export class Peer extends Emitter<PeerEvents> {
     await this.#p2p?.close()
     await this.#transport?.close()
     await this.#connection.close()
+    await this.#viewSaver.flush()
   }
 
   // ── wiring ─────────────────────────────────────────────────────────────────
@@ -491,12 +509,39 @@ export class Peer extends Emitter<PeerEvents> {
     this.#outbox.wake()
   }
 
-  /** Asks `mesh_events` until the view reaches `target` (1,000 events a page). */
+  /**
+   * Asks `mesh_events` until the view reaches `target` (1,000 events a page), then saves the view once.
+   * A view restored from the store is dropped for a full replay when the coordinator's log no longer
+   * holds it: the coordinator reports a lower version and its log lacks our last event (restored from a
+   * backup), or the events after our version do not apply on it.
+   */
   async #catchUp(target: number): Promise<void> {
-    while (this.#view.version < target) {
-      const reply = await this.#connection.request({ t: 'mesh_events', since: this.#view.version })
-      const { applied } = this.#view.applyEvents(reply.events)
+    const view = this.#view
+    const before = view.version
+    let replayed = false
+    if (view.version > target) {
+      const reply = await this.#connection.request({ t: 'mesh_events', since: view.version - 1 })
+      // A stale `stateVersion` from a coordinator's cache: our event is in its log, nothing to fetch.
+      if (view.logHolds(reply.events)) return
+      view.reset()
+      replayed = true
+    }
+    while (view.version < target) {
+      const reply = await this.#connection.request({ t: 'mesh_events', since: view.version })
+      let applied: number
+      try {
+        applied = view.applyEvents(reply.events).applied
+      } catch (err) {
+        if (!view.restored) throw err
+        view.reset()
+        replayed = true
+        continue
+      }
       if (applied === 0) break
+    }
+    if (view.version !== before || replayed) {
+      this.#viewSaver.changed()
+      await this.#viewSaver.flush()
     }
   }
 
@@ -585,7 +630,8 @@ export class Peer extends Emitter<PeerEvents> {
       return
     }
     try {
-      const { gap } = this.#view.applyEvent(event)
+      const { applied, gap } = this.#view.applyEvent(event, env.sig)
+      if (applied > 0) this.#viewSaver.changed()
       if (gap) this.#catchingUp = this.#catchUp(event.version).catch(() => undefined)
     } catch {
       // An event the view refuses (not authorised by the roster) changes nothing.
