@@ -98,6 +98,22 @@ export class MeshView {
     this.#restored = true
   }
 
+  /**
+   * True when `records`, the coordinator's log from `version - 1` on (`mesh_events{since: version - 1}`),
+   * still holds the very event this view is at: a coordinator that reports a lower version than ours
+   * from a stale cache, rather than one whose log lost our events (restored from a backup).
+   */
+  logHolds(records: readonly Signed[]): boolean {
+    const record = records[0]
+    if (record === undefined || this.#lastSig === undefined) return false
+    try {
+      const f = verifySystemEvent(record, { coordinatorPk: this.#coordinatorPk, mesh: this.mesh })
+      return f.version === this.#state.version && bytesEqual(record.sig, this.#lastSig)
+    } catch {
+      return false
+    }
+  }
+
   /** Back to genesis (version 0): the next catch-up replays the whole log. */
   reset(): void {
     this.#state = new MeshState(this.mesh, this.ownerPk)
