@@ -131,6 +131,21 @@ describe('MeshView snapshot', () => {
     }
   })
 
+  it('logHolds: the log from version - 1 holds our event only if it is the one we applied', () => {
+    const view = fresh()
+    view.applyEvents(log.since(0).slice(0, 5))
+    const restored = fresh()
+    restored.restore(view.snapshot())
+    for (const v of [view, restored]) {
+      expect(v.logHolds(log.since(4))).toBe(true)
+      expect(v.logHolds([])).toBe(false)
+      // The same version with another body (a log that was rewritten): not ours.
+      const other = new MeshLog({ mesh: MESH, owner, coordinator })
+      other.appendGroupChanges(4, [owner.publicKey])
+      expect(v.logHolds(other.since(4))).toBe(false)
+    }
+  })
+
   it('refuses a snapshot of another mesh or coordinator, a tampered roster record, garbage and another format', () => {
     const view = fresh()
     view.applyEvents(log.since(0))
