@@ -1,0 +1,367 @@
+/**
+ * One chaos run: a fresh world, `messages` DMs from bob's daemon to alice's `listen`, the faults of a
+ * schedule applied while they flow, then the history check, the two recovery figures and the state of
+ * `listen` (still running `holdMs` after the last fault, exits 0 on SIGINT). Every process is killed
+ * at the end, pass or fail.
+ */
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { PgCluster } from '../support/pg-cluster.js'
+import { instantiate, type Template } from './template.js'
+import { checkHistory, describeVerdict, type FinalState, type Verdict } from './history.js'
+import { describeFault, type Fault } from './schedule.js'
+import { sendAll } from './traffic.js'
+import { ChaosWorld, type DuplicateCounts, type StoreKind } from './world.js'
+
+/** The coordinator's default limit for one member (DESIGN.md §6): a burst, then a steady rate. */
+export const MEMBER_RATE_PER_S = 100
+/** The first recovery goal: what the coordinator had accepted reaches alice within this. */
+export const ACCEPTED_GOAL_MS = 5000
+
+export interface RunOptions {
+  seed: number
+  messages: number
+  faults: Fault[]
+  /** How long `listen` must still run after the last fault before SIGINT. */
+  holdMs: number
+  /** The set-up world to start from (its store is the run's store; on Postgres, its cluster is restarted). */
+  template: Template
+  log?: (text: string) => void
+}
+
+/** The recovery figures, measured from the end of the last fault (the restarted process was up). */
+export interface Recovery {
+  lastFaultEndedAt: number
+  /** Messages the coordinator had accepted (outbox `accepted`/`done`) but alice had not printed yet. */
+  acceptedCount: number
+  acceptedMs: number
+  acceptedMet: boolean
+  /** Messages still in bob's outbox (or not yet answered) then, and the bound for them. */
+  outboxCount: number
+  outboxMs: number
+  outboxBoundMs: number
+  outboxMet: boolean
+}
+
+export interface RunResult {
+  seed: number
+  store: StoreKind
+  messages: number
+  faults: Fault[]
+  verdict: Verdict
+  recovery: Recovery
+  duplicates: DuplicateCounts
+  replays: number
+  retries: number
+  /** Every broken expectation in words (empty: the run passed). */
+  problems: string[]
+  durationMs: number
+}
+
+/** Runs one schedule; never throws for a product failure (it lands in `problems`). */
+export async function runSchedule(o: RunOptions): Promise<RunResult> {
+  const t0 = Date.now()
+  const log = o.log ?? (() => {})
+  const start = await instantiate(o.template)
+  const world = await ChaosWorld.create({ store: o.template.store, ...start, log })
+  const problems: string[] = []
+  const killedByUs = new Set<number>()
+  try {
+    const step = (what: string): void => log(`  ${fmt(Date.now() - t0)} ${what}`)
+    await world.startCoordinator()
+    step('coordinator up')
+    await world.startDaemon()
+    step('daemon up, session registered')
+    world.startListen()
+    await world.listening()
+    step('listen up')
+
+    // One message first: bob's session learns alice's key, and the timing starts warm.
+    const warm = await sendAll({
+      client: () => world.session!,
+      to: world.alicePk,
+      count: 1,
+      tag: `seed-${o.seed}-warm`,
+      signal: AbortSignal.timeout(30_000),
+    })
+    await world.arrivedAll(new Set(warm.acked.keys()), 30_000)
+    const printedBefore = world.arrivals.length
+    step('warm-up message printed')
+
+    const traffic = new AbortController()
+    const trafficStart = Date.now()
+    const liveAcked = new Set<string>()
+    const sending = sendAll({
+      client: () => world.session!,
+      to: world.alicePk,
+      count: o.messages,
+      tag: `seed-${o.seed}`,
+      signal: traffic.signal,
+      onAck: (id) => liveAcked.add(id),
+    })
+
+    // The faults, in order; each kill waits `downMs` and starts the process again (listen only when it
+    // was listen that was killed: nobody restarts it after the coordinator went away).
+    let lastFaultEndedAt = trafficStart
+    for (const f of o.faults) {
+      const wait = trafficStart + f.atMs - Date.now()
+      if (wait > 0) await sleep(wait)
+      log(`  fault ${describeFault(f)}`)
+      await applyFault(world, f, o.template.pg?.cluster, killedByUs)
+      lastFaultEndedAt = Date.now()
+    }
+
+    // What each acknowledged, not-yet-printed message was when the last fault ended: accepted by the
+    // coordinator, or still in bob's outbox. (Sends answered later are in neither figure.)
+    const printedIds = new Set(world.arrivals.map((a) => a.id))
+    const pendingAtEnd: string[] = []
+    const acceptedAtEnd = new Set<string>()
+    const ackedSoFar = new Set(liveAcked)
+    const states = await statesOf(
+      world,
+      [...ackedSoFar].filter((id) => !printedIds.has(id)),
+    )
+    for (const [id, s] of states) {
+      if (s !== undefined && (s.state === 'accepted' || s.state === 'done')) acceptedAtEnd.add(id)
+      else pendingAtEnd.push(id)
+    }
+
+    const result = await sending
+    step('every send answered')
+    for (const [id, why] of result.refused) problems.push(`send ${id} refused: ${why}`)
+    const outboxIds = new Set(pendingAtEnd)
+
+    // Everything answered 202 must reach alice: bounded by the rate limit for what was still with bob.
+    const acked = new Set(result.acked.keys())
+    const boundMs = Math.ceil((outboxIds.size / MEMBER_RATE_PER_S) * 1000) + 1000
+    const waited = await waitForArrivals(world, acked, { timeoutMs: boundMs + 60_000, idleMs: 20_000 })
+    if (waited !== undefined) problems.push(waited)
+
+    step('arrivals awaited')
+    // Receipts follow the arrivals: wait (bounded) until each printed message's row is done.
+    const printed = new Set(world.arrivals.map((a) => a.id))
+    const finals = await settledStates(world, result.ids, (id) => printed.has(id), 20_000)
+
+    step('receipts awaited')
+    // The recovery figures.
+    const arrivedAt = new Map<string, number>()
+    for (const a of world.arrivals) if (!arrivedAt.has(a.id)) arrivedAt.set(a.id, a.at)
+    const lastOf = (ids: Iterable<string>): number => {
+      let last = lastFaultEndedAt
+      for (const id of ids) last = Math.max(last, arrivedAt.get(id) ?? Infinity)
+      return last - lastFaultEndedAt
+    }
+    const acceptedMs = lastOf(acceptedAtEnd)
+    const outboxMs = lastOf(outboxIds)
+    const recovery: Recovery = {
+      lastFaultEndedAt,
+      acceptedCount: acceptedAtEnd.size,
+      acceptedMs,
+      acceptedMet: acceptedMs <= ACCEPTED_GOAL_MS,
+      outboxCount: outboxIds.size,
+      outboxMs,
+      outboxBoundMs: boundMs,
+      outboxMet: outboxMs <= boundMs,
+    }
+    if (!recovery.acceptedMet)
+      problems.push(
+        `recovery: ${acceptedAtEnd.size} accepted messages took ${fmt(acceptedMs)} after the last fault (goal ${fmt(ACCEPTED_GOAL_MS)})`,
+      )
+    if (!recovery.outboxMet)
+      problems.push(
+        `recovery: ${outboxIds.size} messages from bob's outbox took ${fmt(outboxMs)} after the last fault (bound ${fmt(boundMs)})`,
+      )
+
+    // The history.
+    const verdict = checkHistory({
+      attempted: result.ids,
+      acked: result.acked,
+      printed: world.arrivals.slice(printedBefore).map((a) => a.id),
+      finals,
+      recipient: world.alicePk,
+    })
+    problems.push(...describeVerdict(verdict))
+
+    // Processes that died on their own (not by our kill -9): listen must ride out every outage.
+    for (const p of [world.coordinator, world.daemon, ...world.listens]) {
+      if (p !== undefined && !p.running && !killedByUs.has(p.pid)) {
+        const exit = await p.exited
+        problems.push(
+          `${p.name} exited by itself (code ${exit.code}, signal ${exit.signal}): ${tail(p.stderr)}`,
+        )
+      }
+    }
+
+    // listen is still running `holdMs` after the last fault, and SIGINT ends it with 0.
+    const listen = world.listen
+    const hold = lastFaultEndedAt + o.holdMs - Date.now()
+    if (hold > 0) await Promise.race([sleep(hold), listen?.exited])
+    if (listen === undefined || !listen.running) {
+      if (listen !== undefined && killedByUs.has(listen.pid))
+        problems.push('listen was not running at the end (killed, not restarted)')
+      else if (listen !== undefined && !problems.some((p) => p.startsWith(listen.name)))
+        problems.push(
+          `${listen.name} was not running ${fmt(o.holdMs)} after the last fault: ${tail(listen.stderr)}`,
+        )
+    } else {
+      const exit = await Promise.race([listen.signal('SIGINT'), sleep(10_000).then(() => undefined)])
+      if (exit === undefined) problems.push('listen did not exit within 10 s of SIGINT')
+      else if (exit.code !== 0)
+        problems.push(`listen exited ${exit.code ?? exit.signal} on SIGINT: ${tail(listen.stderr)}`)
+    }
+
+    const duplicates = await world.duplicates()
+    return {
+      seed: o.seed,
+      store: o.template.store,
+      messages: o.messages,
+      faults: o.faults,
+      verdict,
+      recovery,
+      duplicates,
+      replays: result.replays,
+      retries: result.retries,
+      problems,
+      durationMs: Date.now() - t0,
+    }
+  } finally {
+    await world.close()
+  }
+}
+
+async function applyFault(
+  world: ChaosWorld,
+  f: Fault,
+  pg: PgCluster | undefined,
+  killedByUs: Set<number>,
+): Promise<void> {
+  const proxy = (p: 'alice' | 'bob'): ChaosWorld['aliceProxy'] =>
+    p === 'alice' ? world.aliceProxy : world.bobProxy
+  switch (f.kind) {
+    case 'kill': {
+      const p =
+        f.target === 'coordinator' ? world.coordinator : f.target === 'daemon' ? world.daemon : world.listen
+      if (p === undefined || !p.running) return // it died already: that is reported at the end
+      killedByUs.add(p.pid)
+      if (f.target === 'coordinator') await world.killCoordinator()
+      else await p.kill9()
+      await sleep(f.downMs)
+      if (f.target === 'coordinator') await world.startCoordinator()
+      else if (f.target === 'daemon') await world.startDaemon()
+      else world.startListen()
+      return
+    }
+    case 'drop':
+      proxy(f.proxy).drop()
+      return
+    case 'cut':
+      proxy(f.proxy).cut(f.mode)
+      return
+    case 'stall':
+      await proxy(f.proxy).stall(f.ms)
+      return
+    case 'pg-restart':
+      if (pg === undefined) throw new Error('a Postgres restart needs the Postgres leg')
+      await pg.restartImmediate()
+      return
+  }
+}
+
+/** `GET /v1/messages/:id` of each id (undefined for a 404), 32 at a time; retried while the daemon is down. */
+async function statesOf(world: ChaosWorld, ids: string[]): Promise<Map<string, FinalState | undefined>> {
+  const out = new Map<string, FinalState | undefined>()
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < ids.length) {
+      const id = ids[next++]!
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const res = await world.session!.request<FinalState>('GET', `/v1/messages/${id}`, {
+            signal: AbortSignal.timeout(10_000),
+          })
+          if (res.status === 200) out.set(id, { state: res.body.state, recipients: res.body.recipients })
+          else if (res.status === 404) out.set(id, undefined)
+          else throw new Error(`HTTP ${res.status}`)
+          break
+        } catch (err) {
+          if (attempt >= 20) throw err
+          await sleep(200)
+        }
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: 32 }, worker))
+  return out
+}
+
+/**
+ * Waits until every id in `ids` was printed; gives up (with the reason) when no `listen` runs, when
+ * nothing new arrived for `idleMs`, or after `timeoutMs`.
+ */
+async function waitForArrivals(
+  world: ChaosWorld,
+  ids: ReadonlySet<string>,
+  o: { timeoutMs: number; idleMs: number },
+): Promise<string | undefined> {
+  const deadline = Date.now() + o.timeoutMs
+  let seen = 0
+  let lastProgress = Date.now()
+  for (;;) {
+    const printed = new Set(world.arrivals.map((a) => a.id))
+    const n = [...ids].filter((id) => printed.has(id)).length
+    if (n >= ids.size) return undefined
+    if (n > seen) {
+      seen = n
+      lastProgress = Date.now()
+    }
+    const why =
+      world.listen?.running !== true
+        ? 'no listen is running'
+        : Date.now() - lastProgress > o.idleMs
+          ? `nothing new for ${fmt(o.idleMs)}`
+          : Date.now() > deadline
+            ? `the ${fmt(o.timeoutMs)} bound passed`
+            : undefined
+    if (why !== undefined)
+      return `${n} of ${ids.size} acknowledged messages printed when the wait ended: ${why}`
+    await sleep(100)
+  }
+}
+
+/** The states of `ids`, asked again for those `open` and not yet `done` until all are or `timeoutMs` passed. */
+async function settledStates(
+  world: ChaosWorld,
+  ids: string[],
+  wait: (id: string) => boolean,
+  timeoutMs: number,
+): Promise<Map<string, FinalState | undefined>> {
+  const deadline = Date.now() + timeoutMs
+  const out = await statesOf(world, ids)
+  for (;;) {
+    const open = ids.filter((id) => wait(id) && out.get(id)?.state !== 'done')
+    if (open.length === 0 || Date.now() > deadline) return out
+    await sleep(250)
+    for (const [id, s] of await statesOf(world, open)) out.set(id, s)
+  }
+}
+
+function fmt(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`
+}
+
+function tail(text: string): string {
+  return JSON.stringify(text.trim().split('\n').slice(-4).join(' | ').slice(-600))
+}
+
+/** One line per run for the report. */
+export function summarize(r: RunResult): string {
+  const rec = r.recovery
+  const mark = (met: boolean): string => (met ? 'met' : 'MISSED')
+  return (
+    `seed ${r.seed} ${r.store}: ${r.verdict.printedOnce}/${r.messages} printed once, ${r.faults.length} faults, ` +
+    `accepted→alice ${fmt(rec.acceptedMs)} for ${rec.acceptedCount} (${mark(rec.acceptedMet)}), ` +
+    `outbox→alice ${fmt(rec.outboxMs)} for ${rec.outboxCount} (bound ${fmt(rec.outboxBoundMs)}, ${mark(rec.outboxMet)}), ` +
+    `duplicates suppressed ${r.duplicates.receiverDuplicates} at alice + ${r.replays} IPC replays, ` +
+    `${r.retries} IPC retries, ${fmt(r.durationMs)}` +
+    (r.problems.length === 0 ? ' — PASS' : ` — FAIL:\n    ${r.problems.join('\n    ')}`)
+  )
+}
