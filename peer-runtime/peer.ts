@@ -48,6 +48,7 @@ import { AttestationRefresher } from './attestation-refresh.js'
 import { fromError, fromSendAck, p2pState } from './dispatch-result.js'
 import { Outbox, type DispatchResult } from './outbox.js'
 import { P2PManager, type P2PManagerInit } from './p2p/manager.js'
+import { StoreJanitor, type StoreJanitorOptions } from './store/janitor.js'
 import type { InboxAckStatus, OutboxRow, RuntimeStore } from './store/types.js'
 
 /** What the peer hands the P2P transport factory: everything but the platform's `RTCPeerConnection`. */
@@ -93,6 +94,8 @@ export interface PeerOptions {
   resolveTimeoutMs?: number
   /** How long live mesh changes wait to be saved together (default 1 s; a catch-up saves when it ends). */
   viewSaveDelayMs?: number
+  /** The store's hourly pruning (`store/janitor.ts`): its timings, or false for none. Default on. */
+  janitor?: false | Pick<StoreJanitorOptions, 'intervalMs' | 'firstPassMs' | 'chunk'>
 }
 
 /** What `send` resolves with: the message is stored and on its way. */
@@ -151,6 +154,7 @@ export class Peer extends Emitter<PeerEvents> {
   readonly #directory: PeerDirectory
   readonly #inbox: Inbox
   readonly #outbox: Outbox
+  readonly #janitor: StoreJanitor | undefined
   /**
    * Ids this process drew itself for rows not yet given to the relay. The first relay send of such a row
    * says `first: true`, so the coordinator skips its committed-dedupe lookup; a retry, a row loaded from
@@ -234,6 +238,15 @@ export class Peer extends Emitter<PeerEvents> {
       this.#stopError = err
       this.emit('stopped', err)
     })
+    this.#janitor =
+      o.janitor === false
+        ? undefined
+        : new StoreJanitor({
+            ...o.janitor,
+            store: o.store,
+            clock: this.#clock,
+            onError: (err) => this.emit('error', err),
+          })
     this.#outbox = new Outbox({
       store: o.store,
       clock: this.#clock,
@@ -254,8 +267,14 @@ export class Peer extends Emitter<PeerEvents> {
     this.#started = true
     await this.#outbox.start()
     await this.#viewSaver.load()
+    this.#janitor?.start()
     this.#connection.start()
     return this
+  }
+
+  /** The runtime store this peer was given (rpc keeps its answers there when it is durable). */
+  get store(): RuntimeStore {
+    return this.#o.store
   }
 
   /** True while the coordinator connection is up. */
@@ -439,6 +458,8 @@ export class Peer extends Emitter<PeerEvents> {
     if (this.#closed) return
     this.#closed = true
     this.#refresher?.cancel()
+    // Before anything else that may let the caller close the store: a pass in progress ends first.
+    await this.#janitor?.stop()
     await this.#outbox.stop()
     await this.#p2p?.close()
     await this.#transport?.close()
