@@ -1,27 +1,12 @@
 /**
  * What one transport attempt means for its outbox row (DESIGN.md §5): a receiver's ack is `done`, the
  * coordinator's `queued` is `accepted`, refusals are retried with or without using an attempt, and the
- * rest is `dead` with its code.
+ * rest is `dead` with its code, as `RETRY_CLASS` in protocol/errors.ts says.
  */
-import { isMeshError } from '../protocol/errors.js'
+import { isMeshError, RETRY_CLASS } from '../protocol/errors.js'
 import type { FrameOf } from '../protocol/frames.js'
 import type { DispatchResult } from './outbox.js'
 import type { InboxAckStatus } from './store/types.js'
-
-/** Codes a coordinator answers that are worth the same bytes again later (each counts as an attempt). */
-const COUNTED_RETRY = new Set([
-  'MESH_ERR_QUEUE_FULL',
-  'MESH_ERR_STORE_UNAVAILABLE',
-  'MESH_ERR_SHUTTING_DOWN',
-  'MESH_ERR_INTERNAL',
-])
-/** Codes that say "not now" without anything wrong with the message: waits that use no attempt. */
-const UNCOUNTED_RETRY = new Set([
-  'MESH_ERR_DISCONNECTED',
-  'MESH_ERR_REQUEST_TIMEOUT',
-  'MESH_ERR_RATE_LIMITED',
-  'MESH_ERR_TRANSPORT_CLOSED',
-])
 
 /** A receiver's P2P ack as the recipient state the sender records. */
 export function p2pState(status: InboxAckStatus): 'delivered' | 'undecryptable' | 'rejected' {
@@ -43,7 +28,8 @@ export function fromError(err: unknown): DispatchResult {
   const retryAfterMs =
     typeof err.details?.['retryAfterMs'] === 'number' ? err.details['retryAfterMs'] : undefined
   const after = retryAfterMs === undefined ? {} : { retryAfterMs }
-  if (UNCOUNTED_RETRY.has(err.code)) return { kind: 'retry', counted: false, error, ...after }
-  if (COUNTED_RETRY.has(err.code) || !err.permanent) return { kind: 'retry', counted: true, error, ...after }
-  return { kind: 'dead', error }
+  // One table for every sender (protocol/errors.ts): `wait` uses no attempt, `retry` uses one.
+  const cls = RETRY_CLASS[err.code]
+  if (cls === 'final') return { kind: 'dead', error }
+  return { kind: 'retry', counted: cls === 'retry', error, ...after }
 }

@@ -239,6 +239,36 @@ export const ERROR_CODES = {
 /** A stable error code. */
 export type MeshErrorCode = keyof typeof ERROR_CODES
 
+/**
+ * What a sender does when the same bytes were refused with a code: the one table both senders follow,
+ * the runtime's outbox (`peer-runtime/dispatch-result.ts`) and the relay transport's sessions
+ * (`transports/ws-relay/session.ts`).
+ *
+ * - `wait`: not now, and nothing is wrong with the message (no link, no reply yet, over the rate
+ *   limit): send the same bytes again later without using an attempt.
+ * - `retry`: send the same bytes again later, using one of the sender's attempts (a full queue, a store
+ *   that did not answer, a coordinator shutting down or failing).
+ * - `final`: the same bytes can never succeed; the message fails with the code.
+ */
+export type RetryClass = 'wait' | 'retry' | 'final'
+
+/** Codes of the `wait` class; every other code is `retry` when not permanent, else `final`. */
+const WAIT_CODES: ReadonlySet<MeshErrorCode> = new Set<MeshErrorCode>([
+  'MESH_ERR_DISCONNECTED',
+  'MESH_ERR_REQUEST_TIMEOUT',
+  'MESH_ERR_RATE_LIMITED',
+  // The coordinator connection closed under the request: the runtime dials a new one.
+  'MESH_ERR_TRANSPORT_CLOSED',
+])
+
+/** The retry class of every code (see `RetryClass`). */
+export const RETRY_CLASS: Readonly<Record<MeshErrorCode, RetryClass>> = Object.fromEntries(
+  (Object.keys(ERROR_CODES) as MeshErrorCode[]).map((code) => [
+    code,
+    WAIT_CODES.has(code) ? 'wait' : ERROR_CODES[code].permanent ? 'final' : 'retry',
+  ]),
+) as Record<MeshErrorCode, RetryClass>
+
 /** Extra facts an error carries on the wire (for example `retryAfterMs`, `supported`, `added`). */
 export type ErrorDetails = Record<string, unknown>
 

@@ -1,26 +1,36 @@
 /**
  * One `ws-relay` session: frames are encoded envelopes between the link's key and one peer, each
  * submitted to the coordinator as a `send` and counted in flight until its `send_ack`. A retryable
- * refusal resends the same bytes after `retryAfterMs` (never re-sealed, so the coordinator's dedupe
- * holds); a permanent one ends the session with that error.
+ * refusal (`RETRY_CLASS` in protocol/errors.ts) resends the same bytes after `retryAfterMs` (never
+ * re-sealed, so the coordinator's dedupe holds); a final one ends the session with that error.
  */
 import type { Clock, ClockTimer } from '../../protocol/clock.js'
 import { bytesEqual } from '../../protocol/encoding.js'
 import { decodeEnvelope } from '../../protocol/envelope.js'
-import { isMeshError, MeshError, type MeshErrorCode } from '../../protocol/errors.js'
+import {
+  isMeshError,
+  MeshError,
+  RETRY_CLASS,
+  type MeshErrorCode,
+  type RetryClass,
+} from '../../protocol/errors.js'
 import { Emitter } from '../emitter.js'
 import type { PeerRef, TransportSession, TransportSessionEvents } from '../types.js'
 import type { ControlLink } from './link.js'
 
 /**
- * Refusals worth sending the same bytes again; any other error ends the session with it, permanent or
- * not (`MESH_ERR_SHUTTING_DOWN` is followed by the connection's close, which the runtime reconnects).
+ * What a refusal of a frame means to a session: the classes of `RETRY_CLASS` (protocol/errors.ts), the
+ * one table the runtime's outbox follows too. `wait` resends the same bytes later without using an
+ * attempt, `retry` uses one of `maxAttempts`, `final` ends the session with the error.
  */
-export const RETRYABLE_CODES: ReadonlySet<MeshErrorCode> = new Set([
-  'MESH_ERR_RATE_LIMITED',
-  'MESH_ERR_QUEUE_FULL',
-  'MESH_ERR_STORE_UNAVAILABLE',
-])
+export function refusalClass(err: unknown): RetryClass {
+  return isMeshError(err) ? RETRY_CLASS[err.code] : 'final'
+}
+
+/** Refusals worth sending the same bytes again (the `wait` and `retry` classes). */
+export const RETRYABLE_CODES: ReadonlySet<MeshErrorCode> = new Set(
+  (Object.keys(RETRY_CLASS) as MeshErrorCode[]).filter((code) => RETRY_CLASS[code] !== 'final'),
+)
 
 /** What a session needs from its transport. */
 export interface RelayLimits {
@@ -171,12 +181,14 @@ export class RelaySession extends Emitter<TransportSessionEvents> implements Tra
       })
       return this.destroy(failure)
     }
-    if (!RETRYABLE_CODES.has(err.code) || attempt >= this.#limits.maxAttempts) return this.destroy(err)
+    const cls = refusalClass(err)
+    if (cls === 'final' || (cls === 'retry' && attempt >= this.#limits.maxAttempts)) return this.destroy(err)
     const after = err.details?.['retryAfterMs']
     const delay = typeof after === 'number' && after >= 0 ? after : this.#limits.retryDelayMs
+    const next = cls === 'retry' ? attempt + 1 : attempt
     const timer = this.#limits.clock.setTimeout(() => {
       this.#retries.delete(timer)
-      if (this.#state !== 'closed') this.#submit(bytes, attempt + 1)
+      if (this.#state !== 'closed') this.#submit(bytes, next)
     }, delay)
     this.#retries.add(timer)
   }

@@ -7,8 +7,13 @@ import {
   createIdentity,
   decodeEnvelope,
   encodeEnvelope,
+  ERROR_CODES,
   isMeshError,
   MAX_PAYLOAD_BYTES,
+  MeshError,
+  RETRY_CLASS,
+  type MeshErrorCode,
+  type RetryClass,
   sealDirect,
   ulidFactory,
   type Identity,
@@ -16,7 +21,9 @@ import {
 import { transportCompliance, type ComplianceFixture } from '../compliance.js'
 import { waitFor } from '../emitter.js'
 import type { PeerRef, TransportSession } from '../types.js'
+import { fromError } from '../../peer-runtime/dispatch-result.js'
 import { wsRelayTransport, type WsRelayTransport, type WsRelayTransportInit } from './index.js'
+import { refusalClass, RETRYABLE_CODES } from './session.js'
 
 /** Rate limits lifted: these tests are about the transport, not the buckets. */
 const UNLIMITED = {
@@ -231,5 +238,27 @@ describe('ws-relay over a real coordinator', () => {
     await expect(f.a.transport.open(f.b.peer, { signal: signal() })).rejects.toMatchObject({
       code: 'MESH_ERR_TRANSPORT_CLOSED',
     })
+  })
+})
+
+describe('one table of retry classes (protocol/errors.ts RETRY_CLASS)', () => {
+  it("the relay session and the runtime's outbox classify every code the same way", () => {
+    const outboxClass = (code: MeshErrorCode): RetryClass => {
+      const r = fromError(new MeshError(code, 'refused'))
+      return r.kind === 'dead' ? 'final' : r.kind === 'retry' ? (r.counted ? 'retry' : 'wait') : 'final'
+    }
+    for (const code of Object.keys(ERROR_CODES) as MeshErrorCode[]) {
+      expect([code, refusalClass(new MeshError(code, 'refused'))]).toEqual([code, RETRY_CLASS[code]])
+      expect([code, outboxClass(code)]).toEqual([code, RETRY_CLASS[code]])
+    }
+    // The cases the two used to disagree on, and the ones each sender leans on.
+    expect(RETRY_CLASS.MESH_ERR_RATE_LIMITED).toBe('wait')
+    expect(RETRY_CLASS.MESH_ERR_DISCONNECTED).toBe('wait')
+    expect(RETRY_CLASS.MESH_ERR_QUEUE_FULL).toBe('retry')
+    expect(RETRY_CLASS.MESH_ERR_SHUTTING_DOWN).toBe('retry')
+    expect(RETRY_CLASS.MESH_ERR_INTERNAL).toBe('retry')
+    expect(RETRY_CLASS.MESH_ERR_UNKNOWN_KEY).toBe('final')
+    expect(RETRYABLE_CODES.has('MESH_ERR_SHUTTING_DOWN')).toBe(true)
+    expect(RETRYABLE_CODES.has('MESH_ERR_REVOKED')).toBe(false)
   })
 })
