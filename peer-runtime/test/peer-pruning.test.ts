@@ -39,7 +39,7 @@ describe('Peer and the store janitor', () => {
     const peer = new Peer({
       url: 'ws://127.0.0.1:1/ws',
       mesh: 'mesh-test',
-      ownerPk: createIdentity('owner').publicKey,
+      ownerPk: createIdentity('member').publicKey,
       coordinatorPk: createIdentity('coordinator').publicKey,
       identity: createIdentity('member'),
       role: 'control-plane',
