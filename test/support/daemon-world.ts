@@ -5,12 +5,16 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import pino from 'pino'
 import { buildCoordinator, type Coordinator } from '../../coordinator/index.js'
 import { openTestStore, type TestStore } from '../../coordinator/store/testing.js'
-import { createIdentity, initCrypto, type Identity } from '../../protocol/index.js'
+import { createIdentity, initCrypto, parseKeyHex, type Identity } from '../../protocol/index.js'
 import { createInvite, createMesh, joinMesh } from '../../peer-runtime/node/home-membership.js'
 import { openMeshPeer, type MeshPeer } from '../../peer-runtime/node/home-peer.js'
+import { loadMemberKey, readMeshConfig } from '../../peer-runtime/node/home.js'
 import type { DaemonClient, IpcEvent } from '../../peer-runtime/node/daemon/client.js'
+import type { DaemonLog } from '../../peer-runtime/node/daemon/log.js'
+import { MeshClient } from './mesh-client.js'
 
 export const ADMIN_TOKEN = 'daemon-test-admin-token'
 
@@ -21,10 +25,12 @@ export interface DaemonWorld {
   coordinator: Coordinator
   store: TestStore
   identity: Identity
-  /** A new home that created `mesh` (its owner). */
-  ownerHome(mesh: string, name: string): Promise<string>
-  /** A new home invited into `mesh` by `ownerHome`. */
-  memberHome(ownerHome: string, mesh: string, name: string): Promise<string>
+  /** A new home that created `mesh` (its owner); with `into`, that home creates one more mesh. */
+  ownerHome(mesh: string, name: string, into?: string): Promise<string>
+  /** A new home invited into `mesh` by `ownerHome`; with `into`, that home joins one more mesh. */
+  memberHome(ownerHome: string, mesh: string, name: string, into?: string): Promise<string>
+  /** Revokes `pk` (a member key, hex) from `mesh` with an admin request signed by `ownerHome`'s key. */
+  revoke(ownerHome: string, mesh: string, pk: string): Promise<void>
   /** A started control-plane peer of `home` (relay only), closed with the world. */
   peer(home: string, mesh: string): Promise<MeshPeer>
   /** Stops the coordinator (the store stays) and starts it again on the same port. */
@@ -55,14 +61,14 @@ export async function daemonWorld(): Promise<DaemonWorld> {
     },
     store,
     identity,
-    async ownerHome(mesh, name) {
-      const home = join(root, `home-${n++}-${name}`)
+    async ownerHome(mesh, name, into) {
+      const home = into ?? join(root, `home-${n++}-${name}`)
       await createMesh({ home, mesh, coordinatorUrl: url, adminToken: ADMIN_TOKEN, displayName: name })
       return home
     },
-    async memberHome(ownerHome, mesh, name) {
+    async memberHome(ownerHome, mesh, name, into) {
       const { token } = await createInvite({ home: ownerHome, mesh, expiresAt: Date.now() + 600_000 })
-      const home = join(root, `home-${n++}-${name}`)
+      const home = into ?? join(root, `home-${n++}-${name}`)
       await joinMesh({ home, token, displayName: name })
       return home
     },
@@ -76,6 +82,21 @@ export async function daemonWorld(): Promise<DaemonWorld> {
       await p.peer.start()
       await p.peer.whenConnected(AbortSignal.timeout(10_000))
       return p
+    },
+    async revoke(ownerHome, mesh, pk) {
+      const config = await readMeshConfig(ownerHome, mesh)
+      const owner = await loadMemberKey(ownerHome, mesh)
+      // The owner's control-plane hello: no daemon may hold the owner's home meanwhile (it would be displaced).
+      const admin = await MeshClient.connect(config.wsUrl, {
+        identity: owner,
+        mesh,
+        role: 'control-plane',
+      })
+      try {
+        await admin.admin('revoke', { pk: parseKeyHex(pk) })
+      } finally {
+        await admin.close()
+      }
     },
     async stopCoordinator() {
       await coordinator?.close()
@@ -168,5 +189,25 @@ export class EventLog {
 
   dump(): string {
     return JSON.stringify(this.events.map((e) => [e.event, e.data])).slice(0, 2000)
+  }
+}
+
+/** A pino logger writing to memory, for a daemon's `log` option: what it logged, line by line. */
+export class CapturedLog {
+  readonly lines: Record<string, unknown>[] = []
+  readonly text: string[] = []
+  readonly log: DaemonLog = pino(
+    { base: null },
+    {
+      write: (line: string) => {
+        this.text.push(line)
+        this.lines.push(JSON.parse(line) as Record<string, unknown>)
+      },
+    },
+  )
+
+  /** The lines whose fields include every field of `like`. */
+  find(like: Record<string, unknown>): Record<string, unknown>[] {
+    return this.lines.filter((l) => Object.entries(like).every(([k, v]) => l[k] === v))
   }
 }

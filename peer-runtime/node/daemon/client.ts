@@ -2,9 +2,14 @@
  * A small client of the daemon's IPC, over `daemon.sock` (default) or the loopback port: JSON requests
  * with the bearer token, and the SSE stream parsed into events. The CLI (`daemon status`, `down`), the
  * tests and the bench use it; agents may use it or plain HTTP.
+ *
+ * It rides out a daemon restart: an idempotent request (GET, and `POST /v1/send`, which always carries an
+ * id) that finds no daemon (ECONNREFUSED, ENOENT, ECONNRESET) is dialled again within a bound, and
+ * `follow()` re-dials the event stream from its last message id, so nothing is missed or repeated.
  */
 import { Agent, request, type IncomingMessage } from 'node:http'
-import { MeshError, isMeshErrorCode } from '../../../protocol/errors.js'
+import { MeshError, isMeshError, isMeshErrorCode } from '../../../protocol/errors.js'
+import { ulidFactory } from '../../../protocol/ulid.js'
 
 /** Where the daemon listens: its socket file, or `127.0.0.1:<port>`. */
 export type DaemonAddress = { socketPath: string } | { port: number }
@@ -23,97 +28,119 @@ export interface IpcEvent {
   data: unknown
 }
 
+/** How the client re-dials a daemon that is restarting. */
+export interface RedialOptions {
+  /** How long an idempotent request keeps re-dialling before it fails. Default 15 s. */
+  timeoutMs: number
+  /** The first pause between dials, doubling up to `capMs`. Defaults 50 ms and 1 s. */
+  baseMs: number
+  capMs: number
+}
+
+const DEFAULT_REDIAL: RedialOptions = { timeoutMs: 15_000, baseMs: 50, capMs: 1_000 }
+
+/** What `follow()` reports while it re-dials: the daemon went away (each failed try), or it is back. */
+export type FollowNotice =
+  | { kind: 'unreachable'; error: Error; attempt: number; retryInMs: number }
+  | { kind: 'reconnected'; after: number }
+
+/** Options of `follow()`. */
+export interface FollowOptions {
+  /** Ends the iteration (it then returns without an error). */
+  signal: AbortSignal
+  /** Start after this inbox position (a message's `seq`); default: from now on. */
+  after?: number
+  /** Told each time a dial fails (`daemon unreachable, retrying in …`) and when the stream is back. */
+  onNotice?: (notice: FollowNotice) => void
+  /** Give up (`MESH_ERR_DAEMON_NOT_RUNNING`) after the daemon was unreachable this long. Default never. */
+  giveUpAfterMs?: number
+}
+
+/** Socket errors that mean "no daemon answers right now" (it is stopped or restarting). */
+const GONE = new Set(['ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE', 'ECONNABORTED'])
+
+const nextId = ulidFactory()
+
 export class DaemonClient {
   readonly #address: DaemonAddress
   readonly #token: string | undefined
+  readonly #redial: RedialOptions
   readonly #agent: Agent
 
-  constructor(address: DaemonAddress, token?: string) {
+  constructor(address: DaemonAddress, token?: string, o: { redial?: Partial<RedialOptions> } = {}) {
     this.#address = address
     this.#token = token
+    this.#redial = { ...DEFAULT_REDIAL, ...o.redial }
     this.#agent = new Agent({ keepAlive: true, maxSockets: 64 })
   }
 
   /** A client for the same daemon with another token. */
   as(token: string | undefined): DaemonClient {
-    return new DaemonClient(this.#address, token)
-  }
-
-  /** Sends a request; resolves with any status (tests look at 4xx answers too). */
-  request<T = unknown>(
-    method: string,
-    path: string,
-    o: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {},
-  ): Promise<IpcResponse<T>> {
-    const payload = o.body === undefined ? undefined : Buffer.from(JSON.stringify(o.body))
-    return new Promise((resolve, reject) => {
-      const req = request(
-        {
-          ...('socketPath' in this.#address
-            ? { socketPath: this.#address.socketPath }
-            : { host: '127.0.0.1', port: this.#address.port }),
-          agent: this.#agent,
-          method,
-          path,
-          headers: {
-            host: 'localhost',
-            accept: 'application/json',
-            ...(this.#token !== undefined && { authorization: `Bearer ${this.#token}` }),
-            ...(payload !== undefined && {
-              'content-type': 'application/json',
-              'content-length': String(payload.length),
-            }),
-            ...o.headers,
-          },
-          ...(o.signal !== undefined && { signal: o.signal }),
-        },
-        (res) => {
-          const chunks: Buffer[] = []
-          res.on('data', (c: Buffer) => chunks.push(c))
-          res.on('error', reject)
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8')
-            let body: unknown = undefined
-            if (text !== '') {
-              try {
-                body = JSON.parse(text)
-              } catch {
-                body = text
-              }
-            }
-            resolve({ status: res.statusCode ?? 0, headers: res.headers, body: body as T })
-          })
-        },
-      )
-      req.on('error', reject)
-      req.end(payload)
-    })
-  }
-
-  /** Like `request`, but a non-2xx answer throws its `MeshError`. */
-  async call<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await this.request<T>(method, path, body === undefined ? {} : { body })
-    if (res.status >= 200 && res.status < 300) return res.body
-    const err = (
-      res.body as { error?: { code?: string; message?: string; details?: Record<string, unknown> } }
-    )?.error
-    const code = err?.code !== undefined && isMeshErrorCode(err.code) ? err.code : 'MESH_ERR_INTERNAL'
-    throw new MeshError(code, err?.message ?? `HTTP ${res.status}`, {
-      details: { status: res.status, ...err?.details },
-    })
+    return new DaemonClient(this.#address, token, { redial: this.#redial })
   }
 
   /**
-   * The session's event stream (`GET /v1/events`) as an async iterator; ends when `signal` aborts or the
-   * daemon ends the stream. Rejects with the answer when the stream is refused (401, 403).
+   * Sends a request; resolves with any status (tests look at 4xx answers too). An idempotent one (GET,
+   * HEAD, `POST /v1/send` with an id) that finds no daemon is dialled again until `redial.timeoutMs`;
+   * `redial: false` sends it once.
+   */
+  async request<T = unknown>(
+    method: string,
+    path: string,
+    o: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal; redial?: boolean } = {},
+  ): Promise<IpcResponse<T>> {
+    const retry = o.redial !== false && idempotent(method, path, o.body)
+    const deadline = Date.now() + this.#redial.timeoutMs
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const res = await this.#once<T>(method, path, o)
+        // A daemon closing its listeners answers 503 without our error body; its successor will answer.
+        if (retry && res.status === 503 && closingAnswer(res.body) && Date.now() < deadline) {
+          await pause(this.#delay(attempt), o.signal)
+          continue
+        }
+        return res
+      } catch (err) {
+        if (!retry || !isGone(err) || o.signal?.aborted === true) throw err
+        if (Date.now() >= deadline) {
+          throw new MeshError(
+            'MESH_ERR_DAEMON_NOT_RUNNING',
+            `no daemon answered on ${this.#where()} for ${this.#redial.timeoutMs} ms`,
+            { details: { address: this.#where() }, cause: err },
+          )
+        }
+        await pause(this.#delay(attempt), o.signal)
+      }
+    }
+  }
+
+  /**
+   * Like `request`, but a non-2xx answer throws its `MeshError`. `POST /v1/send` without an `id` gets
+   * one here, so that re-sending it after a lost answer is a replay, not a second message.
+   */
+  async call<T = unknown>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+    const sent =
+      method === 'POST' && path === '/v1/send' && isObject(body) && body['id'] === undefined
+        ? { ...body, id: nextId() }
+        : body
+    const res = await this.request<T>(method, path, {
+      ...(sent !== undefined && { body: sent }),
+      ...(signal !== undefined && { signal }),
+    })
+    if (res.status >= 200 && res.status < 300) return res.body
+    throw answerError(res.status, res.body)
+  }
+
+  /**
+   * The session's event stream (`GET /v1/events`) as an async iterator, one connection: ends when
+   * `signal` aborts or the daemon ends the stream. Rejects with the answer's `MeshError` when the stream
+   * is refused (401, 403, 503). `follow()` is the one that re-dials.
    */
   async *events(o: { signal: AbortSignal; after?: number }): AsyncGenerator<IpcEvent> {
     const path = o.after === undefined ? '/v1/events' : `/v1/events?after=${o.after}`
     const res = await new Promise<IncomingMessage>((resolve, reject) => {
       const req = request({
-        ...('socketPath' in this.#address
-          ? { socketPath: this.#address.socketPath }
-          : { host: '127.0.0.1', port: this.#address.port }),
+        ...this.#target(),
         method: 'GET',
         path,
         headers: {
@@ -127,12 +154,7 @@ export class DaemonClient {
       req.on('error', reject)
       req.end()
     })
-    if (res.statusCode !== 200) {
-      res.resume()
-      throw new MeshError('MESH_ERR_NOT_AUTHORIZED', `GET /v1/events answered ${res.statusCode}`, {
-        details: { status: res.statusCode },
-      })
-    }
+    if (res.statusCode !== 200) throw answerError(res.statusCode ?? 0, await readBody(res))
     res.setEncoding('utf8')
     let buffer = ''
     try {
@@ -152,10 +174,188 @@ export class DaemonClient {
     }
   }
 
+  /**
+   * The session's events for as long as `signal` allows, across daemon restarts: when the stream breaks
+   * or no daemon answers, it re-dials (backoff up to `redial.capMs`) with `?after=<last message seq>`,
+   * so every message comes exactly once. Each connection starts with a `ready` event. Throws, ending the
+   * iteration, on what re-dialling cannot fix: a token the daemon does not know (401), a session that
+   * stopped for good (`event: stopped`, or a 403 such as `MESH_ERR_REVOKED`). A session the daemon has
+   * not opened yet (503 `MESH_ERR_SESSION_UNAVAILABLE`) is waited for like a restart.
+   */
+  async *follow(o: FollowOptions): AsyncGenerator<IpcEvent> {
+    let cursor = o.after
+    let attempt = 0
+    let downSince: number | undefined
+    for (;;) {
+      if (o.signal.aborted) return
+      let error: Error
+      try {
+        for await (const e of this.events({
+          signal: o.signal,
+          ...(cursor !== undefined && { after: cursor }),
+        })) {
+          if (e.event === 'ready') {
+            const after = (e.data as { after?: unknown } | null)?.after
+            if (cursor === undefined && typeof after === 'number') cursor = after
+            if (attempt > 0) o.onNotice?.({ kind: 'reconnected', after: cursor ?? 0 })
+            attempt = 0
+            downSince = undefined
+          } else if (e.event === 'message' && e.id !== undefined && /^\d+$/.test(e.id)) {
+            cursor = Number(e.id)
+          } else if (e.event === 'stopped') {
+            throw stoppedEventError(e.data)
+          }
+          yield e
+        }
+        if (o.signal.aborted) return
+        error = new MeshError('MESH_ERR_DISCONNECTED', 'the daemon ended the event stream')
+      } catch (err) {
+        if (o.signal.aborted) return
+        if (!followRetries(err)) throw err
+        error = err instanceof Error ? err : new Error(String(err))
+      }
+      downSince ??= Date.now()
+      if (o.giveUpAfterMs !== undefined && Date.now() - downSince >= o.giveUpAfterMs) {
+        throw new MeshError(
+          'MESH_ERR_DAEMON_NOT_RUNNING',
+          `no daemon answered on ${this.#where()} for ${o.giveUpAfterMs} ms`,
+          { details: { address: this.#where() }, cause: error },
+        )
+      }
+      const retryInMs = this.#delay(attempt)
+      attempt++
+      o.onNotice?.({ kind: 'unreachable', error, attempt, retryInMs })
+      await pause(retryInMs, o.signal)
+    }
+  }
+
   /** Closes idle keep-alive sockets. */
   close(): void {
     this.#agent.destroy()
   }
+
+  #once<T>(
+    method: string,
+    path: string,
+    o: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal },
+  ): Promise<IpcResponse<T>> {
+    const payload = o.body === undefined ? undefined : Buffer.from(JSON.stringify(o.body))
+    return new Promise((resolve, reject) => {
+      const req = request(
+        {
+          ...this.#target(),
+          agent: this.#agent,
+          method,
+          path,
+          headers: {
+            host: 'localhost',
+            accept: 'application/json',
+            ...(this.#token !== undefined && { authorization: `Bearer ${this.#token}` }),
+            ...(payload !== undefined && {
+              'content-type': 'application/json',
+              'content-length': String(payload.length),
+            }),
+            ...o.headers,
+          },
+          ...(o.signal !== undefined && { signal: o.signal }),
+        },
+        (res) => {
+          readBody(res).then(
+            (body) => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: body as T }),
+            reject,
+          )
+        },
+      )
+      req.on('error', reject)
+      req.end(payload)
+    })
+  }
+
+  #target(): { socketPath: string } | { host: string; port: number } {
+    return 'socketPath' in this.#address
+      ? { socketPath: this.#address.socketPath }
+      : { host: '127.0.0.1', port: this.#address.port }
+  }
+
+  #where(): string {
+    return 'socketPath' in this.#address ? this.#address.socketPath : `127.0.0.1:${this.#address.port}`
+  }
+
+  #delay(attempt: number): number {
+    return Math.min(this.#redial.capMs, this.#redial.baseMs * 2 ** Math.min(attempt, 20))
+  }
+}
+
+/** GET and HEAD, and `POST /v1/send` with an id (a repeat is answered from the outbox). */
+function idempotent(method: string, path: string, body: unknown): boolean {
+  if (method === 'GET' || method === 'HEAD') return true
+  return method === 'POST' && path === '/v1/send' && isObject(body) && typeof body['id'] === 'string'
+}
+
+function isGone(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && GONE.has(code)
+}
+
+/** Whether `follow()` re-dials after `err`: no daemon, a broken stream, or a 503 (restarting, not open yet). */
+function followRetries(err: unknown): boolean {
+  if (isMeshError(err)) {
+    return err.code === 'MESH_ERR_DISCONNECTED' || (err.details as { status?: unknown })?.status === 503
+  }
+  return true // a socket-level failure: the daemon went away mid-stream or is not there yet
+}
+
+function closingAnswer(body: unknown): boolean {
+  const code = (body as { error?: { code?: unknown } } | null)?.error?.code
+  return code === undefined || code === 'MESH_ERR_SHUTTING_DOWN'
+}
+
+function answerError(status: number, body: unknown): MeshError {
+  const err = (body as { error?: { code?: string; message?: string; details?: Record<string, unknown> } })
+    ?.error
+  const code = err?.code !== undefined && isMeshErrorCode(err.code) ? err.code : 'MESH_ERR_INTERNAL'
+  return new MeshError(code, err?.message ?? `HTTP ${status}`, { details: { status, ...err?.details } })
+}
+
+function stoppedEventError(data: unknown): MeshError {
+  const d = (data ?? {}) as { code?: string; message?: string }
+  const code = d.code !== undefined && isMeshErrorCode(d.code) ? d.code : 'MESH_ERR_DISCONNECTED'
+  return new MeshError(code, d.message ?? 'the session stopped', { details: { stopped: true } })
+}
+
+function readBody(res: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    res.on('data', (c: Buffer) => chunks.push(c))
+    res.on('error', reject)
+    res.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8')
+      if (text === '') return resolve(undefined)
+      try {
+        resolve(JSON.parse(text))
+      } catch {
+        resolve(text)
+      }
+    })
+  })
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** Waits `ms` (a real timer: it keeps a waiting CLI process alive), or less when `signal` aborts. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted === true) return resolve()
+    const done = (): void => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, ms)
+    signal?.addEventListener('abort', done, { once: true })
+  })
 }
 
 function parseFrame(frame: string): IpcEvent | undefined {

@@ -21,7 +21,7 @@ export interface LinkFields {
   sessionId?: string
 }
 
-/** Hello refusals that no retry fixes: the presence is stopped. */
+/** Hello refusals that no retry fixes: the presence is stopped (the connection may stop on its own too). */
 const FINAL_REFUSALS = new Set<string>(['MESH_ERR_REVOKED'])
 
 /** A presence's connection state, kept from its `Peer`'s events. */
@@ -72,7 +72,7 @@ export class LinkWatch {
     })
     on('failed', (info: DownInfo) => {
       const error = info.error ?? downError(info)
-      const refused = info.reason === 'hello refused'
+      const refused = isRefusal(info, error)
       this.#log.warn(
         { ...this.#fields, closeCode: info.code, ...errorFields(error) },
         refused ? 'hello refused' : 'connect failed',
@@ -83,7 +83,8 @@ export class LinkWatch {
       else this.#set(this.#everConnected ? 'reconnecting' : 'connecting')
     })
     on('stopped', (err?: MeshError) => {
-      if (err === undefined) return // our own close()
+      // undefined: our own close(); stopped already: by its mesh, or by a final refusal.
+      if (err === undefined || this.state === 'stopped') return
       this.#stop(err)
     })
     on('error', (err: unknown) => this.#log.error({ ...this.#fields, ...errorFields(err) }, 'runtime error'))
@@ -115,6 +116,20 @@ export class LinkWatch {
     this.since = this.#clock.now()
     this.#onChange(this)
   }
+}
+
+/** Failures that are no answer at all (nothing listens, silence, someone else's coordinator). */
+const NO_ANSWER = new Set<string>([
+  'MESH_ERR_DISCONNECTED',
+  'MESH_ERR_HELLO_TIMEOUT',
+  'MESH_ERR_COORDINATOR_MISMATCH',
+])
+
+/** Whether the coordinator refused the hello (an error frame, or a close with a code saying why). */
+function isRefusal(info: DownInfo, error: MeshError): boolean {
+  return (
+    info.reason === 'hello refused' || info.code === 1008 || (info.code > 4000 && !NO_ANSWER.has(error.code))
+  )
 }
 
 function downError(info: DownInfo): MeshError {

@@ -1,0 +1,269 @@
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { MeshError } from '../../../protocol/index.js'
+import { buildOnce, runAgentmesh } from '../../../test/support/coordinator-process.js'
+import { CapturedLog, daemonWorld, type DaemonWorld } from '../../../test/support/daemon-world.js'
+import { eventually } from '../../../test/support/eventually.js'
+import { meshDir, readMeshConfig, sessionKeyPath } from '../home.js'
+import { DaemonClient, type IpcEvent } from './client.js'
+import { startDaemon, type Daemon } from './daemon.js'
+import { daemonPaths, readAdminToken } from './files.js'
+import type { DaemonStatus, RegisteredSession, SessionStatusJson } from './types.js'
+
+const TUNING = {
+  p2p: false as const,
+  connection: { backoffBaseMs: 20, backoffCapMs: 100 },
+  outbox: { backoffBaseMs: 20 },
+}
+const RETRY = { baseMs: 20, capMs: 100 }
+const SECRET = 'the-secret-payload-text-7f3a'
+
+describe('the daemon rides out failures (a real coordinator)', () => {
+  let world: DaemonWorld
+  const daemons: Daemon[] = []
+  const clients: DaemonClient[] = []
+
+  beforeAll(async () => {
+    world = await daemonWorld()
+  }, 60_000)
+
+  afterAll(async () => {
+    for (const c of clients) c.close()
+    await Promise.all(daemons.map((d) => d.close()))
+    await world?.close()
+  })
+
+  async function up(home: string, log: CapturedLog): Promise<{ daemon: Daemon; admin: DaemonClient }> {
+    const daemon = await startDaemon({ home, peer: TUNING, retry: RETRY, log: log.log })
+    daemons.push(daemon)
+    const admin = new DaemonClient(
+      { socketPath: daemonPaths(home).socket },
+      await readAdminToken(daemonPaths(home).token),
+    )
+    clients.push(admin)
+    return { daemon, admin }
+  }
+  const session = (s: DaemonStatus, id: string): SessionStatusJson =>
+    s.sessions.find((x) => x.sessionId === id)!
+
+  it('a mesh whose config will not read and a registration whose key will not open are kept, shown and retried; the rest runs', async () => {
+    const home = await world.ownerHome('ok', 'carol')
+    await world.ownerHome('broken', 'carol', home)
+    const first = await up(home, new CapturedLog())
+    const reg = async (mesh: string, sessionId: string): Promise<RegisteredSession> =>
+      first.admin.call<RegisteredSession>('POST', '/v1/sessions', { mesh, sessionId })
+    const w1 = await reg('ok', 'w1')
+    const w2 = await reg('ok', 'w2')
+    const sb = await reg('broken', 'sb')
+    await first.daemon.close()
+
+    // Damage the broken mesh's config and w2's key file.
+    const configPath = join(meshDir(home, 'broken'), 'mesh.json')
+    const keyPath = sessionKeyPath(home, 'ok', 'w2')
+    const config = await readFile(configPath)
+    const key = await readFile(keyPath)
+    await writeFile(configPath, '{ not json')
+    await writeFile(keyPath, 'garbage')
+
+    const log = new CapturedLog()
+    const { daemon, admin } = await up(home, log) // starts despite both
+    const status = await admin.call<DaemonStatus>('GET', '/v1/status')
+    expect(status.meshes.map((m) => [m.mesh, m.state === 'unavailable'])).toEqual([
+      ['broken', true],
+      ['ok', false],
+    ])
+    expect(status.meshes[0]).toMatchObject({ connected: false, lastError: { code: 'MESH_ERR_KEY_FILE' } })
+    expect(session(status, 'w1').state).not.toBe('unavailable')
+    expect(session(status, 'w2')).toMatchObject({
+      state: 'unavailable',
+      lastError: { code: 'MESH_ERR_KEY_FILE' },
+    })
+    expect(session(status, 'sb')).toMatchObject({ state: 'unavailable', mesh: 'broken' })
+
+    // The open session works; the others answer 503 with a code, not 401: their tokens are still known.
+    const c1 = admin.as(w1.token)
+    const c2 = admin.as(w2.token)
+    const cb = admin.as(sb.token)
+    clients.push(c1, c2, cb)
+    expect((await c1.request('GET', '/v1/inbox')).status).toBe(200)
+    for (const c of [c2, cb]) {
+      const res = await c.request('GET', '/v1/inbox')
+      expect(res.status).toBe(503)
+      expect(res.body).toMatchObject({ error: { code: 'MESH_ERR_SESSION_UNAVAILABLE' } })
+    }
+    await expect(c2.call('POST', '/v1/send', { to: w1.sessionPk, text: 'x' })).rejects.toMatchObject({
+      code: 'MESH_ERR_SESSION_UNAVAILABLE',
+      details: { status: 503, sessionId: 'w2', lastError: { code: 'MESH_ERR_KEY_FILE' } },
+    })
+
+    // Retried with backoff, never dropped: a registration change rewrites the file with them still in it.
+    await eventually(async () => {
+      const s = await admin.call<DaemonStatus>('GET', '/v1/status')
+      return (session(s, 'w2').attempts ?? 0) >= 3 && (s.meshes[0]!.attempts ?? 0) >= 3
+    })
+    await admin.call('POST', '/v1/sessions', { mesh: 'ok', sessionId: 'w3' })
+    const saved = JSON.parse(await readFile(daemonPaths(home).sessions, 'utf8')) as {
+      sessions: { sessionId: string }[]
+    }
+    expect(saved.sessions.map((s) => s.sessionId).sort()).toEqual(['sb', 'w1', 'w2', 'w3'])
+    expect(
+      log.find({ msg: 'session open failed', sessionId: 'w2', code: 'MESH_ERR_KEY_FILE' }).length,
+    ).toBeGreaterThan(0)
+    expect(log.find({ msg: 'mesh open failed', mesh: 'broken' }).length).toBeGreaterThan(0)
+
+    // Repaired: both open on their next try, with the tokens they had.
+    await writeFile(configPath, config)
+    await writeFile(keyPath, key)
+    await eventually(
+      async () => {
+        const s = await admin.call<DaemonStatus>('GET', '/v1/status')
+        return (
+          s.meshes.every((m) => m.state === 'connected') && s.sessions.every((x) => x.state === 'connected')
+        )
+      },
+      { timeoutMs: 10_000, what: 'everything connected' },
+    )
+    expect((await c2.request('GET', '/v1/inbox')).status).toBe(200)
+    expect((await cb.request('GET', '/v1/inbox')).status).toBe(200)
+    expect(log.find({ msg: 'mesh opened', mesh: 'broken' })).toHaveLength(1)
+    expect(log.find({ msg: 'session opened', sessionId: 'w2' })).toHaveLength(1)
+    expect(log.find({ msg: 'session opened', sessionId: 'sb' })).toHaveLength(1)
+    await daemon.close()
+  }, 30_000)
+
+  it('a revoked mesh is stopped (status, IPC, events) while the daemon serves its other mesh; logs say so without payloads', async () => {
+    await buildOnce()
+    const alice = await world.ownerHome('one', 'alice')
+    const home = await world.ownerHome('two', 'bob')
+    await world.memberHome(alice, 'one', 'bob', home)
+    const memberOne = (await readMeshConfig(home, 'one')).memberPk
+    const memberTwo = (await readMeshConfig(home, 'two')).memberPk
+    const log = new CapturedLog()
+    let { daemon, admin } = await up(home, log)
+    const sa = await admin.call<RegisteredSession>('POST', '/v1/sessions', { mesh: 'one', sessionId: 'sa' })
+    const sb = await admin.call<RegisteredSession>('POST', '/v1/sessions', { mesh: 'two', sessionId: 'sb' })
+    const ca = admin.as(sa.token)
+    const cb = admin.as(sb.token)
+    clients.push(ca, cb)
+    await eventually(async () =>
+      (await admin.call<DaemonStatus>('GET', '/v1/status')).sessions.every((s) => s.state === 'connected'),
+    )
+    const stream = new AbortController()
+    const seen: IpcEvent[] = []
+    // Settles with what ended it (handled from the start: it ends while the test awaits other things).
+    const followed = (async () => {
+      for await (const e of ca.follow({ signal: stream.signal })) seen.push(e)
+    })().then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    await eventually(() => seen.some((e) => e.event === 'ready'))
+    // A payload through the daemon, which must never reach the log.
+    const sent = await cb.call<{ id: string }>('POST', '/v1/send', { to: memberTwo, text: SECRET })
+
+    await world.revoke(alice, 'one', memberOne)
+    // The follower ends with the stop's code (the stream's `event: stopped`), and does not re-dial.
+    const err = await followed
+    expect(err).toBeInstanceOf(MeshError)
+    expect(err).toMatchObject({ code: 'MESH_ERR_REVOKED' })
+
+    const status = await admin.call<DaemonStatus>('GET', '/v1/status')
+    expect(status.meshes).toMatchObject([
+      { mesh: 'one', state: 'stopped', connected: false, lastError: { code: 'MESH_ERR_REVOKED' } },
+      { mesh: 'two', state: 'connected', connected: true },
+    ])
+    expect(session(status, 'sa')).toMatchObject({ state: 'stopped', lastError: { code: 'MESH_ERR_REVOKED' } })
+    expect(session(status, 'sb')).toMatchObject({ state: 'connected' })
+    for (const [method, path] of [
+      ['GET', '/v1/inbox'],
+      ['GET', '/v1/events'],
+      ['POST', '/v1/send'],
+    ] as const) {
+      const res = await ca.request(
+        method,
+        path,
+        method === 'POST' ? { body: { to: sb.sessionPk, text: 'x' } } : {},
+      )
+      expect(res.status, path).toBe(403)
+      expect(res.body).toMatchObject({
+        error: { code: 'MESH_ERR_REVOKED', details: { mesh: 'one', state: 'stopped' } },
+      })
+    }
+    await expect(
+      admin.call('POST', '/v1/sessions', { mesh: 'one', sessionId: 'again' }),
+    ).rejects.toMatchObject({ code: 'MESH_ERR_REVOKED' })
+    // The other mesh goes on.
+    expect((await cb.request('GET', '/v1/peers')).status).toBe(200)
+    await eventually(
+      async () => (await cb.call<{ state: string }>('GET', `/v1/messages/${sent.id}`)).state === 'done',
+    )
+    expect(
+      log.find({ msg: 'stopped', mesh: 'one', role: 'control-plane', code: 'MESH_ERR_REVOKED' }),
+    ).toHaveLength(1)
+    expect(
+      log.find({ msg: 'stopped', mesh: 'one', role: 'session', sessionId: 'sa' }).length,
+    ).toBeGreaterThan(0)
+
+    // A coordinator restart: each presence of the served mesh logs its loss and its reconnect.
+    await world.restartCoordinator()
+    await eventually(
+      () =>
+        log.find({ msg: 'reconnected', mesh: 'two', role: 'control-plane' }).length > 0 &&
+        log.find({ msg: 'reconnected', mesh: 'two', role: 'session', sessionId: 'sb' }).length > 0,
+      { timeoutMs: 10_000, what: 'reconnected lines' },
+    )
+    expect(log.find({ msg: 'connection down', mesh: 'two', role: 'control-plane' }).length).toBeGreaterThan(0)
+
+    // After a restart of the daemon the revoked mesh's hello is refused, logged, and the mesh is stopped.
+    await daemon.close()
+    ;({ daemon, admin } = await up(home, log))
+    await eventually(
+      () => log.find({ msg: 'hello refused', mesh: 'one', code: 'MESH_ERR_REVOKED' }).length > 0,
+      {
+        timeoutMs: 10_000,
+        what: 'a refused hello line',
+      },
+    )
+    await eventually(async () => {
+      const s = await admin.call<DaemonStatus>('GET', '/v1/status')
+      return s.meshes[0]?.state === 'stopped' && s.meshes[1]?.state === 'connected'
+    })
+
+    // `daemon status`, human and --json (the real binary, against this daemon).
+    const text = await runAgentmesh(['daemon', 'status', '--home', home])
+    expect(text.code, text.stderr).toBe(0)
+    expect(text.stdout).toMatch(
+      /^ {2}mesh one \(http:\/\/127\.0\.0\.1:\d+\): stopped: revoked \(MESH_ERR_REVOKED\)$/m,
+    )
+    expect(text.stdout).toMatch(/^ {2}mesh two \(http:\/\/127\.0\.0\.1:\d+\): connected$/m)
+    expect(text.stdout).toMatch(/^ {4}session sa [0-9a-f]{16}…: stopped: revoked \(MESH_ERR_REVOKED\)$/m)
+    const json = await runAgentmesh(['daemon', 'status', '--json', '--home', home])
+    expect(json.code, json.stderr).toBe(0)
+    const shape = JSON.parse(json.stdout) as DaemonStatus & { running: boolean }
+    expect(shape).toMatchObject({
+      running: true,
+      pid: process.pid,
+      meshes: [
+        {
+          mesh: 'one',
+          memberPk: memberOne,
+          state: 'stopped',
+          connected: false,
+          since: expect.any(Number),
+          lastError: { code: 'MESH_ERR_REVOKED', message: expect.any(String) },
+        },
+        { mesh: 'two', state: 'connected', connected: true, since: expect.any(Number) },
+      ],
+      sessions: [
+        { mesh: 'one', sessionId: 'sa', sessionPk: sa.sessionPk, state: 'stopped' },
+        { mesh: 'two', sessionId: 'sb', sessionPk: sb.sessionPk, state: 'connected', connected: true },
+      ],
+    })
+
+    // Never a message body in the log, and every line is pino JSON with a message.
+    expect(log.text.join('')).not.toContain(SECRET)
+    expect(log.lines.every((l) => typeof l['msg'] === 'string' && typeof l['level'] === 'number')).toBe(true)
+    stream.abort()
+  }, 60_000)
+})
