@@ -46,6 +46,7 @@ export interface DuplicateCounts {
 }
 
 const MESH = 'team'
+const live = new Set<ChaosWorld>()
 
 export class ChaosWorld {
   readonly root: string
@@ -86,6 +87,7 @@ export class ChaosWorld {
     const alice = await startTcpProxy({ targetPort: port })
     const bob = await startTcpProxy({ targetPort: port })
     const world = new ChaosWorld(o, root, port, alice, bob)
+    live.add(world)
     if (o.from !== undefined) await world.#pointAtProxies()
     return world
   }
@@ -321,8 +323,14 @@ export class ChaosWorld {
     return this.#all.filter((p) => p.running)
   }
 
+  /** Closes every world not closed yet (a test's afterEach: a timed-out run leaves its processes). */
+  static async closeAll(): Promise<void> {
+    await Promise.all([...live].map((w) => w.close()))
+  }
+
   /** Kills every process, closes the proxies and removes the temp root. */
   async close(): Promise<void> {
+    live.delete(this)
     clearInterval(this.#scraper)
     this.session?.close()
     this.#admin?.close()
