@@ -46,7 +46,7 @@ async function holder(path: string): Promise<ChildProcess> {
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   children.push(child)
-  const [chunk] = (await once(child.stdout!, 'data')) as [Buffer]
+  const [chunk] = (await once(child.stdout, 'data')) as [Buffer]
   expect(chunk.toString()).toBe('locked\n')
   return child
 }

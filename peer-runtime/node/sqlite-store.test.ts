@@ -15,7 +15,8 @@ import {
   testOutboxRow,
 } from '../store/compliance.js'
 import { SCHEMA_V1 } from './sqlite-schema.js'
-import { SQLITE_SCHEMA_VERSION, sqliteStore } from './sqlite-store.js'
+import { openSqliteStoreAt, SQLITE_SCHEMA_VERSION, sqliteStore } from './sqlite-store.js'
+import type { RuntimeStore } from '../store/types.js'
 
 const root = mkdtempSync(join(tmpdir(), 'agentmesh-sqlite-store-'))
 let files = 0
@@ -139,7 +140,7 @@ async function holdInChild(path: string): Promise<{ proc: ChildProcess; line: st
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   children.push(proc)
-  const lines = createInterface({ input: proc.stdout! })
+  const lines = createInterface({ input: proc.stdout })
   const [line] = (await once(lines, 'line')) as [string]
   return { proc, line }
 }
@@ -180,6 +181,58 @@ describe('sqlite store: one process per store', () => {
     const path = freshPath()
     const [a, b] = await Promise.all([holdInChild(path), holdInChild(path)])
     expect([a.line, b.line].sort()).toEqual(['error MESH_ERR_STORE_LOCKED', 'open'])
+  })
+})
+
+describe('sqlite store: a full disk', () => {
+  /** Inserts 16 KiB rows from `n` on until one fails; resolves with that error and the failing number. */
+  async function fill(store: RuntimeStore, n: number): Promise<{ err: unknown; n: number }> {
+    for (; ; n++) {
+      try {
+        await store.insertOutbox(testOutboxRow(n, { envelope: new Uint8Array(16 * 1024).fill(n & 0xff) }))
+      } catch (err) {
+        return { err, n }
+      }
+    }
+  }
+
+  it('refuses a write that does not fit with MESH_ERR_STORE_FULL, stores none of it, and takes writes again once there is room', async () => {
+    const path = freshPath()
+    const store = sqliteStore({ path })
+    // A finished row with a big envelope, for the pruning that makes room later.
+    await store.insertOutbox(testOutboxRow(1, { envelope: new Uint8Array(64 * 1024) }))
+    await store.updateOutbox(testMessageId(1), { state: 'done', updatedAt: 5 })
+    expect(store.setMaxPageCount(store.pageCount() + 40)).toBe(store.pageCount() + 40)
+    const full = await fill(store, 10)
+    expect(isMeshError(full.err, 'MESH_ERR_STORE_FULL')).toBe(true)
+    expect(await store.getOutbox(testMessageId(full.n))).toBeUndefined()
+    // A batch that does not fit stores none of its rows.
+    const batch = [1_000, 1_001, 1_002].map((n) => testOutboxRow(n, { envelope: new Uint8Array(16 * 1024) }))
+    await expect(store.insertOutboxMany(batch)).rejects.toMatchObject({ code: 'MESH_ERR_STORE_FULL' })
+    for (const row of batch) expect(await store.getOutbox(row.id)).toBeUndefined()
+    // Reads still work, and so does the pruning that makes room: its freed pages take new rows.
+    expect((await store.getOutbox(testMessageId(10)))?.state).toBe('pending')
+    expect(await store.pruneOutbox(10)).toBe(1)
+    await store.insertOutbox(testOutboxRow(full.n, { envelope: new Uint8Array(16 * 1024) }))
+    expect((await store.getOutbox(testMessageId(full.n)))?.state).toBe('pending')
+    // Room by a higher cap.
+    const again = await fill(store, full.n + 1)
+    expect(isMeshError(again.err, 'MESH_ERR_STORE_FULL')).toBe(true)
+    store.setMaxPageCount(1_000_000)
+    expect((await store.insertOutboxMany(batch)).map((r) => r.inserted)).toEqual([true, true, true])
+    await store.close()
+
+    const db = new Database(path, { readonly: true })
+    expect(db.pragma('integrity_check', { simple: true })).toBe('ok')
+    db.close()
+  })
+
+  it('openSqliteStoreAt finds the store this process has open on a path, until it closes', async () => {
+    const path = freshPath()
+    const store = sqliteStore({ path })
+    expect(openSqliteStoreAt(join(path, '..', '.', 'runtime.db'))).toBe(store)
+    await store.close()
+    expect(openSqliteStoreAt(path)).toBeUndefined()
   })
 })
 

@@ -25,7 +25,7 @@
  * cost what it returns).
  */
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import Database from 'better-sqlite3'
 import { newInboxRow, newOutboxRow } from '../store/rows.js'
 import { acquirePidLock, type PidLock } from './pid-lock.js'
@@ -219,13 +219,38 @@ function storeError(err: unknown, message: string): MeshError {
   return new MeshError('MESH_ERR_STORE_UNAVAILABLE', message, { cause: err })
 }
 
-/** Opens (creating if needed) the runtime's database at `path`. Throws a `MeshError` when it cannot. */
-export function sqliteStore(options: SqliteStoreOptions): RuntimeStore {
-  return new SqliteStore(options)
+/** The sqlite driver's store: a `RuntimeStore`, plus a size cap. */
+export interface SqliteRuntimeStore extends RuntimeStore {
+  /** The database file. */
+  readonly path: string
+  /**
+   * Caps the database at `pages` pages (`PRAGMA max_page_count`; SQLite never sets it below the file's
+   * current size) and returns the cap in effect. A write that would grow past it fails as on a full
+   * disk, with `MESH_ERR_STORE_FULL`: an operator's quota, and how tests fill the disk.
+   */
+  setMaxPageCount(pages: number): number
+  /** The database's size in pages (`PRAGMA page_count`), free pages included. */
+  pageCount(): number
 }
 
-class SqliteStore implements RuntimeStore {
+/** The stores this process has open, by resolved path. */
+const openStores = new Map<string, SqliteRuntimeStore>()
+
+/** The store this process has open on `path`, if any (one opener per file: see the lock above). */
+export function openSqliteStoreAt(path: string): SqliteRuntimeStore | undefined {
+  return openStores.get(resolve(path))
+}
+
+/** Opens (creating if needed) the runtime's database at `path`. Throws a `MeshError` when it cannot. */
+export function sqliteStore(options: SqliteStoreOptions): SqliteRuntimeStore {
+  const store = new SqliteStore(options)
+  openStores.set(resolve(options.path), store)
+  return store
+}
+
+class SqliteStore implements SqliteRuntimeStore {
   readonly durability = 'durable' as const
+  readonly path: string
   readonly #db: Database.Database
   readonly #lock: PidLock
   #closed = false
@@ -239,6 +264,7 @@ class SqliteStore implements RuntimeStore {
   readonly #consumeTx: (mesh: string, seqs: readonly number[], at: number) => number
 
   constructor({ path, synchronous = 'normal' }: SqliteStoreOptions) {
+    this.path = path
     let db: Database.Database | undefined
     let lock: PidLock | undefined
     try {
@@ -425,11 +451,23 @@ class SqliteStore implements RuntimeStore {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    const key = resolve(this.path)
+    if (openStores.get(key) === this) openStores.delete(key)
     try {
       this.#db.close()
     } finally {
       this.#lock.release()
     }
+  }
+
+  setMaxPageCount(pages: number): number {
+    return this.#run(
+      () => this.#db.pragma(`max_page_count = ${Math.floor(pages)}`, { simple: true }) as number,
+    )
+  }
+
+  pageCount(): number {
+    return this.#run(() => this.#db.pragma('page_count', { simple: true }) as number)
   }
 
   /**
