@@ -7,22 +7,27 @@
  *
  * - the inbox already dedupes a request by `(from, clientMessageId)`: a retried one never reaches the
  *   handler again;
- * - the callee keeps each answer by `(from, correlationId)` (in memory, `cacheTtlMs`) and, when the
- *   request comes again (the Peer's `duplicate` event), re-sends that answer under a fresh id: the
- *   caller lost the first one;
+ * - the callee keeps each answer by `(from, correlationId)` for `cacheTtlMs` and, when the request comes
+ *   again (the Peer's `duplicate` event), re-sends that answer under a fresh id: the caller lost the
+ *   first one. With a durable store the record is in the store, so this holds across a restart of the
+ *   callee: a row with no answer is written before the handler runs and the answer after it returns. A
+ *   request found with a row but no answer, by a process that is not running it, was cut off by a crash:
+ *   it is answered `err` `MESH_ERR_RPC_HANDLER` with `details.interrupted: true`, never run again. A
+ *   volatile store (memory) keeps answers in memory only, as many as `cacheSize`;
  * - the caller keeps an answer that arrives with no call waiting (a relaunched caller) for
  *   `orphanTtlMs`, so calling again with the same `id` picks it up.
  *
  * One endpoint per peer (`rpcEndpoint(peer)` returns the same one), since it reads the peer's `rpc` inbox
  * rows and marks them consumed.
  */
+import { decode, encode } from '../protocol/codec.js'
 import { toHex } from '../protocol/encoding.js'
 import type { Meta } from '../protocol/envelope.js'
 import { isMeshError, isMeshErrorCode, MeshError, type ErrorDetails } from '../protocol/errors.js'
 import { ulidFactory } from '../protocol/ulid.js'
 import type { InboundMessage } from './inbox.js'
 import type { Peer } from './peer.js'
-import type { OutboxRow } from './store/types.js'
+import type { OutboxRow, RuntimeStore } from './store/types.js'
 
 /** How long a call waits for its answer unless told otherwise. */
 export const RPC_DEFAULT_TIMEOUT_MS = 30_000
@@ -110,6 +115,9 @@ interface Answer {
   at: number
 }
 
+/** The message of the answer to a request whose handler a crash cut off. */
+export const RPC_INTERRUPTED_MESSAGE = 'the callee restarted while the handler ran; it is not run again'
+
 interface Pending {
   to: string
   resolve: (value: unknown) => void
@@ -141,6 +149,8 @@ export class RpcEndpoint {
   readonly #handlers = new Map<string | undefined, RpcHandler>()
   /** Answers given, by `hex(from):requestId`; `running` while the handler has not returned. */
   readonly #answers = new Map<string, Answer | 'running'>()
+  /** Where answers outlive the process (a durable store), else undefined. */
+  readonly #store: RuntimeStore | undefined
   /** Calls waiting, by request id. */
   readonly #pending = new Map<string, Pending>()
   /** Answers nobody waited for, by `hex(from):requestId`. */
@@ -161,6 +171,7 @@ export class RpcEndpoint {
     this.#cacheTtlMs = o.cacheTtlMs ?? RPC_CACHE_TTL_MS
     this.#cacheSize = o.cacheSize ?? 10_000
     this.#orphanTtlMs = o.orphanTtlMs ?? 10 * 60 * 1000
+    this.#store = peer.store.durability === 'durable' ? peer.store : undefined
     peer.on('duplicate', this.#onDuplicate)
     peer.on('stopped', this.#onStopped)
     peer.on('outbox', this.#onOutbox)
@@ -265,11 +276,23 @@ export class RpcEndpoint {
 
   async #serve(m: InboundMessage): Promise<void> {
     const key = `${toHex(m.from)}:${m.clientMessageId}`
-    if (this.#answers.has(key)) {
+    if (this.#answers.has(key) || (await this.#recall(m.from, m.clientMessageId, key))) {
       await this.#resend(m.from, key)
       return
     }
+    if (this.#answers.has(key)) {
+      await this.#resend(m.from, key) // a copy that came while the store was read
+      return
+    }
     this.#answers.set(key, 'running')
+    try {
+      // Recorded before the handler runs: a crash from here on makes a retry `interrupted`, not a rerun.
+      await this.#record(m.from, m.clientMessageId, undefined)
+    } catch (err) {
+      this.#answers.delete(key)
+      await this.#sendAnswer(m.from, errPayload(err), { rpc: 'err', correlationId: m.clientMessageId })
+      return
+    }
     const req = isReq(m.payload) ? m.payload : undefined
     const method = req?.m
     const timeoutMs = m.meta?.timeoutMs ?? RPC_DEFAULT_TIMEOUT_MS
@@ -299,20 +322,78 @@ export class RpcEndpoint {
       kind = 'err'
     }
     const meta: Meta = { rpc: kind, correlationId: m.clientMessageId }
-    this.#remember(key, { payload, meta, at: this.#now() })
+    const answer = { payload, meta, at: this.#now() }
+    this.#remember(key, answer)
+    try {
+      await this.#record(m.from, m.clientMessageId, answer)
+    } catch {
+      // Not kept: the caller still gets this answer; a retry after a restart would be `interrupted`.
+    }
     await this.#sendAnswer(m.from, payload, meta)
   }
 
   /** A request came again (a retry the inbox deduped): re-send the answer the caller lost. */
   #duplicate(m: InboundMessage): void {
     if (m.channel !== 'rpc' || m.meta?.rpc !== 'req') return
-    void this.#resend(m.from, `${toHex(m.from)}:${m.clientMessageId}`)
+    const key = `${toHex(m.from)}:${m.clientMessageId}`
+    void (async () => {
+      if (!this.#answers.has(key)) await this.#recall(m.from, m.clientMessageId, key)
+      await this.#resend(m.from, key)
+    })().catch(() => undefined)
+  }
+
+  /**
+   * Looks a request up in the store (durable stores only) and puts what it finds in the memory map:
+   * its answer, or, for a row without one that this process is not running, the `interrupted` error
+   * (kept in the store too, so every later copy gets the same answer). True when something was found.
+   */
+  async #recall(from: Uint8Array, id: string, key: string): Promise<boolean> {
+    if (this.#store === undefined) return false
+    let row
+    try {
+      row = await this.#store.getRpcAnswer(this.#peer.mesh, from, id)
+    } catch {
+      return false
+    }
+    const now = this.#now()
+    if (row === undefined || row.expiresAt <= now) return false
+    // Set while we read: this process runs it, or recalled it already.
+    if (this.#answers.has(key)) return true
+    if (row.answer !== undefined) {
+      const saved = decode(row.answer) as { payload: RpcResPayload | RpcErrPayload; meta: Meta; at: number }
+      this.#remember(key, saved)
+      return true
+    }
+    const answer: Answer = {
+      payload: {
+        code: 'MESH_ERR_RPC_HANDLER',
+        message: RPC_INTERRUPTED_MESSAGE,
+        details: { interrupted: true, id },
+      },
+      meta: { rpc: 'err', correlationId: id },
+      at: now,
+    }
+    this.#remember(key, answer)
+    await this.#record(from, id, answer).catch(() => undefined)
+    return true
+  }
+
+  /** Writes the request's record (no answer yet, or its answer) when the store is durable. */
+  async #record(from: Uint8Array, correlationId: string, answer: Answer | undefined): Promise<void> {
+    if (this.#store === undefined) return
+    await this.#store.putRpcAnswer({
+      mesh: this.#peer.mesh,
+      from: Uint8Array.from(from),
+      correlationId,
+      expiresAt: (answer?.at ?? this.#now()) + this.#cacheTtlMs,
+      ...(answer !== undefined && { answer: encode(answer) }),
+    })
   }
 
   async #resend(from: Uint8Array, key: string): Promise<void> {
     const answer = this.#answers.get(key)
-    // Still running: its answer goes out when it returns. Unknown: forgotten (after a restart or
-    // past the TTL); the caller times out rather than running the handler twice.
+    // Still running: its answer goes out when it returns. Unknown: forgotten (past the TTL, or after a
+    // restart with a volatile store); the caller times out rather than running the handler twice.
     if (answer === undefined || answer === 'running') return
     if (this.#now() - answer.at > this.#cacheTtlMs) {
       this.#answers.delete(key)

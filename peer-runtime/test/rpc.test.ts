@@ -1,12 +1,13 @@
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { toHex, ulidFactory } from '../../protocol/index.js'
-import { worldsPerTest } from '../../test/support/coordinator-world.js'
+import { createIdentity, decode, toHex, ulidFactory } from '../../protocol/index.js'
+import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { closePeers, sessionPeer, tempDir } from '../../test/support/peer-world.js'
 import { rejectionCode } from '../../test/support/rejection.js'
 import { MeshError } from '../../protocol/errors.js'
 import { sqliteStore } from '../node/sqlite-store.js'
-import { rpcEndpoint, RpcRemoteError, RpcTimeoutError } from '../rpc.js'
+import { RPC_INTERRUPTED_MESSAGE, rpcEndpoint, RpcRemoteError, RpcTimeoutError } from '../rpc.js'
+import type { Peer } from '../peer.js'
 import type { RuntimeStore } from '../store/types.js'
 
 const nextId = ulidFactory()
@@ -182,5 +183,121 @@ describe('rpc over a Peer', () => {
     expect(answer).toBe(1)
     expect(runs).toBe(1)
     expect(duplicates).toEqual([id])
+  })
+
+  describe('across a restart of the callee (its sqlite store closed and opened again)', () => {
+    /**
+     * Bob's store file, alice's first session (which sends the request raw and never reads the answer,
+     * so it is lost with her store), and what relaunching each of them takes.
+     */
+    async function callers(world: World) {
+      const aliceMember = await world.member('alice')
+      const bobMember = await world.member('bob')
+      const bobFile = join(tempDir(), 'bob.db')
+      const bobAt = async (): Promise<Peer> => {
+        const store = sqliteStore({ path: bobFile })
+        stores.push(store)
+        return sessionPeer(world, bobMember, { sessionId: 'bob', identity: bobKey, p2p: true, store })
+      }
+      const bobKey = createIdentity('session')
+      const alice1 = await sessionPeer(world, aliceMember, { sessionId: 'alice', store: 'sqlite' })
+      /** Alice relaunched with an empty store, the P2P session to bob warm (the coordinator's dedupe
+       * would answer a resent id itself; P2P takes it to bob's inbox, which sees a duplicate). */
+      const alice2 = async (bob: Peer): Promise<Peer> => {
+        const alice = await sessionPeer(world, aliceMember, {
+          sessionId: 'alice',
+          identity: alice1.identity,
+          p2p: true,
+          store: 'sqlite',
+        })
+        await Promise.all([alice.whenConnected(), bob.whenConnected()])
+        await alice.send(bob.identity.publicKey, { warm: true })
+        await alice.settled(AbortSignal.timeout(10_000))
+        await expect.poll(() => alice.p2pWarm(bob.identity.publicKey), { timeout: 10_000 }).toBe(true)
+        return alice
+      }
+      const request = async (id: string): Promise<void> => {
+        await alice1.send(
+          bobKey.publicKey,
+          { p: 'once' },
+          { channel: 'rpc', clientMessageId: id, meta: { rpc: 'req', timeoutMs: 10_000 } },
+        )
+      }
+      return { alice1, alice2, bobAt, request }
+    }
+
+    /** Closes a peer and its store, as a process that exits would leave them. */
+    async function stop(peer: Peer): Promise<void> {
+      await peer.close()
+      await peer.store.close()
+    }
+
+    it('a retried request gets the stored answer; the handler does not run again', async () => {
+      const world = await start()
+      const { alice1, alice2, bobAt, request } = await callers(world)
+      let runs = 0
+      const bob1 = await bobAt()
+      rpcEndpoint(bob1).handle(() => ++runs)
+      await alice1.whenConnected()
+      const id = nextId()
+      await request(id)
+      await expect.poll(() => runs, { timeout: 10_000 }).toBe(1)
+      await bob1.settled(AbortSignal.timeout(10_000))
+      await stop(bob1)
+      await alice1.close()
+
+      const bob2 = await bobAt()
+      const duplicates: string[] = []
+      bob2.on('duplicate', (m) => duplicates.push(m.clientMessageId))
+      rpcEndpoint(bob2).handle(() => ++runs)
+      const alice = await alice2(bob2)
+      expect(await rpcEndpoint(alice).call(bob2.identity.publicKey, 'once', { id, timeoutMs: 10_000 })).toBe(
+        1,
+      )
+      expect(runs).toBe(1)
+      expect(duplicates).toEqual([id])
+    })
+
+    it('a request whose handler the restart cut off is answered MESH_ERR_RPC_HANDLER {interrupted}, never run twice', async () => {
+      const world = await start()
+      const { alice1, alice2, bobAt, request } = await callers(world)
+      let runs = 0
+      const bob1 = await bobAt()
+      const never = gate()
+      rpcEndpoint(bob1).handle(async () => {
+        runs++
+        await never.opened
+        return 'too late'
+      })
+      await alice1.whenConnected()
+      const id = nextId()
+      await request(id)
+      await expect.poll(() => runs, { timeout: 10_000 }).toBe(1)
+      await stop(bob1)
+      await alice1.close()
+      // The old process's handler returns after its store closed: its answer is neither kept nor sent.
+      never.open()
+
+      const bob2 = await bobAt()
+      rpcEndpoint(bob2).handle(() => ++runs)
+      const alice = await alice2(bob2)
+      const err = await rpcEndpoint(alice)
+        .call(bob2.identity.publicKey, 'once', { id, timeoutMs: 10_000 })
+        .catch((e: unknown) => e)
+      expect(err).toBeInstanceOf(RpcRemoteError)
+      expect(err).toMatchObject({
+        code: 'MESH_ERR_RPC_HANDLER',
+        message: RPC_INTERRUPTED_MESSAGE,
+        details: { interrupted: true, id },
+      })
+      // The error is now the request's answer in bob's store: every later copy gets the same one.
+      const row = await bob2.store.getRpcAnswer(world.mesh, alice.identity.publicKey, id)
+      expect(row?.answer).toBeDefined()
+      expect(decode(row!.answer!)).toMatchObject({
+        meta: { rpc: 'err' },
+        payload: { details: { interrupted: true } },
+      })
+      expect(runs).toBe(1)
+    })
   })
 })
