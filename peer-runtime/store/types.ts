@@ -1,9 +1,10 @@
 /**
- * The peer runtime's durable state: the outbox (sealed envelopes waiting to be delivered, DESIGN.md §5)
- * and the inbox (what arrived, deduplicated by `(mesh, recipient, from, clientMessageId)`). One
- * interface, two drivers: better-sqlite3 in WAL mode (`peer-runtime/node/sqlite-store.ts`) and memory
- * (`peer-runtime/store/memory.ts`, for browsers and volatile peers). Both pass one suite
- * (`peer-runtime/store/compliance.ts`).
+ * The peer runtime's durable state: the outbox (sealed envelopes waiting to be delivered, DESIGN.md §5),
+ * the inbox (what arrived, deduplicated by `(mesh, recipient, from, clientMessageId)`), the verified mesh
+ * view saved for a fast restart, and an rpc callee's answers (at most once across restarts). Finished
+ * rows are pruned hourly by `janitor.ts`. One interface, two drivers: better-sqlite3 in WAL mode
+ * (`peer-runtime/node/sqlite-store.ts`, one process per file) and memory (`peer-runtime/store/memory.ts`,
+ * for browsers and volatile peers). Both pass one suite (`peer-runtime/store/compliance.ts`).
  *
  * Every method is async so an IndexedDB driver fits the same shape; a method resolves only after its
  * write is durable for the driver (the sqlite driver commits before resolving).
