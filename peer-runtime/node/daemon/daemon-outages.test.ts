@@ -1,12 +1,14 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { MeshError } from '../../../protocol/index.js'
+import { MeshError, toHex } from '../../../protocol/index.js'
 import { buildOnce, runAgentmesh } from '../../../test/support/coordinator-process.js'
 import { CapturedLog, daemonWorld, type DaemonWorld } from '../../../test/support/daemon-world.js'
 import { eventually } from '../../../test/support/eventually.js'
 import { meshDir, readMeshConfig, sessionKeyPath } from '../home.js'
-import { DaemonClient, type IpcEvent } from './client.js'
+import type { InboundMessage } from '../../inbox.js'
+import type { MeshPeer } from '../home-peer.js'
+import { DaemonClient, type FollowNotice, type IpcEvent } from './client.js'
 import { startDaemon, type Daemon } from './daemon.js'
 import { daemonPaths, readAdminToken } from './files.js'
 import type { DaemonStatus, RegisteredSession, SessionStatusJson } from './types.js'
@@ -17,15 +19,16 @@ const TUNING = {
   outbox: { backoffBaseMs: 20 },
 }
 const RETRY = { baseMs: 20, capMs: 100 }
+const REDIAL = { baseMs: 20, capMs: 100, timeoutMs: 20_000 }
 const SECRET = 'the-secret-payload-text-7f3a'
 
-describe('the daemon rides out failures (a real coordinator)', () => {
+describe('the daemon and its IPC clients ride out failures (a real coordinator)', () => {
   let world: DaemonWorld
   const daemons: Daemon[] = []
   const clients: DaemonClient[] = []
 
   beforeAll(async () => {
-    world = await daemonWorld()
+    ;[world] = await Promise.all([daemonWorld(), buildOnce()])
   }, 60_000)
 
   afterAll(async () => {
@@ -133,14 +136,15 @@ describe('the daemon rides out failures (a real coordinator)', () => {
   }, 30_000)
 
   it('a revoked mesh is stopped (status, IPC, events) while the daemon serves its other mesh; logs say so without payloads', async () => {
-    await buildOnce()
     const alice = await world.ownerHome('one', 'alice')
     const home = await world.ownerHome('two', 'bob')
     await world.memberHome(alice, 'one', 'bob', home)
     const memberOne = (await readMeshConfig(home, 'one')).memberPk
     const memberTwo = (await readMeshConfig(home, 'two')).memberPk
     const log = new CapturedLog()
-    let { daemon, admin } = await up(home, log)
+    const started = await up(home, log)
+    const daemon = started.daemon
+    let admin = started.admin
     const sa = await admin.call<RegisteredSession>('POST', '/v1/sessions', { mesh: 'one', sessionId: 'sa' })
     const sb = await admin.call<RegisteredSession>('POST', '/v1/sessions', { mesh: 'two', sessionId: 'sb' })
     const ca = admin.as(sa.token)
@@ -217,7 +221,7 @@ describe('the daemon rides out failures (a real coordinator)', () => {
 
     // After a restart of the daemon the revoked mesh's hello is refused, logged, and the mesh is stopped.
     await daemon.close()
-    ;({ daemon, admin } = await up(home, log))
+    admin = (await up(home, log)).admin // closed with the others
     await eventually(
       () => log.find({ msg: 'hello refused', mesh: 'one', code: 'MESH_ERR_REVOKED' }).length > 0,
       {
@@ -266,4 +270,111 @@ describe('the daemon rides out failures (a real coordinator)', () => {
     expect(log.lines.every((l) => typeof l['msg'] === 'string' && typeof l['level'] === 'number')).toBe(true)
     stream.abort()
   }, 60_000)
+
+  it('a follower gets every message exactly once across a daemon restart; idempotent requests re-dial', async () => {
+    const home = await world.ownerHome('redial', 'alice')
+    const bob = await world.peer(await world.memberHome(home, 'redial', 'bob'), 'redial')
+    const first = (await up(home, new CapturedLog())).daemon
+    const admin = new DaemonClient(
+      { socketPath: daemonPaths(home).socket },
+      await readAdminToken(daemonPaths(home).token),
+      { redial: REDIAL },
+    )
+    clients.push(admin)
+    const s = await admin.call<RegisteredSession>('POST', '/v1/sessions', { sessionId: 'follower' })
+    const c = admin.as(s.token)
+    clients.push(c)
+
+    const notices: FollowNotice[] = []
+    const texts: string[] = []
+    let readies = 0
+    const stop = new AbortController()
+    const following = (async () => {
+      for await (const e of c.follow({ signal: stop.signal, onNotice: (n) => notices.push(n) })) {
+        if (e.event === 'ready') readies++
+        if (e.event === 'message') texts.push((e.data as { payload: { text: string } }).payload.text)
+      }
+    })().then(
+      () => undefined,
+      (err: unknown) => err,
+    )
+    await eventually(() => readies === 1)
+    await bob.peer.send(s.sessionPk, { text: 'before-1' })
+    await bob.peer.send(s.sessionPk, { text: 'before-2' })
+    await eventually(() => texts.length === 2, { what: 'the first two' })
+
+    await first.close()
+    // No socket file: ENOENT. Then a file nothing listens on, as a kill -9 leaves it: ECONNREFUSED.
+    await eventually(() => notices.some((n) => n.kind === 'unreachable' && errno(n.error) === 'ENOENT'))
+    await writeFile(daemonPaths(home).socket, '')
+    await eventually(() => notices.some((n) => n.kind === 'unreachable' && errno(n.error) === 'ECONNREFUSED'))
+    expect(notices.filter((n) => n.kind === 'reconnected')).toEqual([])
+
+    // Meanwhile bob sends (queued by the coordinator) and the client makes calls, which wait for the daemon.
+    for (const text of ['during-1', 'during-2']) {
+      const r = await bob.peer.send(s.sessionPk, { text })
+      await eventually(async () => (await bob.peer.status(r.clientMessageId))?.state === 'accepted')
+    }
+    const status = admin.call<DaemonStatus>('GET', '/v1/status')
+    const toBob = toHex(bob.identity.publicKey)
+    const arrived = nextMessage(bob, 'sent while restarting')
+    const sent = c.call<{ id: string }>('POST', '/v1/send', { to: toBob, text: 'sent while restarting' })
+
+    await up(home, new CapturedLog()) // the same home: takes the socket over
+    expect((await status).sessions).toMatchObject([{ sessionId: 'follower' }])
+    const answer = await sent
+    expect((await arrived).clientMessageId).toBe(answer.id) // the id the client gave it
+    await eventually(() => notices.some((n) => n.kind === 'reconnected'), { what: 'reconnected' })
+    await bob.peer.send(s.sessionPk, { text: 'after-1' })
+    await eventually(() => texts.includes('after-1'), { what: 'after-1' })
+    // A marker last: once it is in, nothing else is on its way, so the list is complete.
+    await bob.peer.send(s.sessionPk, { text: 'marker' })
+    await eventually(() => texts.includes('marker'))
+    expect([...texts].sort()).toEqual(['after-1', 'before-1', 'before-2', 'during-1', 'during-2', 'marker'])
+    expect(readies).toBe(2)
+
+    stop.abort()
+    expect(await following).toBeUndefined()
+  }, 40_000)
+
+  it('a request that is not idempotent is not re-sent; a send without an id gets one from the client', async () => {
+    const admin = new DaemonClient({ socketPath: join(world.root, 'nothing-here.sock') }, 'x', {
+      redial: { ...REDIAL, timeoutMs: 200 },
+    })
+    clients.push(admin)
+    // Not retried: fails at once with the socket's error.
+    const started = Date.now()
+    await expect(admin.request('POST', '/v1/sessions', { body: { sessionId: 'x' } })).rejects.toMatchObject({
+      code: 'ENOENT',
+    })
+    expect(Date.now() - started).toBeLessThan(150)
+    // Retried within its bound, then a MeshError saying no daemon answered.
+    await expect(admin.call('GET', '/v1/status')).rejects.toMatchObject({
+      code: 'MESH_ERR_DAEMON_NOT_RUNNING',
+    })
+    await expect(admin.call('POST', '/v1/send', { to: 'ab'.repeat(32), text: 'x' })).rejects.toMatchObject({
+      code: 'MESH_ERR_DAEMON_NOT_RUNNING',
+    })
+  })
 })
+
+function errno(err: Error): unknown {
+  return (err as { code?: unknown }).code
+}
+
+/** Bob's next inbox message with payload text `text`. */
+function nextMessage(bob: MeshPeer, text: string, timeoutMs = 15_000): Promise<InboundMessage> {
+  return new Promise((resolve, reject) => {
+    const on = (m: InboundMessage): void => {
+      if ((m.payload as { text?: unknown } | null)?.text !== text) return
+      clearTimeout(timer)
+      bob.peer.off('message', on)
+      resolve(m)
+    }
+    const timer = setTimeout(() => {
+      bob.peer.off('message', on)
+      reject(new Error(`no message ${JSON.stringify(text)} in ${timeoutMs} ms`))
+    }, timeoutMs)
+    bob.peer.on('message', on)
+  })
+}
