@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js'
+import { burstWithKills } from './daemon-burst.js'
 import { runSchedule, summarize, type RunResult } from './scenario.js'
 import { describeFault, drawSchedule, issueSchedule } from './schedule.js'
 import { dropTemplate, makeTemplate, type Template } from './template.js'
@@ -11,6 +12,9 @@ import { ChaosWorld, type StoreKind } from './world.js'
 const SHORT_SEEDS = [101, 102, 103]
 const SHORT_MESSAGES = 200
 const ISSUE_MESSAGES = 2000
+// The full burst (10 kills of 10,000 DMs) is in `npm run chaos`: the IPC takes sends at ~50/s here.
+const BURST_MESSAGES = 600
+const BURST_KILLS = 3
 
 function report(r: RunResult): string {
   return `${summarize(r)}\n  faults: ${r.faults.map(describeFault).join('; ')}`
@@ -59,6 +63,17 @@ for (const leg of legs()) {
           if (r.problems.length > 0) failures.push(report(r))
         }
         expect(failures).toEqual([])
+      },
+      240_000,
+    )
+
+    it.runIf(leg.store === 'pglite')(
+      `kill -9 of the daemon at ${BURST_KILLS} seeded points of a ${BURST_MESSAGES}-DM burst: the stores stay ` +
+        'intact and every send answered 202 is in an outbox',
+      async () => {
+        const r = await burstWithKills({ template, seed: 7, messages: BURST_MESSAGES, kills: BURST_KILLS })
+        expect(r.problems).toEqual([])
+        expect(r).toMatchObject({ kills: BURST_KILLS, acked: BURST_MESSAGES })
       },
       240_000,
     )

@@ -11,6 +11,7 @@
  */
 import { parseArgs } from 'node:util'
 import { startPgCluster, type PgCluster } from '../support/pg-cluster.js'
+import { burstWithKills } from './daemon-burst.js'
 import { runSchedule, summarize, MEMBER_RATE_PER_S, type RunResult } from './scenario.js'
 import { describeFault, drawSchedule, issueSchedule } from './schedule.js'
 import { dropTemplate, makeTemplate, type Template } from './template.js'
@@ -25,6 +26,10 @@ const { values } = parseArgs({
     hold: { type: 'string' },
     'no-issue': { type: 'boolean', default: false },
     'no-faults': { type: 'boolean', default: false },
+    'no-burst': { type: 'boolean', default: false },
+    'burst-only': { type: 'boolean', default: false },
+    'burst-messages': { type: 'string', default: '10000' },
+    'burst-kills': { type: 'string', default: '10' },
     'issue-only': { type: 'boolean', default: false },
     verbose: { type: 'boolean', default: false },
   },
@@ -54,6 +59,7 @@ async function templateFor(store: StoreKind): Promise<Template> {
 
 const log = values.verbose ? (s: string): void => console.log(s) : undefined
 const results: RunResult[] = []
+let burstFailed = false
 const t0 = Date.now()
 
 async function one(label: string, o: Parameters<typeof runSchedule>[0]): Promise<void> {
@@ -78,7 +84,7 @@ try {
       holdMs: Number(values.hold ?? 5000),
       ...(log !== undefined && { log }),
     })
-  } else {
+  } else if (!values['burst-only']) {
     if (!values['no-issue']) {
       const stores: StoreKind[] =
         values.store === 'pglite' || values.store === 'postgres' ? [values.store] : ['pglite', 'postgres']
@@ -109,6 +115,24 @@ try {
       console.log(`seeded schedules: ${((Date.now() - t1) / 1000).toFixed(0)} s`)
     }
   }
+  if (values.seed === undefined && !values['no-burst']) {
+    const n = Number(values['burst-messages'])
+    const kills = Number(values['burst-kills'])
+    console.log(`daemon burst: ${n} DMs over the IPC, kill -9 of the daemon at ${kills} seeded points`)
+    const b = await burstWithKills({
+      template: await templateFor('pglite'),
+      seed: 7,
+      messages: n,
+      kills,
+      ...(log !== undefined && { log }),
+    })
+    burstFailed = b.problems.length > 0
+    console.log(
+      `  ${b.acked}/${b.messages} answered 202, ${b.kills} kills, ${b.checks} integrity checks, ` +
+        `${(b.durationMs / 1000).toFixed(0)} s` +
+        (b.problems.length === 0 ? ' — PASS' : ` — FAIL:\n    ${b.problems.join('\n    ')}`),
+    )
+  }
 } finally {
   for (const t of templates.values()) await dropTemplate(t)
   await cluster?.destroy()
@@ -121,4 +145,4 @@ console.log(
       ? ''
       : `; replay with: npm run chaos -- --seed <N> (failed: ${failed.map((r) => r.seed).join(', ')})`),
 )
-process.exitCode = failed.length === 0 ? 0 : 1
+process.exitCode = failed.length === 0 && !burstFailed ? 0 : 1

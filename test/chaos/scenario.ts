@@ -178,6 +178,8 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       printed: world.arrivals.slice(printedBefore).map((a) => a.id),
       finals,
       recipient: world.alicePk,
+      // With no listen left, an ack that died with a coordinator is never redelivered: no receipt comes.
+      recipientGone: world.listen?.running !== true,
     })
     problems.push(...describeVerdict(verdict))
 
@@ -277,6 +279,7 @@ async function statesOf(world: ChaosWorld, ids: string[]): Promise<Map<string, F
         try {
           const res = await world.session!.request<FinalState>('GET', `/v1/messages/${id}`, {
             signal: AbortSignal.timeout(10_000),
+            redial: false,
           })
           if (res.status === 200) out.set(id, { state: res.body.state, recipients: res.body.recipients })
           else if (res.status === 404) out.set(id, undefined)
