@@ -12,6 +12,7 @@ import {
   decodeInviteToken,
   either,
   keySchema,
+  MAX_FRAME_BYTES,
   meshIdSchema,
   MeshError,
   nameSchema,
@@ -95,7 +96,7 @@ export const meshesPlugin = fp(
 
     ctx.on('mesh_events', async (conn, frame) => {
       const events = await ctx.meshes.eventsSince(conn.presence!.mesh, frame.since, 1000)
-      conn.send({ t: 'mesh_events_result', reqId: frame.reqId, events })
+      conn.send({ t: 'mesh_events_result', reqId: frame.reqId, events: oneFrameOf(events) })
     })
 
     ctx.on('admin', async (conn, frame) => {
@@ -119,6 +120,24 @@ export const meshesPlugin = fp(
   },
   { name: 'agentmesh-meshes', dependencies: ['agentmesh-auth'] },
 )
+
+/** Room a `mesh_events_result` frame keeps for its own fields and each event's msgpack headers. */
+const EVENTS_FRAME_SLACK = 256
+const PER_EVENT_OVERHEAD = 24
+
+/**
+ * The first events that fit in one frame (always at least one): a thousand events of ~130 bytes each
+ * exceed MAX_FRAME_BYTES, and a reply that does not encode would leave the runtime unable to catch up.
+ * The runtime asks again from the last version it got.
+ */
+function oneFrameOf<T extends { signed: Uint8Array; sig: Uint8Array }>(events: T[]): T[] {
+  let bytes = EVENTS_FRAME_SLACK
+  for (let i = 0; i < events.length; i++) {
+    bytes += events[i]!.signed.length + events[i]!.sig.length + PER_EVENT_OVERHEAD
+    if (bytes > MAX_FRAME_BYTES && i > 0) return events.slice(0, i)
+  }
+  return events
+}
 
 /**
  * Runs a mesh change and sends its signed system envelope to every live connection of the mesh on
