@@ -6,6 +6,7 @@ import { codecScenario } from './scenarios/codec.js'
 import { daemonScenario } from './scenarios/daemon.js'
 import { p2pScenario } from './scenarios/p2p.js'
 import { relayScenario } from './scenarios/relay.js'
+import { restartScenario } from './scenarios/restart.js'
 
 type Scenario = (opts: { quick: boolean }) => Promise<void>
 
@@ -26,6 +27,10 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
   daemon: {
     describe: "sends/s through the daemon's IPC into the durable outbox beside direct Peer.send",
     run: daemonScenario,
+  },
+  restart: {
+    describe: 'a runtime start from its saved mesh view beside a full replay, at 100 and 100,000 events',
+    run: restartScenario,
   },
 }
 
