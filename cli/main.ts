@@ -1,9 +1,10 @@
-import { Builtins, Cli, type BaseContext } from 'clipanion'
+import { Builtins, Cli, UsageError, type BaseContext, type Command } from 'clipanion'
 import { CoordinatorUpCommand } from './commands/coordinator/up.js'
 import { DaemonDownCommand } from './commands/daemon/down.js'
 import { DaemonInstallCommand } from './commands/daemon/install.js'
 import { DaemonStatusCommand } from './commands/daemon/status.js'
 import { DaemonUpCommand } from './commands/daemon/up.js'
+import { EXIT } from './commands/exit-codes.js'
 import { InviteCreateCommand } from './commands/invite/create.js'
 import { JoinCommand } from './commands/join/join.js'
 import { ListenCommand } from './commands/listen/listen.js'
@@ -39,12 +40,41 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
 }
 
 /**
- * Runs the CLI on `argv` (without the node and script paths) and resolves to the exit code.
- * Tests may pass their own stdout/stderr streams through `context`; output is then uncoloured.
+ * Runs the CLI on `argv` (without the node and script paths) and resolves to the exit code (README.md,
+ * "Exit codes"; a usage error is 2). Tests may pass their own stdout/stderr streams through `context`;
+ * output is then uncoloured.
  */
 export async function runCli(argv: readonly string[], context: Partial<BaseContext> = {}): Promise<number> {
-  const colors = context.stdout === undefined && wantsColors()
-  return buildCli({ colors }).run([...argv], { ...Cli.defaultContext, ...context })
+  const colored = context.stdout === undefined && wantsColors()
+  const cli = buildCli({ colors: colored })
+  const ctx = { ...Cli.defaultContext, ...context }
+  let command: Command
+  try {
+    command = cli.process([...argv], ctx)
+  } catch (err) {
+    ctx.stdout.write(cli.error(err, { colored }))
+    return EXIT.USAGE
+  }
+  // clipanion answers 1 to a UsageError a command throws; the table says 2, for every command alike.
+  const execute = command.execute.bind(command)
+  command.execute = async () => {
+    try {
+      return await execute()
+    } catch (err) {
+      if (!(err instanceof UsageError)) throw err
+      ctx.stdout.write(cli.error(err, { colored, command }))
+      return EXIT.USAGE
+    }
+  }
+  // The runtime's timers are unref'd (protocol/clock.ts), and so is AbortSignal.timeout's: a command
+  // waiting on nothing else (a coordinator that does not answer) would let Node exit under it. Every
+  // command holds the process until it settled; long-running ones hold it themselves too.
+  const hold = setInterval(() => undefined, 1 << 30)
+  try {
+    return await cli.run(command, ctx)
+  } finally {
+    clearInterval(hold)
+  }
 }
 
 // clipanion picks colours from $TERM alone, so piped output (tests, `--json | jq`) would carry ANSI codes.

@@ -89,6 +89,10 @@ export interface ReconnectPolicy {
 
 /** What `retrying` reports: the connection waits `delayMs` before its next dial. */
 export interface RetryInfo {
+  /** Whose connection waits: its mesh, role and session id (one callback may serve several peers). */
+  mesh: string
+  role: HelloRole
+  sessionId?: string
   delayMs: number
   /** Failed dials in a row so far (1 after the first failure). */
   attempt: number
@@ -561,6 +565,9 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
       if (this.#state === 'waiting') this.#dial()
     }, delay)
     const info: RetryInfo = {
+      mesh: this.#init.mesh,
+      role: this.#init.role,
+      ...(this.#init.sessionId !== undefined && { sessionId: this.#init.sessionId }),
       delayMs: delay,
       attempt: this.#attempt,
       since: this.#outageSince,

@@ -3,6 +3,7 @@ import { isMeshError, MeshError } from '../../protocol/errors.js'
 import { listMeshes } from '../../peer-runtime/node/home.js'
 import { openMeshPeer, type MeshPeer, type OpenMeshPeer } from '../../peer-runtime/node/home-peer.js'
 import { BaseCommand } from './base.js'
+import { connectionStopped, exitCodeOf } from './exit-codes.js'
 
 /** What a failed command prints with `--json`: a stable contract beside each command's own shape. */
 export interface ErrorJson {
@@ -11,8 +12,9 @@ export interface ErrorJson {
 
 /**
  * The base of the commands that work on the local home (`--home`): a `MeshError` becomes one line
- * `error: <code>: <message>` on stderr (and `{error}` on stdout with `--json`) and exit code 1; a
- * `UsageError` stays clipanion's; anything else is a bug and keeps its stack.
+ * `error: <code>: <message>` on stderr (and `{error}` on stdout with `--json`) and the exit code the
+ * CLI's table gives it (`exit-codes.ts`: 1 unless the code has its own); a `UsageError` stays
+ * clipanion's (exit 2, cli/main.ts); anything else is a bug and keeps its stack.
  */
 export abstract class HomeCommand extends BaseCommand {
   /** The command's work; resolves to the exit code. */
@@ -27,7 +29,7 @@ export abstract class HomeCommand extends BaseCommand {
     }
   }
 
-  /** Reports `err` as the module comment says and returns exit code 1. */
+  /** Reports `err` as the class comment says and returns its exit code. */
   protected fail(err: MeshError): number {
     this.context.stderr.write(`error: ${err.code}: ${err.message}\n`)
     if (this.json) {
@@ -35,7 +37,7 @@ export abstract class HomeCommand extends BaseCommand {
       if (err.details !== undefined) error.details = err.details
       this.printJson({ error })
     }
-    return 1
+    return exitCodeOf(err)
   }
 
   /** One JSON document (one line) on stdout. */
@@ -63,7 +65,7 @@ export abstract class HomeCommand extends BaseCommand {
   /**
    * Opens and starts the `Peer` of `presence`, and waits until the coordinator accepted its hello.
    * `MESH_ERR_COORDINATOR_UNREACHABLE` when that takes longer than `timeoutMs`; the peer's own error when
-   * it stopped for good (revoked, replaced).
+   * it stopped for good (revoked, replaced, not a member), marked so its exit code is one of the 20s.
    */
   protected async connect(mesh: string, o: OpenMeshPeer & { timeoutMs: number }): Promise<MeshPeer> {
     const { timeoutMs, ...open } = o
@@ -76,7 +78,11 @@ export abstract class HomeCommand extends BaseCommand {
       const deadline = AbortSignal.timeout(timeoutMs)
       const stopped = new Promise<never>((_resolve, reject) => {
         opened.peer.on('stopped', (err) =>
-          reject(err ?? new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the connection stopped')),
+          reject(
+            err === undefined
+              ? new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the connection stopped')
+              : connectionStopped(err),
+          ),
         )
       })
       stopped.catch(() => undefined)

@@ -155,14 +155,13 @@ describe('the two-peer walkthrough (the real binary)', () => {
     expect(bobs).toEqual([expect.objectContaining({ role: 'session', sessionId: 'cli', mine: false })])
   }, 60_000)
 
-  it('listen: a second one replaces the first (MESH_ERR_SESSION_REPLACED, exit 1); SIGTERM exits 0', async () => {
+  it('listen: a second one on the same home is refused (MESH_ERR_STORE_LOCKED, exit 5); SIGTERM exits 0', async () => {
     const first = spawn(['listen', '--mesh', 'team', '--home', home('alice')])
     await stderrSays(first, 'listening on mesh team', 30_000)
     const second = spawn(['listen', '--mesh', 'team', '--home', home('alice')])
-    await stderrSays(second, 'listening on mesh team', 30_000)
-    expect(await first.exited).toEqual({ code: 1, signal: null })
-    expect(first.stderr).toMatch(/^error: MESH_ERR_SESSION_REPLACED: /m)
-    expect(await second.stop('SIGTERM')).toEqual({ code: 0, signal: null })
+    expect(await second.exited).toEqual({ code: 5, signal: null })
+    expect(second.stderr).toMatch(/^error: MESH_ERR_STORE_LOCKED: /m)
+    expect(await first.stop('SIGTERM')).toEqual({ code: 0, signal: null })
   }, 60_000)
 
   it('reports mistakes with a code and exit 1: no such mesh, no such peer, a send that times out', async () => {
@@ -196,7 +195,7 @@ describe('the two-peer walkthrough (the real binary)', () => {
     )
 
     const usage = await am(['send', '--mesh', 'team', 'alice', 'x', '--wait', 'soon', '--home', home('bob')])
-    expect(usage.code).toBe(1)
+    expect(usage.code).toBe(2)
     expect(usage.stdout).toMatch(/^Usage Error: --wait is queued or delivered/)
   }, 60_000)
 })

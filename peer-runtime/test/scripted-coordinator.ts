@@ -9,7 +9,10 @@ import {
   createIdentity,
   decodeFrame,
   encodeFrame,
+  errorFrame,
+  MeshError,
   randomBytes,
+  type MeshErrorCode,
   type Frame,
   type Identity,
 } from '../../protocol/index.js'
@@ -34,8 +37,15 @@ export interface ScriptedCoordinator {
   close(): Promise<void>
 }
 
-export async function scriptedCoordinator(): Promise<ScriptedCoordinator> {
-  const identity = createIdentity('coordinator')
+export interface ScriptedOptions {
+  /** The coordinator's key (default a fresh one). */
+  identity?: Identity
+  /** Refuse every hello: an `error` frame with this code, then a close with `close`. */
+  refuseHello?: { code: MeshErrorCode; message: string; close: number }
+}
+
+export async function scriptedCoordinator(o: ScriptedOptions = {}): Promise<ScriptedCoordinator> {
+  const identity = o.identity ?? createIdentity('coordinator')
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 })
   await new Promise<void>((resolve) => wss.once('listening', resolve))
   const address = wss.address()
@@ -62,6 +72,12 @@ export async function scriptedCoordinator(): Promise<ScriptedCoordinator> {
       const frame = decodeFrame(new Uint8Array(data))
       if (!said) {
         if (frame.t !== 'hello') return
+        if (o.refuseHello !== undefined) {
+          const err = new MeshError(o.refuseHello.code, o.refuseHello.message)
+          socket.send(errorFrame(err, frame.reqId))
+          ws.close(o.refuseHello.close, `${err.code}: ${err.message}`)
+          return
+        }
         said = true
         world.sockets.push(socket)
         socket.send({

@@ -3,6 +3,7 @@ import { initCrypto } from '../../../protocol/crypto.js'
 import { startDaemon } from '../../../peer-runtime/node/daemon/daemon.js'
 import { version } from '../../version.js'
 import { HomeCommand } from '../home-command.js'
+import { LongRunning } from '../long-running.js'
 
 /** What `daemon up --json` prints once listening: a stable contract. */
 export interface DaemonUpJson {
@@ -30,6 +31,8 @@ export class DaemonUpCommand extends HomeCommand {
 
       One daemon per home (\`daemon.lock\`). Runs until SIGTERM or SIGINT (or \`agentmesh daemon down\`),
       then closes every connection and exits 0; what is still in an outbox goes out after the next start.
+      A coordinator that goes away is retried forever, per mesh, and said on stderr (\`mesh team:
+      coordinator unreachable, retrying in 2.1 s\`, then \`mesh team: reconnected\`).
       With \`--json\`, one line \`{pid, socket, port, meshes, sessions}\` goes to stdout once listening.
     `,
     examples: [
@@ -46,13 +49,41 @@ export class DaemonUpCommand extends HomeCommand {
     const port = Number(this.port)
     if (!/^\d{1,5}$/.test(this.port) || port > 65535) throw new UsageError('--port must be a port number')
     await initCrypto()
-    const daemon = await startDaemon({ home: this.home, port, version, peer: { p2p: this.p2p } })
+    const run = new LongRunning({ note: (text) => this.note(text) })
+    try {
+      return await this.#serve(port, run)
+    } finally {
+      run.dispose()
+    }
+  }
+
+  async #serve(port: number, run: LongRunning): Promise<number> {
+    const daemon = await startDaemon({
+      home: this.home,
+      port,
+      version,
+      peer: {
+        p2p: this.p2p,
+        // Each mesh's control-plane connection says when its coordinator is unreachable (throttled).
+        connection: {
+          reconnect: {
+            onRetry: (info) => {
+              if (info.role === 'control-plane') run.retrying(info, `mesh ${info.mesh}: `)
+            },
+          },
+        },
+      },
+    })
     const stop = (): void => void daemon.close()
-    const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM']
-    for (const s of signals) process.once(s, stop)
+    run.signal.addEventListener('abort', stop, { once: true })
+    if (run.signal.aborted) stop()
     try {
       for (const m of daemon.meshes()) {
-        m.control.peer.on('connected', () => this.note(`mesh ${m.config.mesh}: connected`))
+        const label = `mesh ${m.config.mesh}: `
+        m.control.peer.on('connected', () => {
+          if (run.reconnected(label)) return
+          this.note(`mesh ${m.config.mesh}: connected`)
+        })
         m.control.peer.on('disconnected', () =>
           this.note(`mesh ${m.config.mesh}: disconnected, reconnecting`),
         )
@@ -80,7 +111,7 @@ export class DaemonUpCommand extends HomeCommand {
       this.note('daemon stopped')
       return 0
     } finally {
-      for (const s of signals) process.removeListener(s, stop)
+      run.signal.removeEventListener('abort', stop)
       await daemon.close()
     }
   }

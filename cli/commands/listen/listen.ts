@@ -1,10 +1,20 @@
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { Command, Option } from 'clipanion'
-import { shortKey, toHex } from '../../../protocol/encoding.js'
-import type { MeshError } from '../../../protocol/errors.js'
+import { toHex } from '../../../protocol/encoding.js'
+import { isMeshError, MeshError } from '../../../protocol/errors.js'
 import type { InboundMessage } from '../../../peer-runtime/inbox.js'
+import type { DaemonClient } from '../../../peer-runtime/node/daemon/client.js'
+import { runningDaemonPid } from '../../../peer-runtime/node/daemon/files.js'
+import type { MessageJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
+import type { RegisteredSession } from '../../../peer-runtime/node/daemon/types.js'
+import { meshDir, writePrivateFile } from '../../../peer-runtime/node/home.js'
+import { openMeshPeer } from '../../../peer-runtime/node/home-peer.js'
 import type { Peer } from '../../../peer-runtime/peer.js'
+import { connectDaemon } from '../daemon/connect.js'
 import { parseDuration, parsePositiveInt } from '../duration.js'
 import { HomeCommand } from '../home-command.js'
+import { LongRunning } from '../long-running.js'
 
 /** One line of `listen --json`: a stable contract. */
 export interface ListenJson {
@@ -21,6 +31,19 @@ export interface ListenJson {
   e2e: boolean
 }
 
+/** The daemon session `listen` registers when it goes through the home's daemon. */
+export const LISTEN_SESSION_ID = 'listen'
+
+/** What one message looks like to the printer, from either path. */
+interface Printable {
+  from: string
+  clientMessageId: string
+  payload: unknown
+  status: string
+  via: string
+  e2e: boolean
+}
+
 /** `agentmesh listen`: prints the DMs to this home's member key as they arrive. */
 export class ListenCommand extends HomeCommand {
   static override paths = [['listen']]
@@ -29,15 +52,22 @@ export class ListenCommand extends HomeCommand {
     category: 'Messages',
     description: 'Print direct messages to this member as they arrive',
     details: `
-      Connects as this member's control-plane presence (the member key: DMs sent to the member, by key or
-      by name, arrive here) and prints every message as it arrives, first those that were queued while
-      it was offline: \`name: text\`, or with \`--json\` one JSON line per message
-      \`{from, fromName, clientMessageId, payload, via, e2e}\`. Each message is stored and acknowledged
-      before it is printed, so a redelivery is never printed twice.
+      Prints every DM to this member's key (DMs sent to the member, by key or by name) as it arrives,
+      first those that were queued while it was offline: \`name: text\`, or with \`--json\` one JSON line
+      per message \`{from, fromName, clientMessageId, payload, via, e2e}\`. Each message is printed once.
 
-      Runs until \`--count\` messages were printed, or until SIGINT or SIGTERM; either way it closes its
-      connection cleanly and exits 0. One presence per key: a second \`listen\` on the same home and mesh
-      replaces the first one, which then exits 1 with \`MESH_ERR_SESSION_REPLACED\`.
+      Without a daemon on this home it connects as the member's control-plane presence itself; each
+      message is stored and acknowledged before it is printed, so a redelivery is never printed twice.
+      When the home's daemon runs, it goes through the daemon instead (the daemon holds that presence):
+      it registers the daemon session \`${LISTEN_SESSION_ID}\` and follows its events, resuming after the
+      last message it printed (kept in the mesh's \`listen.cursor\`). It says on stderr which path it took.
+
+      It rides out outages by itself: while the coordinator (or the daemon) is unreachable it says so on
+      stderr (\`coordinator unreachable, retrying in 2.1 s\`, then \`reconnected\`) and keeps trying,
+      forever unless \`--connect-timeout\` bounds the first connection. It ends after \`--count\`
+      messages, on SIGINT or SIGTERM (exit 0 after a clean close), or when retrying cannot help: revoked
+      (exit 20), kicked (21), replaced by another process with this key, or by a second \`listen\` through
+      the daemon (22), not a member (23), mesh gone (24); README.md lists every exit code.
     `,
     examples: [
       ['Listen on mesh "team"', '$0 listen --mesh team'],
@@ -49,52 +79,160 @@ export class ListenCommand extends HomeCommand {
 
   count = Option.String('--count', { description: 'Exit after this many messages' })
 
-  timeout = Option.String('--connect-timeout', '30s', {
-    description: 'How long the first connection may take (default 30s)',
+  timeout = Option.String('--connect-timeout', {
+    description: 'Give up (exit 4) when the first connection takes longer (default: wait forever)',
   })
 
   override async run(): Promise<number> {
     const limit = this.count === undefined ? Infinity : parsePositiveInt(this.count, '--count')
-    const timeoutMs = parseDuration(this.timeout, '--connect-timeout')
+    const timeoutMs =
+      this.timeout === undefined ? undefined : parseDuration(this.timeout, '--connect-timeout')
     const mesh = await this.meshOrOnly(this.mesh)
-
-    const stop = new AbortController()
-    const onSignal = (): void => stop.abort()
-    const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM']
-    for (const s of signals) process.once(s, onSignal)
-    let stoppedWith: MeshError | undefined
+    const run = new LongRunning({ note: (text) => this.note(text) })
     try {
-      const opened = await this.connect(mesh, { role: 'control-plane', timeoutMs })
-      const { peer } = opened
-      try {
-        peer.on('stopped', (err) => {
-          stoppedWith = err
-          stop.abort()
-        })
-        const who = opened.config.displayName === undefined ? '' : ` as ${opened.config.displayName}`
-        this.note(`listening on mesh ${mesh}${who} (key ${opened.config.memberPk.slice(0, 16)}…)`)
-        const names = new Names(peer)
-        let printed = 0
-        if (printed < limit) {
-          for await (const m of peer.messages({ signal: stop.signal })) {
-            this.#print(m, await names.of(m.from))
-            if (++printed >= limit) break
-          }
-        }
-      } finally {
-        await opened.close()
-      }
+      const pid = await runningDaemonPid(this.home)
+      if (pid === undefined) await this.#direct(mesh, run, limit, timeoutMs)
+      else await this.#viaDaemon(mesh, pid, run, limit)
     } finally {
-      for (const s of signals) process.removeListener(s, onSignal)
+      run.dispose()
     }
-    if (stoppedWith !== undefined) throw stoppedWith
-    return 0
+    return run.finish()
   }
 
-  #print(m: InboundMessage, fromName: string | undefined): void {
+  /** As the member's control-plane presence, with this process's own connection. */
+  async #direct(mesh: string, run: LongRunning, limit: number, timeoutMs: number | undefined): Promise<void> {
+    const opened = await openMeshPeer(this.home, mesh, {
+      role: 'control-plane',
+      ...(this.coordinator !== undefined && { coordinatorUrl: this.coordinator }),
+      peer: { connection: { reconnect: run.reconnect() } },
+    })
+    try {
+      const { peer } = opened
+      run.watch(peer)
+      const who = opened.config.displayName === undefined ? '' : ` as ${opened.config.displayName}`
+      let announced = false
+      peer.on('connected', () => {
+        if (announced) return
+        announced = true
+        this.note(`listening on mesh ${mesh}${who} (key ${opened.config.memberPk.slice(0, 16)}…)`)
+      })
+      this.note('no daemon runs on this home: listening as the member itself')
+      await peer.start()
+      if (timeoutMs !== undefined) await this.#firstConnection(peer, run, timeoutMs, opened.config.wsUrl)
+      const names = new Names(peer)
+      let printed = 0
+      if (printed < limit && !run.signal.aborted) {
+        for await (const m of peer.messages({ signal: run.signal })) {
+          this.#print(printable(m), await names.of(m.from))
+          if (++printed >= limit) break
+        }
+      }
+    } finally {
+      await opened.close()
+    }
+  }
+
+  /** `--connect-timeout`: the first connection within `timeoutMs`, else `MESH_ERR_COORDINATOR_UNREACHABLE`. */
+  async #firstConnection(peer: Peer, run: LongRunning, timeoutMs: number, url: string): Promise<void> {
+    const deadline = AbortSignal.timeout(timeoutMs)
+    try {
+      await peer.whenConnected(AbortSignal.any([deadline, run.signal]))
+    } catch (err) {
+      if (run.signal.aborted) return
+      if (!deadline.aborted) throw err
+      throw new MeshError(
+        'MESH_ERR_COORDINATOR_UNREACHABLE',
+        `could not connect to the coordinator at ${url} within ${this.timeout}`,
+        { details: { url } },
+      )
+    }
+  }
+
+  /**
+   * Through the home's daemon, which holds the member's presence: a `listen` of its own would displace it
+   * (4003). Registers the daemon session `listen` once and follows its events with that token, resuming
+   * from the cursor file after each outage of the daemon; a token that stops working was replaced by a
+   * second `listen` (exit 22).
+   */
+  async #viaDaemon(mesh: string, pid: number, run: LongRunning, limit: number): Promise<void> {
+    this.note(
+      `a daemon runs on this home (pid ${pid}): listening through it, so the member's presence stays the daemon's`,
+    )
+    const cursorPath = join(meshDir(this.home, mesh), 'listen.cursor')
+    let after = await readCursor(cursorPath)
+    let token: string | undefined
+    let announced = false
+    let printed = 0
+    let failures = 0
+    while (!run.signal.aborted && printed < limit) {
+      let admin: DaemonClient | undefined
+      let session: DaemonClient | undefined
+      try {
+        const daemon = await connectDaemon(this.home)
+        if (daemon === undefined) {
+          throw new MeshError('MESH_ERR_DAEMON_NOT_RUNNING', `no daemon runs on ${this.home}`)
+        }
+        admin = daemon.client
+        if (token === undefined) {
+          const registered = await admin.call<RegisteredSession>('POST', '/v1/sessions', {
+            mesh,
+            sessionId: LISTEN_SESSION_ID,
+          })
+          token = registered.token
+        }
+        session = admin.as(token)
+        const names = new DaemonNames(session)
+        for await (const ev of session.events({ signal: run.signal, after })) {
+          if (ev.event === 'ready') {
+            failures = 0
+            run.reconnected('')
+            if (!announced) {
+              announced = true
+              this.note(`listening on mesh ${mesh} through the daemon (session ${LISTEN_SESSION_ID})`)
+            }
+            continue
+          }
+          if (ev.event !== 'message') continue
+          const m = ev.data as MessageJson
+          this.#print(m, await names.of(m.from))
+          after = m.seq
+          await writePrivateFile(cursorPath, `${after}\n`)
+          if (++printed >= limit) break
+        }
+      } catch (err) {
+        if (run.signal.aborted) break
+        const stop = daemonStop(err)
+        if (stop !== undefined) {
+          run.fail(stop)
+          break
+        }
+      } finally {
+        session?.close()
+        admin?.close()
+      }
+      if (run.signal.aborted || printed >= limit) break
+      // The daemon went away (restarted, killed) or ended the stream: back off as the runtime does.
+      const cap = Math.min(5_000, 500 * 2 ** Math.min(failures++, 10))
+      const delayMs = Math.floor(Math.random() * cap)
+      run.retrying({ delayMs }, '', 'daemon')
+      await sleep(delayMs, run.signal)
+    }
+    if (token !== undefined && run.interrupted) {
+      // A clean stop: the session is ours no longer (a new `listen` registers it again).
+      const daemon = await connectDaemon(this.home).catch(() => undefined)
+      await daemon?.client
+        .request('DELETE', `/v1/sessions/${LISTEN_SESSION_ID}?mesh=${encodeURIComponent(mesh)}`, {
+          signal: AbortSignal.timeout(5_000),
+        })
+        .catch(() => undefined)
+      daemon?.client.close()
+    }
+  }
+
+  #print(m: Printable, fromName: string | undefined): void {
     if (this.json) {
       this.printJson({
-        from: toHex(m.from),
+        from: m.from,
         fromName: fromName ?? null,
         clientMessageId: m.clientMessageId,
         payload: m.payload,
@@ -103,7 +241,7 @@ export class ListenCommand extends HomeCommand {
       } satisfies ListenJson)
       return
     }
-    const name = fromName ?? shortKey(m.from)
+    const name = fromName ?? m.from.slice(0, 16)
     const p = m.payload as { text?: unknown } | null
     const body =
       m.status !== 'ok' && m.status !== 'duplicate'
@@ -113,6 +251,55 @@ export class ListenCommand extends HomeCommand {
           : JSON.stringify(m.payload)
     this.context.stdout.write(`${name}: ${body}${m.e2e ? '' : ' (not end-to-end encrypted)'}\n`)
   }
+}
+
+function printable(m: InboundMessage): Printable {
+  return {
+    from: toHex(m.from),
+    clientMessageId: m.clientMessageId,
+    payload: m.payload,
+    status: m.status,
+    via: m.via,
+    e2e: m.e2e,
+  }
+}
+
+/**
+ * What ends a `listen` through the daemon for good: a session token that no longer works (a second
+ * `listen` registered the session again: replaced), or a mesh the daemon stopped (revoked, kicked, …).
+ */
+function daemonStop(err: unknown): MeshError | undefined {
+  if (!isMeshError(err)) return undefined
+  const status = err.details?.['status']
+  if (status === 401 || status === 403) {
+    return new MeshError('MESH_ERR_SESSION_REPLACED', 'another `listen` took over the daemon session', {
+      details: { sessionId: LISTEN_SESSION_ID },
+    })
+  }
+  if (err.code === 'MESH_ERR_DAEMON_NOT_RUNNING' || err.code === 'MESH_ERR_SESSION_UNAVAILABLE')
+    return undefined
+  return err.permanent ? err : undefined
+}
+
+async function readCursor(path: string): Promise<number> {
+  try {
+    const n = Number((await readFile(path, 'utf8')).trim())
+    return Number.isSafeInteger(n) && n >= 0 ? n : 0
+  } catch {
+    return 0
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms)
+    signal.addEventListener('abort', done, { once: true })
+    function done(): void {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', done)
+      resolve()
+    }
+  })
 }
 
 /** Display names of senders, asked of the coordinator (as verified peers) when a key is new. */
@@ -134,6 +321,33 @@ class Names {
           signal: AbortSignal.timeout(5000),
         })
         for (const p of peers) if (p.displayName !== undefined) this.#known.set(toHex(p.pk), p.displayName)
+      } catch {
+        // The name is a nicety: print the key instead.
+      }
+    }
+    return this.#known.get(hex)
+  }
+}
+
+/** The same, asked of the daemon (`GET /v1/peers`). */
+class DaemonNames {
+  readonly #client: DaemonClient
+  readonly #known = new Map<string, string>()
+
+  constructor(client: DaemonClient) {
+    this.#client = client
+  }
+
+  async of(hex: string): Promise<string | undefined> {
+    if (!this.#known.has(hex)) {
+      try {
+        const res = await this.#client.request<{ peers?: { pk: string; displayName?: string }[] }>(
+          'GET',
+          '/v1/peers?offline=true',
+          { signal: AbortSignal.timeout(5000) },
+        )
+        for (const p of res.body.peers ?? [])
+          if (p.displayName !== undefined) this.#known.set(p.pk, p.displayName)
       } catch {
         // The name is a nicety: print the key instead.
       }
