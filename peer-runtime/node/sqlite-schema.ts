@@ -103,7 +103,7 @@ function tooNew(version: number): MeshError {
 
 /**
  * Brings `db` to `SQLITE_SCHEMA_VERSION`: every missing migration in one immediate transaction (the
- * version is read again inside it, so an opener that raced another sees the other's work). Resolves
+ * version is read again inside it, so an opener that raced another sees the other's work). Returns
  * with the version the file had before. Throws `MESH_ERR_SCHEMA_TOO_NEW` for a newer file.
  */
 export function migrate(db: Database.Database): number {
