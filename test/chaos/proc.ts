@@ -158,10 +158,12 @@ export class Proc {
   }
 
   describe(): string {
-    const out = this.lines.slice(-5).map((l) => l.text)
+    // The head of stdout too: a crash prints its error there first and its stack after.
+    const all = this.lines.map((l) => l.text)
+    const out = all.length <= 12 ? all : [...all.slice(0, 6), '…', ...all.slice(-5)]
     return (
       `${this.name} (pid ${this.pid}, ${this.args.join(' ')})` +
-      `\n  stdout (last lines): ${out.join('\n    ')}\n  stderr: ${this.#stderr.slice(-4000)}`
+      `\n  stdout: ${out.join('\n    ')}\n  stderr: ${this.#stderr.slice(-4000)}`
     )
   }
 }

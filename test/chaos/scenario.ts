@@ -67,13 +67,17 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
   const killedByUs = new Set<number>()
   try {
     const step = (what: string): void => log(`  ${fmt(Date.now() - t0)} ${what}`)
-    await world.startCoordinator()
-    step('coordinator up')
-    await world.startDaemon()
-    step('daemon up, session registered')
-    world.startListen()
-    await world.listening()
-    step('listen up')
+    try {
+      await world.startCoordinator()
+      step('coordinator up')
+      await world.startDaemon()
+      step('daemon up, session registered')
+      world.startListen()
+      await world.listening()
+      step('listen up')
+    } catch (err) {
+      return failedSetup(o, err, t0)
+    }
 
     // One message first: bob's session learns alice's key, and the timing starts warm.
     const warm = await sendAll({
@@ -106,7 +110,11 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       const wait = trafficStart + f.atMs - Date.now()
       if (wait > 0) await sleep(wait)
       log(`  fault ${describeFault(f)}`)
-      await applyFault(world, f, o.template.pg?.cluster, killedByUs)
+      try {
+        await applyFault(world, f, o.template.pg?.cluster, killedByUs)
+      } catch (err) {
+        problems.push(`${describeFault(f)}: ${err instanceof Error ? err.message : String(err)}`)
+      }
       lastFaultEndedAt = Date.now()
     }
 
@@ -182,6 +190,18 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       recipientGone: world.listen?.running !== true,
     })
     problems.push(...describeVerdict(verdict))
+    if (verdict.arrivalWithoutReceipt.length > 0) {
+      const states = new Map<string, number>()
+      for (const id of verdict.arrivalWithoutReceipt) {
+        const f = finals.get(id)
+        const k = f === undefined ? 'no row' : `${f.state}, alice ${f.recipients[world.alicePk] ?? '-'}`
+        states.set(k, (states.get(k) ?? 0) + 1)
+      }
+      problems.push(
+        `  their rows in bob's outbox ${fmt(20_000)} after the arrivals: ` +
+          [...states].map(([k, n]) => `${n} ${k}`).join('; '),
+      )
+    }
 
     // Processes that died on their own (not by our kill -9): listen must ride out every outage.
     for (const p of [world.coordinator, world.daemon, ...world.listens]) {
@@ -227,6 +247,33 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
     }
   } finally {
     await world.close()
+  }
+}
+
+/** The result of a run whose world did not come up: no history, one problem saying why. */
+function failedSetup(o: RunOptions, err: unknown, t0: number): RunResult {
+  const message = err instanceof Error ? err.message : String(err)
+  return {
+    seed: o.seed,
+    store: o.template.store,
+    messages: o.messages,
+    faults: o.faults,
+    verdict: checkHistory({ attempted: [], acked: new Map(), printed: [], finals: new Map(), recipient: '' }),
+    recovery: {
+      lastFaultEndedAt: t0,
+      acceptedCount: 0,
+      acceptedMs: 0,
+      acceptedMet: false,
+      outboxCount: 0,
+      outboxMs: 0,
+      outboxBoundMs: 0,
+      outboxMet: false,
+    },
+    duplicates: { receiverDuplicates: 0, redeliveries: 0 },
+    replays: 0,
+    retries: 0,
+    problems: [`the world did not come up: ${message}`],
+    durationMs: Date.now() - t0,
   }
 }
 
