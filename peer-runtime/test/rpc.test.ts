@@ -1,9 +1,10 @@
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { createIdentity, decode, toHex, ulidFactory } from '../../protocol/index.js'
+import { createIdentity, decode, mintSessionAttestation, toHex, ulidFactory } from '../../protocol/index.js'
 import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { closePeers, sessionPeer, tempDir } from '../../test/support/peer-world.js'
 import { rejectionCode } from '../../test/support/rejection.js'
+import { rpcCalleeProcess } from '../../test/support/rpc-callee-process.js'
 import { MeshError } from '../../protocol/errors.js'
 import { sqliteStore } from '../node/sqlite-store.js'
 import { RPC_INTERRUPTED_MESSAGE, rpcEndpoint, RpcRemoteError, RpcTimeoutError } from '../rpc.js'
@@ -223,7 +224,7 @@ describe('rpc over a Peer', () => {
           { channel: 'rpc', clientMessageId: id, meta: { rpc: 'req', timeoutMs: 10_000 } },
         )
       }
-      return { alice1, alice2, bobAt, request }
+      return { alice1, alice2, bobAt, request, bobKey, bobFile, bobMember }
     }
 
     /** Closes a peer and its store, as a process that exits would leave them. */
@@ -256,6 +257,50 @@ describe('rpc over a Peer', () => {
       )
       expect(runs).toBe(1)
       expect(duplicates).toEqual([id])
+    })
+
+    it('kill -9 of the callee process while its handler runs: the callee started again answers interrupted and runs nothing', async () => {
+      const world = await start()
+      const c = await callers(world)
+      const bob1 = rpcCalleeProcess({
+        url: world.wsUrl,
+        mesh: world.mesh,
+        ownerPk: world.owner.publicKey,
+        coordinatorPk: world.coordinatorIdentity.publicKey,
+        identity: c.bobKey,
+        sessionId: 'bob',
+        attestation: mintSessionAttestation({
+          mesh: world.mesh,
+          member: c.bobMember,
+          sessionPk: c.bobKey.publicKey,
+          sessionId: 'bob',
+          now: world.clock.now(),
+        }),
+        storePath: c.bobFile,
+        hang: true,
+      })
+      try {
+        await bob1.ready
+        await c.alice1.whenConnected()
+        const ran = bob1.next('run', 10_000)
+        const id = nextId()
+        await c.request(id)
+        await ran
+        await bob1.kill()
+        await c.alice1.close()
+
+        const bob2 = await c.bobAt()
+        let runs = 0
+        rpcEndpoint(bob2).handle(() => ++runs)
+        const alice = await c.alice2(bob2)
+        const err = await rpcEndpoint(alice)
+          .call(bob2.identity.publicKey, 'once', { id, timeoutMs: 10_000 })
+          .catch((e: unknown) => e)
+        expect(err).toMatchObject({ code: 'MESH_ERR_RPC_HANDLER', details: { interrupted: true, id } })
+        expect(runs).toBe(0)
+      } finally {
+        await bob1.kill()
+      }
     })
 
     it('a request whose handler the restart cut off is answered MESH_ERR_RPC_HANDLER {interrupted}, never run twice', async () => {
