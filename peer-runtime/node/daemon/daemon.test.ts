@@ -8,7 +8,7 @@ import type { MeshPeer } from '../home-peer.js'
 import { DaemonClient } from './client.js'
 import { startDaemon, type Daemon, type RegisteredSession } from './daemon.js'
 import { daemonPaths, readAdminToken, readDaemonInfo } from './files.js'
-import { daemonWorld, EventLog, type DaemonWorld } from '../../../test/support/daemon-world.js'
+import { CapturedLog, daemonWorld, EventLog, type DaemonWorld } from '../../../test/support/daemon-world.js'
 
 const TUNING = {
   p2p: false as const,
@@ -49,7 +49,7 @@ describe('the daemon (in process, a real coordinator, real sockets)', () => {
     home = await world.ownerHome('team', 'alice')
     memberPk = (await readMeshConfig(home, 'team')).memberPk
     const bobHome = await world.memberHome(home, 'team', 'bob')
-    daemon = await startDaemon({ home, peer: TUNING, keepaliveMs: 200 })
+    daemon = await startDaemon({ home, peer: TUNING, keepaliveMs: 200, log: new CapturedLog().log })
     admin = client(await readAdminToken(daemonPaths(home).token))
     bob = await world.peer(bobHome, 'team')
   }, 60_000)
@@ -270,7 +270,7 @@ describe('the daemon (in process, a real coordinator, real sockets)', () => {
     await daemon.close()
     await expect(stat(daemonPaths(home).socket)).rejects.toMatchObject({ code: 'ENOENT' })
     await expect(stat(daemonPaths(home).lock)).rejects.toMatchObject({ code: 'ENOENT' })
-    daemon = await startDaemon({ home, peer: TUNING, keepaliveMs: 200 })
+    daemon = await startDaemon({ home, peer: TUNING, keepaliveMs: 200, log: new CapturedLog().log })
     expect(daemon.status().sessions.map((s) => [s.sessionId, s.sessionPk])).toEqual(before)
     const inbox = await c.call<{ messages: { payload: { text: string }; toMember: boolean }[] }>(
       'GET',
@@ -283,7 +283,7 @@ describe('the daemon (in process, a real coordinator, real sockets)', () => {
   })
 
   it('refuses a second daemon on the same home with MESH_ERR_DAEMON_RUNNING', async () => {
-    await expect(startDaemon({ home, peer: TUNING })).rejects.toMatchObject({
+    await expect(startDaemon({ home, peer: TUNING, log: new CapturedLog().log })).rejects.toMatchObject({
       code: 'MESH_ERR_DAEMON_RUNNING',
       details: { pid: process.pid },
     })

@@ -38,18 +38,11 @@ import {
 import { IdempotentSender } from './ipc-send.js'
 import { startIpcServer, type IpcServer } from './ipc-server.js'
 import { LinkWatch } from './link-watch.js'
-import { errorFields, stderrLog, type DaemonLog } from './log.js'
+import { stderrLog, type DaemonLog } from './log.js'
 import { openControlPlane, openSession, type PeerTuning } from './presences.js'
 import { readRegistrations, registrationKey, writeRegistrations, type Registration } from './registry.js'
-import { RetrySchedule, type RetryTimings } from './retry-schedule.js'
-import {
-  linkJson,
-  meshStoppedError,
-  pendingJson,
-  sessionLinkJson,
-  stoppedError,
-  unavailableError,
-} from './status-json.js'
+import type { RetryTimings } from './retry-schedule.js'
+import { meshJson, meshStoppedError, sessionJson, stoppedError } from './status-json.js'
 import type {
   Caller,
   DaemonEvents,
@@ -57,10 +50,9 @@ import type {
   DaemonSession,
   DaemonStatus,
   IpcHost,
-  MeshStatusJson,
   RegisteredSession,
-  SessionStatusJson,
 } from './types.js'
+import { Unopened } from './unopened.js'
 
 export type {
   Caller,
@@ -90,19 +82,6 @@ export interface DaemonOptions {
   retry?: Partial<RetryTimings>
 }
 
-/** A mesh that did not open: retried in the background. */
-interface PendingMesh {
-  retry: RetrySchedule
-  since: number
-}
-
-/** A registration that did not open (or whose mesh did not): retried in the background. */
-interface PendingSession {
-  registration: Registration
-  retry: RetrySchedule
-  since: number
-}
-
 export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   readonly paths: DaemonPaths
   readonly startedAt: number
@@ -113,9 +92,9 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   readonly #adminToken: string
   readonly #meshes = new Map<string, DaemonMesh>()
   readonly #opening = new Map<string, Promise<DaemonMesh>>()
-  readonly #pendingMeshes = new Map<string, PendingMesh>()
   readonly #sessions = new Map<string, DaemonSession>()
-  readonly #pendingSessions = new Map<string, PendingSession>()
+  /** What did not open yet, retried in the background. */
+  readonly #unopened: Unopened
   /** Token hash → session key (open or pending). */
   readonly #tokens = new Map<string, string>()
   /** Registration changes run one at a time (they rewrite the registry file). */
@@ -129,6 +108,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
     this.#o = o
     this.#clock = o.clock ?? systemClock
     this.#log = log
+    this.#unopened = new Unopened({ clock: this.#clock, timings: o.retry, log })
     this.paths = daemonPaths(o.home)
     this.#lock = lock
     this.#adminToken = adminToken
@@ -184,10 +164,8 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
       const stopped = stoppedError(session)
       return stopped === undefined ? { kind: 'session', session } : { kind: 'unusable', error: stopped }
     }
-    const pending = this.#pendingSessions.get(key)
-    return pending === undefined
-      ? undefined
-      : { kind: 'unusable', error: unavailableError(pending.registration, pending.retry) }
+    const unavailable = this.#unopened.unavailable(key)
+    return unavailable === undefined ? undefined : { kind: 'unusable', error: unavailable }
   }
 
   /**
@@ -206,8 +184,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
       const key = registrationKey(mesh.config.mesh, o.sessionId)
       const token = newToken('ams_')
       const existing = this.#sessions.get(key)
-      const pending = this.#pendingSessions.get(key)
-      const previous = existing?.registration ?? pending?.registration
+      const previous = existing?.registration ?? this.#unopened.session(key)?.registration
       const displayName = o.displayName ?? previous?.displayName
       const registration: Registration = {
         mesh: mesh.config.mesh,
@@ -234,10 +211,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
           if (existing !== undefined) this.#sessionFailed(existing.registration, err)
           throw err
         }
-        if (pending !== undefined) {
-          pending.retry.cancel()
-          this.#pendingSessions.delete(key)
-        }
+        this.#unopened.sessionDone(key, true)
       } else session.registration = registration
       if (previous !== undefined) {
         this.#tokens.delete(previous.tokenHash)
@@ -259,10 +233,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   /** Ends a session: closes its peer (its outbox file stays for a later registration) and its token. */
   unregister(o: { mesh?: string; sessionId: string }): Promise<void> {
     return this.#change(async () => {
-      const all = [
-        ...this.sessions().map((s) => s.registration),
-        ...[...this.#pendingSessions.values()].map((p) => p.registration),
-      ]
+      const all = [...this.sessions().map((s) => s.registration), ...this.#unopened.registrations()]
       const matches = all.filter(
         (r) => r.sessionId === o.sessionId && (o.mesh === undefined || r.mesh === o.mesh),
       )
@@ -288,8 +259,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
       const key = registrationKey(r.mesh, r.sessionId)
       const open = this.#sessions.get(key)
       this.#sessions.delete(key)
-      this.#pendingSessions.get(key)?.retry.cancel()
-      this.#pendingSessions.delete(key)
+      this.#unopened.sessionDone(key, true)
       this.#tokens.delete(r.tokenHash)
       this.emit('revoked', r.tokenHash)
       await this.#persist()
@@ -304,32 +274,12 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
 
   /** A plain snapshot for `GET /v1/status` and `daemon status`. */
   status(): DaemonStatus {
-    const meshes: MeshStatusJson[] = [
-      ...this.meshes().map((m) => ({
-        mesh: m.config.mesh,
-        memberPk: m.config.memberPk,
-        coordinatorUrl: m.config.coordinatorUrl,
-        ...linkJson(m.link),
-      })),
-      ...[...this.#pendingMeshes].map(([mesh, p]) => ({ mesh, ...pendingJson(p) })),
-    ].sort((a, b) => (a.mesh < b.mesh ? -1 : a.mesh > b.mesh ? 1 : 0))
-    const sessions: (SessionStatusJson & { registeredAt: number })[] = [
-      ...this.sessions().map((s) => ({
-        mesh: s.mesh.config.mesh,
-        sessionId: s.registration.sessionId,
-        sessionPk: toHex(s.presence.identity.publicKey),
-        ...(s.registration.displayName !== undefined && { displayName: s.registration.displayName }),
-        ...sessionLinkJson(s),
-        registeredAt: s.registration.registeredAt,
-      })),
-      ...[...this.#pendingSessions.values()].map((p) => ({
-        mesh: p.registration.mesh,
-        sessionId: p.registration.sessionId,
-        ...(p.registration.displayName !== undefined && { displayName: p.registration.displayName }),
-        ...pendingJson(p),
-        registeredAt: p.registration.registeredAt,
-      })),
-    ].sort((a, b) => a.registeredAt - b.registeredAt)
+    const meshes = [...this.meshes().map(meshJson), ...this.#unopened.meshesJson()].sort((a, b) =>
+      a.mesh < b.mesh ? -1 : a.mesh > b.mesh ? 1 : 0,
+    )
+    const sessions = [...this.sessions().map(sessionJson), ...this.#unopened.sessionsJson()].sort(
+      (a, b) => a.registeredAt - b.registeredAt,
+    )
     return {
       pid: process.pid,
       port: this.port,
@@ -350,7 +300,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       try {
-        for (const p of [...this.#pendingMeshes.values(), ...this.#pendingSessions.values()]) p.retry.cancel()
+        this.#unopened.cancelAll()
         await this.#ipc?.close()
         await this.#changes.catch(() => undefined)
         await Promise.allSettled([...this.#opening.values()])
@@ -395,7 +345,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
         port: this.#ipc.port,
         meshes: this.#meshes.size,
         sessions: this.#sessions.size,
-        unavailable: this.#pendingMeshes.size + this.#pendingSessions.size,
+        unavailable: this.#unopened.size,
       },
       'daemon started',
     )
@@ -404,7 +354,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   /** The mesh named (opened on first use: a mesh joined after `up` is picked up then). */
   #meshFor(mesh: string | undefined): Promise<DaemonMesh> {
     if (mesh === undefined) {
-      const all = [...this.#meshes.keys(), ...this.#pendingMeshes.keys()]
+      const all = [...this.#meshes.keys(), ...this.#unopened.meshIds()]
       if (all.length === 1) return this.#meshFor(all[0])
       return Promise.reject(
         new MeshError(
@@ -449,16 +399,8 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
       throw err
     }
     this.#meshes.set(mesh, m)
-    const pending = this.#pendingMeshes.get(mesh)
-    if (pending !== undefined) {
-      pending.retry.cancel()
-      this.#pendingMeshes.delete(mesh)
-      this.#log.info({ mesh, role: 'control-plane', attempts: pending.retry.attempts }, 'mesh opened')
-      // Its registrations waited for it.
-      for (const p of this.#pendingSessions.values()) {
-        if (p.registration.mesh === mesh) this.#retrySoon(p.registration)
-      }
-    }
+    // Its registrations waited for it.
+    for (const r of this.#unopened.meshOpened(mesh)) this.#retrySoon(r)
     return m
   }
 
@@ -474,16 +416,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   }
 
   #meshFailed(mesh: string, err: unknown): void {
-    let p = this.#pendingMeshes.get(mesh)
-    if (p === undefined) {
-      p = { retry: new RetrySchedule(this.#clock, this.#o.retry), since: this.#clock.now() }
-      this.#pendingMeshes.set(mesh, p)
-    }
-    const delay = p.retry.failed(err, () => void this.#tryMesh(mesh))
-    this.#log.warn(
-      { mesh, role: 'control-plane', attempts: p.retry.attempts, retryInMs: delay, ...errorFields(err) },
-      'mesh open failed',
-    )
+    this.#unopened.meshFailed(mesh, err, () => void this.#tryMesh(mesh))
   }
 
   /** The control plane stopped for good (revoked): so does every session of the mesh. */
@@ -503,62 +436,29 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
       mesh = await this.#meshFor(r.mesh)
     } catch (err) {
       if (this.#closing !== undefined) return
-      if (!this.#pendingMeshes.has(r.mesh)) this.#meshFailed(r.mesh, err)
+      if (!this.#unopened.hasMesh(r.mesh)) this.#meshFailed(r.mesh, err)
       // No schedule of its own: the mesh's retry opens it, then this registration.
-      const p = this.#pending(r)
-      p.retry.cancel()
-      p.retry.lastError = err
+      this.#unopened.waitsForMesh(r, err)
       return
     }
     try {
       const session = await this.#openSession(mesh, r)
-      const pending = this.#pendingSessions.get(key)
-      if (pending !== undefined) {
-        pending.retry.cancel()
-        this.#pendingSessions.delete(key)
-        this.#log.info(
-          { mesh: r.mesh, role: 'session', sessionId: r.sessionId, attempts: pending.retry.attempts },
-          'session opened',
-        )
-      }
+      this.#unopened.sessionDone(key)
       this.#sessions.set(key, session)
     } catch (err) {
       if (this.#closing === undefined) this.#sessionFailed(r, err)
     }
   }
 
-  #pending(r: Registration): PendingSession {
-    const key = registrationKey(r.mesh, r.sessionId)
-    let p = this.#pendingSessions.get(key)
-    if (p === undefined) {
-      p = { registration: r, retry: new RetrySchedule(this.#clock, this.#o.retry), since: this.#clock.now() }
-      this.#pendingSessions.set(key, p)
-    }
-    p.registration = r
-    return p
-  }
-
   #sessionFailed(r: Registration, err: unknown): void {
-    const p = this.#pending(r)
-    const delay = p.retry.failed(err, () => this.#retrySoon(r))
-    this.#log.warn(
-      {
-        mesh: r.mesh,
-        role: 'session',
-        sessionId: r.sessionId,
-        attempts: p.retry.attempts,
-        retryInMs: delay,
-        ...errorFields(err),
-      },
-      'session open failed',
-    )
+    this.#unopened.sessionFailed(r, err, () => this.#retrySoon(r))
   }
 
   /** Tries pending registration `r` again, in turn with registration changes. */
   #retrySoon(r: Registration): void {
     const key = registrationKey(r.mesh, r.sessionId)
     this.#change(async () => {
-      const p = this.#pendingSessions.get(key)
+      const p = this.#unopened.session(key)
       // Unregistered or registered anew meanwhile: nothing to retry.
       if (p === undefined || p.registration.tokenHash !== r.tokenHash) return
       await this.#tryOpenSession(p.registration)
@@ -607,7 +507,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   #persist(): Promise<void> {
     return writeRegistrations(this.paths.sessions, [
       ...this.sessions().map((s) => s.registration),
-      ...[...this.#pendingSessions.values()].map((p) => p.registration),
+      ...this.#unopened.registrations(),
     ])
   }
 

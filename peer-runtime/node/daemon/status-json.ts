@@ -2,12 +2,13 @@
  * How the daemon describes its meshes and sessions: the state JSON of `GET /v1/status` (types.ts), and the
  * errors IPC callers of a stopped or not-yet-open session get.
  */
+import { toHex } from '../../../protocol/encoding.js'
 import { isMeshError, MeshError } from '../../../protocol/errors.js'
 import type { LinkState, LinkWatch } from './link-watch.js'
 import { errorText } from './log.js'
 import type { Registration } from './registry.js'
 import type { RetrySchedule } from './retry-schedule.js'
-import type { DaemonMesh, DaemonSession, LinkStatusJson } from './types.js'
+import type { DaemonMesh, DaemonSession, LinkStatusJson, MeshStatusJson, SessionStatusJson } from './types.js'
 
 /** Why a session is refused because it (or its mesh) stopped for good, or undefined. */
 export function stoppedError(s: DaemonSession): MeshError | undefined {
@@ -84,4 +85,26 @@ export function unavailableError(r: Registration, retry: RetrySchedule): MeshErr
       },
     },
   )
+}
+
+/** An open mesh in `GET /v1/status`. */
+export function meshJson(m: DaemonMesh): MeshStatusJson {
+  return {
+    mesh: m.config.mesh,
+    memberPk: m.config.memberPk,
+    coordinatorUrl: m.config.coordinatorUrl,
+    ...linkJson(m.link),
+  }
+}
+
+/** An open session in `GET /v1/status` (with `registeredAt`, the order they are listed in). */
+export function sessionJson(s: DaemonSession): SessionStatusJson & { registeredAt: number } {
+  return {
+    mesh: s.mesh.config.mesh,
+    sessionId: s.registration.sessionId,
+    sessionPk: toHex(s.presence.identity.publicKey),
+    ...(s.registration.displayName !== undefined && { displayName: s.registration.displayName }),
+    ...sessionLinkJson(s),
+    registeredAt: s.registration.registeredAt,
+  }
 }
