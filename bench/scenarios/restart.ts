@@ -122,6 +122,8 @@ async function measure(o: {
     eventsFetchedCold: cold[0]!.events,
     requestsCold: cold[0]!.requests,
     snapshotBytes: view.snapshot().length,
+    // The ratio rounds to 0 at 100,000 events: how many times faster, said the other way round.
+    timesFaster: Math.round((coldMs / warmMs) * 10) / 10,
     goal: 'warm ≤ 2× the warm restart at 100 events (independent of the log)',
     met: warmMs <= 2 * (o.smallWarm ?? warmMs),
   })
