@@ -105,6 +105,17 @@ describe('the daemon and its IPC clients ride out failures (a real coordinator)'
       const s = await admin.call<DaemonStatus>('GET', '/v1/status')
       return (session(s, 'w2').attempts ?? 0) >= 3 && (s.meshes[0]!.attempts ?? 0) >= 3
     })
+    const text = await runAgentmesh(['daemon', 'status', '--home', home])
+    expect(text.code, text.stderr).toBe(0)
+    expect(text.stdout).toMatch(
+      /^ {2}mesh broken: unavailable, retrying in \d+\.\d s \(MESH_ERR_KEY_FILE: .*\)$/m,
+    )
+    expect(text.stdout).toMatch(
+      /^ {4}session sb: unavailable, waiting for its mesh \(MESH_ERR_KEY_FILE: .*\)$/m,
+    )
+    expect(text.stdout).toMatch(
+      /^ {4}session w2: unavailable, retrying in \d+\.\d s \(MESH_ERR_KEY_FILE: .*\)$/m,
+    )
     await admin.call('POST', '/v1/sessions', { mesh: 'ok', sessionId: 'w3' })
     const saved = JSON.parse(await readFile(daemonPaths(home).sessions, 'utf8')) as {
       sessions: { sessionId: string }[]

@@ -139,6 +139,11 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
     return this.paths.socket
   }
 
+  /** Where the daemon's log lines go. */
+  get log(): DaemonLog {
+    return this.#log
+  }
+
   get keepaliveMs(): number {
     return this.#o.keepaliveMs ?? 15_000
   }

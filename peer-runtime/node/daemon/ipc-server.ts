@@ -23,6 +23,7 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { MeshError } from '../../../protocol/errors.js'
 import { serveEvents, type EventStream } from './ipc-events.js'
 import { deliveryJson, errorReply, peerJson, rowMessageJson } from './ipc-json.js'
+import { errorFields } from './log.js'
 import type { Caller, DaemonSession, IpcHost } from './types.js'
 
 /** The running listeners. */
@@ -49,8 +50,15 @@ export async function startIpcServer(
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, return503OnClosing: true })
   app.decorateRequest('caller', undefined)
 
-  app.setErrorHandler((err, _req, reply) => {
+  app.setErrorHandler((err, req, reply) => {
     const { status, body } = errorReply(err)
+    // A failure of ours (not the caller's, not a session waiting to open): a log line, without the body.
+    if (status >= 500 && status !== 503) {
+      daemon.log.error(
+        { method: req.method, route: req.routeOptions.url, status, ...errorFields(err) },
+        'ipc error',
+      )
+    }
     void reply.code(status).type('application/json').send(JSON.stringify(body))
   })
   app.setNotFoundHandler((req, reply) => {

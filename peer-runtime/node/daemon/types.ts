@@ -10,6 +10,7 @@ import type { RuntimeStore } from '../../store/types.js'
 import type { MeshConfig } from '../home.js'
 import type { IdempotentSender } from './ipc-send.js'
 import type { LinkState, LinkWatch } from './link-watch.js'
+import type { DaemonLog } from './log.js'
 import type { Presence } from './presences.js'
 import type { Registration } from './registry.js'
 
@@ -99,6 +100,8 @@ export interface DaemonStatus {
 export interface IpcHost extends TypedEmitter<DaemonEvents> {
   /** The SSE keepalive period. */
   readonly keepaliveMs: number
+  /** Where runtime errors of the IPC go. */
+  readonly log: DaemonLog
   authenticate(token: string | undefined): Caller | undefined
   register(o: { mesh?: string; sessionId: string; displayName?: string }): Promise<RegisteredSession>
   unregister(o: { mesh?: string; sessionId: string }): Promise<void>
