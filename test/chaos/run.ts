@@ -60,11 +60,20 @@ async function templateFor(store: StoreKind): Promise<Template> {
 const log = values.verbose ? (s: string): void => console.log(s) : undefined
 const results: RunResult[] = []
 let burstFailed = false
+const broken: number[] = []
 const t0 = Date.now()
 
 async function one(label: string, o: Parameters<typeof runSchedule>[0]): Promise<void> {
   console.log(`${label}: ${o.faults.length} faults: ${o.faults.map(describeFault).join('; ')}`)
-  const r = await runSchedule(o)
+  let r: RunResult
+  try {
+    r = await runSchedule(o)
+  } catch (err) {
+    // A harness failure (the daemon never came back to answer a state query, …): the run failed.
+    console.log(`  seed ${o.seed}: the run broke off: ${err instanceof Error ? err.stack : String(err)}`)
+    broken.push(o.seed)
+    return
+  }
   results.push(r)
   console.log('  ' + summarize(r))
 }
@@ -138,11 +147,9 @@ try {
   await cluster?.destroy()
 }
 
-const failed = results.filter((r) => r.problems.length > 0)
+const failed = [...results.filter((r) => r.problems.length > 0).map((r) => r.seed), ...broken]
 console.log(
-  `\n${results.length} runs, ${failed.length} failed, ${((Date.now() - t0) / 1000).toFixed(0)} s` +
-    (failed.length === 0
-      ? ''
-      : `; replay with: npm run chaos -- --seed <N> (failed: ${failed.map((r) => r.seed).join(', ')})`),
+  `\n${results.length + broken.length} runs, ${failed.length} failed, ${((Date.now() - t0) / 1000).toFixed(0)} s` +
+    (failed.length === 0 ? '' : `; replay with: npm run chaos -- --seed <N> (failed: ${failed.join(', ')})`),
 )
 process.exitCode = failed.length === 0 && !burstFailed ? 0 : 1

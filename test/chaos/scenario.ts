@@ -190,6 +190,18 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       recipientGone: world.listen?.running !== true,
     })
     problems.push(...describeVerdict(verdict))
+    for (const id of verdict.duplicated.slice(0, 5)) {
+      const by = world.arrivals.filter((a) => a.id === id)
+      problems.push(
+        `  ${id} was printed by ${by.map((a) => `listen#${a.incarnation} at +${fmt(a.at - trafficStart)}`).join(' and ')}` +
+          ` (listen kills at ${
+            o.faults
+              .filter((f) => f.kind === 'kill' && f.target === 'listen')
+              .map((f) => `+${fmt(f.atMs)}`)
+              .join(', ') || 'none'
+          })`,
+      )
+    }
     if (verdict.arrivalWithoutReceipt.length > 0) {
       const states = new Map<string, number>()
       for (const id of verdict.arrivalWithoutReceipt) {
