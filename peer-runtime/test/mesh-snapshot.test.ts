@@ -90,8 +90,8 @@ describe('MeshView snapshot', () => {
     log.append('join', { invite: twoUses, join: joinRecord(erin, twoUses) })
   })
 
-  const fresh = (coordinatorPk = coordinator.publicKey, mesh = MESH): MeshView =>
-    new MeshView({ mesh, ownerPk: owner.publicKey, coordinatorPk })
+  const fresh = (coordinatorPk = coordinator.publicKey, mesh = MESH, ownerPk = owner.publicKey): MeshView =>
+    new MeshView({ mesh, ownerPk, coordinatorPk })
 
   it('restores exactly the state a replay built, and the log goes on from it the same way', () => {
     const replayed = fresh()
@@ -146,7 +146,7 @@ describe('MeshView snapshot', () => {
     }
   })
 
-  it('refuses a snapshot of another mesh or coordinator, a tampered roster record, garbage and another format', () => {
+  it('refuses a snapshot of another mesh, owner or coordinator, a tampered roster record, garbage and another format', () => {
     const view = fresh()
     view.applyEvents(log.since(0))
     const bytes = view.snapshot()
@@ -158,6 +158,7 @@ describe('MeshView snapshot', () => {
     }
     reject(fresh(createIdentity('coordinator').publicKey), bytes, 'MESH_ERR_WRONG_MESH')
     reject(fresh(coordinator.publicKey, 'other-mesh'), bytes, 'MESH_ERR_WRONG_MESH')
+    reject(fresh(coordinator.publicKey, MESH, newOwner().publicKey), bytes, 'MESH_ERR_WRONG_MESH')
 
     // Bob's promotion to admin rewritten to carry another signature: the roster refuses the record.
     const doc = decode(bytes) as { authority: [string, { record: { sig: Uint8Array } }][]; format: number }
