@@ -117,13 +117,20 @@ export class ListenCommand extends HomeCommand {
         this.note(`listening on mesh ${mesh}${who} (key ${opened.config.memberPk.slice(0, 16)}…)`)
       })
       this.note('no daemon runs on this home: listening as the member itself')
+      // Shared with the path through the daemon (same store, same inbox positions): what either printed
+      // is never printed again by the other.
+      const cursorPath = listenCursorPath(this.home, mesh)
+      let cursor = await readCursor(cursorPath)
       await peer.start()
       if (timeoutMs !== undefined) await this.#firstConnection(peer, run, timeoutMs, opened.config.wsUrl)
       const names = new Names(peer)
       let printed = 0
       if (printed < limit && !run.signal.aborted) {
         for await (const m of peer.messages({ signal: run.signal })) {
+          if (m.seq <= cursor) continue
           this.#print(printable(m), await names.of(m.from))
+          cursor = m.seq
+          await writePrivateFile(cursorPath, `${cursor}\n`)
           if (++printed >= limit) break
         }
       }
@@ -158,7 +165,7 @@ export class ListenCommand extends HomeCommand {
     this.note(
       `a daemon runs on this home (pid ${pid}): listening through it, so the member's presence stays the daemon's`,
     )
-    const cursorPath = join(meshDir(this.home, mesh), 'listen.cursor')
+    const cursorPath = listenCursorPath(this.home, mesh)
     let after = await readCursor(cursorPath)
     let token: string | undefined
     let announced = false
@@ -281,6 +288,11 @@ function daemonStop(err: unknown): MeshError | undefined {
   return err.permanent ? err : undefined
 }
 
+/** The inbox position of the last message `listen` printed in `mesh`, by either path. */
+function listenCursorPath(home: string, mesh: string): string {
+  return join(meshDir(home, mesh), 'listen.cursor')
+}
+
 async function readCursor(path: string): Promise<number> {
   try {
     const n = Number((await readFile(path, 'utf8')).trim())
@@ -306,6 +318,8 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 class Names {
   readonly #peer: Peer
   readonly #known = new Map<string, string>()
+  /** After a lookup that could not be made, none is tried before this (ms). */
+  #quietUntil = 0
 
   constructor(peer: Peer) {
     this.#peer = peer
@@ -313,8 +327,10 @@ class Names {
 
   async of(pk: Uint8Array): Promise<string | undefined> {
     const hex = toHex(pk)
-    if (!this.#known.has(hex) && this.#peer.connected) {
+    if (!this.#known.has(hex) && Date.now() >= this.#quietUntil) {
       try {
+        // Messages stored before the connection came print right away; give the connection a moment.
+        if (!this.#peer.connected) await this.#peer.whenConnected(AbortSignal.timeout(3_000))
         const peers = await this.#peer.listPeers({
           includeDaemons: true,
           includeOffline: true,
@@ -322,7 +338,8 @@ class Names {
         })
         for (const p of peers) if (p.displayName !== undefined) this.#known.set(toHex(p.pk), p.displayName)
       } catch {
-        // The name is a nicety: print the key instead.
+        // The name is a nicety: print the key instead, and do not hold every message up while offline.
+        this.#quietUntil = Date.now() + 10_000
       }
     }
     return this.#known.get(hex)
@@ -333,25 +350,37 @@ class Names {
 class DaemonNames {
   readonly #client: DaemonClient
   readonly #known = new Map<string, string>()
+  /** After a lookup that did not answer, none is tried before this (ms). */
+  #quietUntil = 0
 
   constructor(client: DaemonClient) {
     this.#client = client
   }
 
   async of(hex: string): Promise<string | undefined> {
-    if (!this.#known.has(hex)) {
+    if (this.#known.has(hex) || Date.now() < this.#quietUntil) return this.#known.get(hex)
+    // A session the daemon just (re)opened answers once its presence is connected: give it a moment.
+    const deadline = Date.now() + 3_000
+    for (;;) {
       try {
         const res = await this.#client.request<{ peers?: { pk: string; displayName?: string }[] }>(
           'GET',
           '/v1/peers?offline=true',
-          { signal: AbortSignal.timeout(5000) },
+          { signal: AbortSignal.timeout(3_000) },
         )
-        for (const p of res.body.peers ?? [])
-          if (p.displayName !== undefined) this.#known.set(p.pk, p.displayName)
+        if (res.status === 200) {
+          for (const p of res.body.peers ?? []) {
+            if (p.displayName !== undefined) this.#known.set(p.pk, p.displayName)
+          }
+          return this.#known.get(hex)
+        }
       } catch {
         // The name is a nicety: print the key instead.
       }
+      if (Date.now() >= deadline) break
+      await new Promise((resolve) => setTimeout(resolve, 200))
     }
-    return this.#known.get(hex)
+    this.#quietUntil = Date.now() + 10_000
+    return undefined
   }
 }
