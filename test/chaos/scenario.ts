@@ -54,6 +54,8 @@ export interface RunResult {
   retries: number
   /** Every broken expectation in words (empty: the run passed). */
   problems: string[]
+  /** What the run observed besides (how long restarted processes took to come up). */
+  notes: string[]
   durationMs: number
 }
 
@@ -255,6 +257,11 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       replays: result.replays,
       retries: result.retries,
       problems,
+      notes: [
+        ...world.notes,
+        `coordinator starts ${world.startTimes.coordinator.map(fmt).join(', ')}`,
+        `daemon starts ${world.startTimes.daemon.map(fmt).join(', ')}`,
+      ],
       durationMs: Date.now() - t0,
     }
   } finally {
@@ -285,6 +292,7 @@ function failedSetup(o: RunOptions, err: unknown, t0: number): RunResult {
     replays: 0,
     retries: 0,
     problems: [`the world did not come up: ${message}`],
+    notes: [],
     durationMs: Date.now() - t0,
   }
 }
@@ -308,7 +316,18 @@ async function applyFault(
       await sleep(f.downMs)
       if (f.target === 'coordinator') await world.startCoordinator()
       else if (f.target === 'daemon') await world.startDaemon()
-      else world.startListen()
+      else {
+        // Not awaited (a listen may start while all is down); when it says it listens goes in the report.
+        const started = Date.now()
+        world.startListen()
+        world.listening(120_000).then(
+          () =>
+            world.notes.push(
+              `listen#${world.listens.length - 1} listening ${fmt(Date.now() - started)} after its start`,
+            ),
+          () => undefined,
+        )
+      }
       return
     }
     case 'drop':
@@ -424,6 +443,7 @@ export function summarize(r: RunResult): string {
     `outbox→alice ${fmt(rec.outboxMs)} for ${rec.outboxCount} (bound ${fmt(rec.outboxBoundMs)}, ${mark(rec.outboxMet)}), ` +
     `duplicates suppressed ${r.duplicates.receiverDuplicates} at alice + ${r.replays} IPC replays, ` +
     `${r.retries} IPC retries, ${fmt(r.durationMs)}` +
+    (r.notes.length === 0 ? '' : ` (${r.notes.join('; ')})`) +
     (r.problems.length === 0 ? ' — PASS' : ` — FAIL:\n    ${r.problems.join('\n    ')}`)
   )
 }

@@ -60,10 +60,13 @@ export class ChaosWorld {
   /** Every listen process started, in order. */
   readonly listens: Proc[] = []
   readonly arrivals: Arrival[] = []
+  /** Observations for the run's report (restart times). */
+  readonly notes: string[] = []
   alicePk = ''
   session: DaemonClient | undefined
   #admin: DaemonClient | undefined
   readonly #all: Proc[] = []
+  readonly #starts = { coordinator: [] as number[], daemon: [] as number[] }
   readonly #dupes: DuplicateCounts = { receiverDuplicates: 0, redeliveries: 0 }
   #dupesThisLife: DuplicateCounts = { receiverDuplicates: 0, redeliveries: 0 }
   #scraper: NodeJS.Timeout | undefined
@@ -126,6 +129,7 @@ export class ChaosWorld {
     const p = this.#spawn('coordinator', args)
     this.coordinator = p
     await p.json((l) => typeof l['url'] === 'string' && !('level' in l), 'its ready line', timeoutMs)
+    this.#starts.coordinator.push(Date.now() - p.startedAt)
     this.#dupesThisLife = { receiverDuplicates: 0, redeliveries: 0 }
     this.#scraper ??= setInterval(() => void this.scrapeDuplicates(), 1000)
   }
@@ -239,6 +243,7 @@ export class ChaosWorld {
     const p = this.#spawn('daemon', ['daemon', 'up', '--json', '--no-p2p', '--home', this.home('bob')])
     this.daemon = p
     await p.json((l) => typeof l['socket'] === 'string', 'its ready line', timeoutMs)
+    this.#starts.daemon.push(Date.now() - p.startedAt)
     if (this.session === undefined) {
       const paths = daemonPaths(this.home('bob'))
       this.#admin = new DaemonClient({ socketPath: paths.socket }, await readAdminToken(paths.token))
@@ -316,6 +321,11 @@ export class ChaosWorld {
       this.#arrivalWaiters.add(check)
       check()
     })
+  }
+
+  /** How long each start of the coordinator and of the daemon took until its ready line (ms). */
+  get startTimes(): { coordinator: number[]; daemon: number[] } {
+    return this.#starts
   }
 
   /** Every process the world started and is still running. */
