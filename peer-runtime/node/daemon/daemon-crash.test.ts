@@ -7,7 +7,8 @@ import {
 } from '../../../test/support/coordinator-process.js'
 import type { InboundMessage } from '../../inbox.js'
 import type { MeshPeer } from '../home-peer.js'
-import { DaemonClient } from './client.js'
+import { eventually } from '../../../test/support/eventually.js'
+import { DaemonClient, type FollowNotice } from './client.js'
 import type { DaemonStatus, RegisteredSession } from './daemon.js'
 import { daemonPaths, readAdminToken } from './files.js'
 import { daemonWorld, EventLog, type DaemonWorld } from '../../../test/support/daemon-world.js'
@@ -89,6 +90,27 @@ describe('kill -9 of a daemon holding 500 unsent messages (the real binary)', ()
     const warm = await worker.call<{ id: string }>('POST', '/v1/send', { to, text: 'warm-up' })
     await arrivedAll([warm.id], 15_000)
 
+    // A follower of the worker's events, which must ride out the kill -9 and the restart.
+    const notices: FollowNotice[] = []
+    const followed: string[] = []
+    let readies = 0
+    const stopFollowing = new AbortController()
+    const following = (async () => {
+      for await (const e of worker.follow({
+        signal: stopFollowing.signal,
+        onNotice: (n) => notices.push(n),
+      })) {
+        if (e.event === 'ready') readies++
+        if (e.event === 'message') followed.push((e.data as { payload: { text: string } }).payload.text)
+      }
+    })().then(
+      () => undefined,
+      (err: unknown) => err,
+    )
+    await eventually(() => readies === 1) // live from here on
+    await bob.peer.send(s.sessionPk, { text: 'f-before' })
+    await eventually(() => followed.includes('f-before'), { timeoutMs: 15_000, what: 'f-before' })
+
     // The coordinator goes away; 500 sends are accepted into the outbox meanwhile.
     await world.stopCoordinator()
     const ids = Array.from({ length: COUNT }, () => nextId())
@@ -107,6 +129,8 @@ describe('kill -9 of a daemon holding 500 unsent messages (the real binary)', ()
 
     expect(await first.stop('SIGKILL')).toEqual({ code: null, signal: 'SIGKILL' })
     expect(ids.filter((id) => arrived.has(id))).toEqual([])
+    await bob.peer.send(s.sessionPk, { text: 'f-during' }) // into bob's outbox: the coordinator is down too
+    await eventually(() => notices.some((n) => n.kind === 'unreachable'))
 
     await world.startCoordinator()
     await up() // takes over the dead daemon's lock and socket; the registration and its outbox come back
@@ -130,5 +154,13 @@ describe('kill -9 of a daemon holding 500 unsent messages (the real binary)', ()
     await events.close()
     expect(ids.map((id) => arrived.get(id))).toEqual(ids.map(() => 1))
     expect(arrived.size).toBe(COUNT + 1)
+
+    // The follower re-dialled the new daemon and missed nothing, twice nothing.
+    await eventually(() => notices.some((n) => n.kind === 'reconnected'), { timeoutMs: 15_000 })
+    await bob.peer.send(s.sessionPk, { text: 'f-after' })
+    await eventually(() => followed.includes('f-after'), { timeoutMs: 15_000, what: 'f-after' })
+    expect([...followed].sort()).toEqual(['f-after', 'f-before', 'f-during'])
+    stopFollowing.abort()
+    expect(await following).toBeUndefined()
   }, 180_000)
 })
