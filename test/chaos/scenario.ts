@@ -14,6 +14,11 @@ import { ChaosWorld, type DuplicateCounts, type StoreKind } from './world.js'
 
 /** The coordinator's default limit for one member (DESIGN.md §6): a burst, then a steady rate. */
 export const MEMBER_RATE_PER_S = 100
+/**
+ * How long receipts may take after the arrivals: an ack lost with a coordinator or a Postgres restart is
+ * settled by the redelivery after the claim lease (30 s, DESIGN.md §6) and its sweep (5 s).
+ */
+const RECEIPT_WAIT_MS = 40_000
 /** The first recovery goal: what the coordinator had accepted reaches alice within this. */
 export const ACCEPTED_GOAL_MS = 5000
 
@@ -147,9 +152,10 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
     if (waited !== undefined) problems.push(waited)
 
     step('arrivals awaited')
-    // Receipts follow the arrivals: wait (bounded) until each printed message's row is done.
+    // Receipts follow the arrivals: wait (bounded) until each printed message's row is done. This costs
+    // time only when receipts are missing.
     const printed = new Set(world.arrivals.map((a) => a.id))
-    const finals = await settledStates(world, result.ids, (id) => printed.has(id), 20_000)
+    const finals = await settledStates(world, result.ids, (id) => printed.has(id), RECEIPT_WAIT_MS)
 
     step('receipts awaited')
     // The recovery figures.
@@ -212,7 +218,7 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
         states.set(k, (states.get(k) ?? 0) + 1)
       }
       problems.push(
-        `  their rows in bob's outbox ${fmt(20_000)} after the arrivals: ` +
+        `  their rows in bob's outbox ${fmt(RECEIPT_WAIT_MS)} after the arrivals: ` +
           [...states].map(([k, n]) => `${n} ${k}`).join('; '),
       )
     }
