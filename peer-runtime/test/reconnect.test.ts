@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { buildCoordinator, type Coordinator } from '../../coordinator/index.js'
 import { openTestStore, storeLegs } from '../../coordinator/store/testing.js'
-import { ManualClock } from '../../protocol/index.js'
+import { createIdentity, ManualClock } from '../../protocol/index.js'
 import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { closePeers, sessionPeer } from '../../test/support/peer-world.js'
 import type { Peer } from '../peer.js'
@@ -68,6 +68,51 @@ describe.each(storeLegs())('Peer reconnects (%s)', (driver) => {
     await expect
       .poll(async () => (await alice.status(receipt.clientMessageId))?.state, { timeout: 5_000 })
       .toBe('done')
+  })
+
+  it("on a new hello the coordinator pushes the presence's queue at once (no sweep, no clock movement)", async () => {
+    const { world } = await restartable()
+    const bobMember = await world.member('bob')
+    const bobKey = createIdentity('session')
+    const bob = await sessionPeer(world, bobMember, { identity: bobKey, sessionId: 'bob' })
+    const alice = await sessionPeer(world, await world.member('alice'))
+    await Promise.all([alice.whenConnected(), bob.whenConnected()])
+    await alice.listPeers({ includeOffline: true })
+    await bob.close()
+    const ids: string[] = []
+    for (let i = 0; i < 10; i++)
+      ids.push((await alice.send(bobKey.publicKey, { text: `q${i}` })).clientMessageId)
+    await expect
+      .poll(async () => Promise.all(ids.map(async (id) => (await alice.status(id))?.state)), {
+        timeout: 10_000,
+      })
+      .toEqual(ids.map(() => 'accepted'))
+    // The world's clock never moves: only the drain on hello can push these.
+    const again = await sessionPeer(world, bobMember, { identity: bobKey, sessionId: 'bob' })
+    expect((await texts(again, 10, 10_000)).sort()).toEqual(ids.map((_, i) => `q${i}`).sort())
+  })
+
+  it('after a reconnect the outbox sends its rows at once, not after the backoff grown during the outage', async () => {
+    const { world, restart } = await restartable()
+    const clock = new ManualClock(Date.now())
+    const bob = await sessionPeer(world, await world.member('bob'))
+    const alice = await sessionPeer(world, await world.member('alice'), { clock, store: memoryStore() })
+    await Promise.all([alice.whenConnected(), bob.whenConnected()])
+    await alice.listPeers()
+    await world.coordinator.close()
+    await expect.poll(() => alice.connected, { timeout: 5_000 }).toBe(false)
+    for (let i = 0; i < 5; i++) await alice.send(bob.identity.publicKey, { text: `late${i}` })
+    // Two minutes of outage: the rows' retries back off to their 30 s cap.
+    for (let t = 0; t < 120_000; t += 5_000) await clock.advance(5_000)
+    await restart()
+    // Only as much time as the reconnect itself takes (its backoff is capped at 500 ms here).
+    for (let i = 0; i < 100 && !alice.connected; i++) {
+      await clock.advance(100)
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    expect(alice.connected).toBe(true)
+    // From here alice's clock stands still: rows still waiting out a backoff would never go.
+    expect((await texts(bob, 5, 10_000)).sort()).toEqual([0, 1, 2, 3, 4].map((i) => `late${i}`))
   })
 
   it('with the coordinator down for 10 minutes no outbox row goes dead, and all arrive after', async () => {
