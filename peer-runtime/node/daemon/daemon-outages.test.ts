@@ -220,7 +220,19 @@ describe('the daemon and its IPC clients ride out failures (a real coordinator)'
       log.find({ msg: 'stopped', mesh: 'one', role: 'session', sessionId: 'sa' }).length,
     ).toBeGreaterThan(0)
 
-    // A coordinator restart: each presence of the served mesh logs its loss and its reconnect.
+    // A coordinator restart: each presence of the served mesh logs its loss and its reconnect, and the
+    // session's event stream tells its followers (`link` events).
+    const links: IpcEvent[] = []
+    const linkStream = new AbortController()
+    void (async () => {
+      for await (const e of cb.follow({ signal: linkStream.signal }))
+        if (e.event === 'link' || e.event === 'ready') links.push(e)
+    })().catch(() => undefined)
+    await eventually(() => links.length > 0)
+    expect(links[0]).toMatchObject({
+      event: 'ready',
+      data: { link: { state: 'connected', mesh: { state: 'connected' } } },
+    })
     await world.restartCoordinator()
     await eventually(
       () =>
@@ -229,6 +241,14 @@ describe('the daemon and its IPC clients ride out failures (a real coordinator)'
       { timeoutMs: 10_000, what: 'reconnected lines' },
     )
     expect(log.find({ msg: 'connection down', mesh: 'two', role: 'control-plane' }).length).toBeGreaterThan(0)
+    await eventually(() => links.some((e) => (e.data as { state?: string }).state === 'reconnecting'))
+    await eventually(
+      () =>
+        (links.at(-1)?.data as { state?: string; mesh?: { state?: string } }).state === 'connected' &&
+        (links.at(-1)?.data as { mesh: { state: string } }).mesh.state === 'connected',
+      { what: 'a connected link event' },
+    )
+    linkStream.abort()
 
     // After a restart of the daemon the revoked mesh's hello is refused, logged, and the mesh is stopped.
     await daemon.close()

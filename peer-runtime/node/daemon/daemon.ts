@@ -393,6 +393,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
         fields: { mesh, role: 'control-plane' },
         onChange: (link) => {
           if (link.state === 'stopped') this.#meshStopped(m)
+          for (const s of this.sessions()) if (s.mesh === m) this.emit('link', s)
         },
       }),
     }
@@ -489,6 +490,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
         log: this.#log,
         fields: { mesh: mesh.config.mesh, role: 'session', sessionId: registration.sessionId },
         onChange: (link) => {
+          this.emit('link', session)
           if (link.state === 'stopped' && link.lastError !== undefined) {
             this.emit('stopped', session, link.lastError)
           }

@@ -1,9 +1,10 @@
 /**
  * `GET /v1/events`: a session's server-sent events. Frames:
  *
- *     event: ready      data: {session, sessionPk, after}  once, when the stream is live
+ *     event: ready      data: {session, sessionPk, after, link}  once, when the stream is live
  *     event: message    id: <seq>   data: MessageJson      a DM to the session's key, or to its member's
  *     event: delivery   data: DeliveryJson                 a change of one of the session's outbox rows
+ *     event: link       data: {state, …, mesh: {state, …}}  the session's or its mesh's connection changed
  *     event: stopped    data: {code, message}              the session or its mesh stopped for good; the end
  *     : keepalive                                          every 15 s
  *
@@ -21,6 +22,7 @@ import type { OutboxRow } from '../../store/types.js'
 import type { MeshError } from '../../../protocol/errors.js'
 import { inboxHead } from './inbox-head.js'
 import { deliveryJson, messageJson, rowMessageJson, type MessageJson } from './ipc-json.js'
+import { linkEventJson } from './status-json.js'
 import type { DaemonSession, IpcHost } from './types.js'
 
 /** An open event stream; `end()` closes it. */
@@ -71,6 +73,10 @@ export async function serveEvents(
   const onRevoked = (hash: string): void => {
     if (hash === tokenHash) end()
   }
+  const onLink = (changed: DaemonSession): void => {
+    if (changed === session)
+      live(() => write(`event: link\ndata: ${JSON.stringify(linkEventJson(session))}\n\n`))
+  }
   const onStopped = (stopped: DaemonSession, error: MeshError): void => {
     if (stopped !== session) return
     write(`event: stopped\ndata: ${JSON.stringify({ code: error.code, message: error.message })}\n\n`)
@@ -85,6 +91,7 @@ export async function serveEvents(
   session$.on('outbox', onOutbox)
   daemon.on('revoked', onRevoked)
   daemon.on('stopped', onStopped)
+  daemon.on('link', onLink)
   function end(): void {
     if (ended) return
     ended = true
@@ -94,6 +101,7 @@ export async function serveEvents(
     session$.off('outbox', onOutbox)
     daemon.off('revoked', onRevoked)
     daemon.off('stopped', onStopped)
+    daemon.off('link', onLink)
     res.end()
     onEnd()
   }
@@ -115,7 +123,7 @@ export async function serveEvents(
     }
   }
   write(
-    `event: ready\ndata: ${JSON.stringify({ session: session.registration.sessionId, sessionPk: toHex(sessionPk), after: lastSeq })}\n\n`,
+    `event: ready\ndata: ${JSON.stringify({ session: session.registration.sessionId, sessionPk: toHex(sessionPk), after: lastSeq, link: linkEventJson(session) })}\n\n`,
   )
   replaying = false
   for (const fn of held.splice(0)) fn()

@@ -108,3 +108,8 @@ export function sessionJson(s: DaemonSession): SessionStatusJson & { registeredA
     registeredAt: s.registration.registeredAt,
   }
 }
+
+/** What the SSE `link` event (and `ready.link`) says: the session's state and its mesh's. */
+export function linkEventJson(s: DaemonSession): LinkStatusJson & { mesh: LinkStatusJson } {
+  return { ...sessionLinkJson(s), mesh: linkJson(s.mesh.link) }
+}

@@ -53,6 +53,8 @@ export type Caller =
 export interface DaemonEvents {
   /** A session token stopped being valid (unregistered, or replaced by a new registration). */
   revoked: (tokenHash: string) => void
+  /** A session's connection, or its mesh's, changed state (`linkEventJson` describes both). */
+  link: (session: DaemonSession) => void
   /** A session stopped for good (it or its mesh was revoked, kicked or replaced). */
   stopped: (session: DaemonSession, error: MeshError) => void
 }
