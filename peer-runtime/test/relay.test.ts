@@ -1,10 +1,12 @@
+import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createIdentity, mintSessionAttestation, toHex, ulidFactory } from '../../protocol/index.js'
 import { storeLegs } from '../../coordinator/store/testing.js'
 import { worldsPerTest } from '../../test/support/coordinator-world.js'
 import { sample, scrape } from '../../test/support/metrics.js'
-import { closePeers, memberPeer, nextMessages, sessionPeer } from '../../test/support/peer-world.js'
+import { closePeers, memberPeer, nextMessages, sessionPeer, tempDir } from '../../test/support/peer-world.js'
 import { rejectionCode } from '../../test/support/rejection.js'
+import { sqliteStore } from '../node/sqlite-store.js'
 import { memoryStore } from '../store/memory.js'
 
 describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
@@ -161,5 +163,56 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     expect(code).toBe('MESH_ERR_UNKNOWN_KEY')
     expect(refused).toEqual([`${toHex(ghost.publicKey)}:MESH_ERR_WRONG_SIGNER`])
     expect(await store.listOutbox(['pending', 'inflight', 'accepted', 'done', 'dead'], 10)).toEqual([])
+  })
+})
+
+describe.each(storeLegs())('a duplicate push over the relay (%s)', (driver) => {
+  const start = worldsPerTest(driver)
+  afterEach(closePeers)
+
+  it('a real Peer acks a push of a message it already holds (else the coordinator would hold it forever)', async () => {
+    const world = await start()
+    const bobMember = await world.member('bob')
+    const bobKey = createIdentity('session')
+    // A durable store acks on storing (a volatile one on consumption, holding only the newest ack).
+    const store = sqliteStore({ path: join(tempDir(), 'bob.db') })
+    const bob = await sessionPeer(world, bobMember, { identity: bobKey, sessionId: 'bob', store })
+    const alice = await sessionPeer(world, await world.member('alice'))
+    await Promise.all([alice.whenConnected(), bob.whenConnected()])
+    await alice.listPeers({ includeOffline: true })
+    await bob.close()
+    const sent = await alice.send(bobKey.publicKey, { text: 'twice' })
+    const owed = async (): Promise<number> =>
+      Number(
+        (
+          await world.store.query<{ n: string }>('select count(*) as n from delivery where recipient = $1', [
+            bobKey.publicKey,
+          ])
+        )[0]?.n,
+      )
+    await expect.poll(owed, { timeout: 10_000 }).toBe(1)
+    // The same message owed twice: what a redelivery after a lost ack looks like to the receiver.
+    await world.store.query(
+      `insert into delivery (id, mesh, recipient, sender, client_message_id, envelope, size, queued_at,
+         expires_at, attempts, receipt)
+       select id || '-again', mesh, recipient, sender, client_message_id, envelope, size, queued_at + 1,
+         expires_at, attempts, receipt from delivery where recipient = $1`,
+      [bobKey.publicKey],
+    )
+    expect(await owed()).toBe(2)
+
+    const again = await sessionPeer(world, bobMember, { identity: bobKey, sessionId: 'bob', store })
+    const [got] = await nextMessages(again, 1)
+    expect(got?.clientMessageId).toBe(sent.clientMessageId)
+    // Both pushes acked (the second as a duplicate): nothing owed, and the inbox holds it once.
+    await expect.poll(owed, { timeout: 10_000 }).toBe(0)
+    const rows = await store.readInbox({
+      mesh: world.mesh,
+      recipients: [bobKey.publicKey],
+      afterSeq: 0,
+      limit: 10,
+    })
+    expect(rows.map((r) => r.clientMessageId)).toEqual([sent.clientMessageId])
+    await store.close()
   })
 })
