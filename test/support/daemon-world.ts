@@ -31,6 +31,8 @@ export interface DaemonWorld {
   memberHome(ownerHome: string, mesh: string, name: string, into?: string): Promise<string>
   /** Revokes `pk` (a member key, hex) from `mesh` with an admin request signed by `ownerHome`'s key. */
   revoke(ownerHome: string, mesh: string, pk: string): Promise<void>
+  /** Kicks presence `pk` (a session key, hex) off `mesh`, signed by `ownerHome`'s key; resolves with the result. */
+  kick(ownerHome: string, mesh: string, pk: string): Promise<unknown>
   /** A started control-plane peer of `home` (relay only), closed with the world. */
   peer(home: string, mesh: string): Promise<MeshPeer>
   /** Stops the coordinator (the store stays) and starts it again on the same port. */
@@ -84,19 +86,10 @@ export async function daemonWorld(): Promise<DaemonWorld> {
       return p
     },
     async revoke(ownerHome, mesh, pk) {
-      const config = await readMeshConfig(ownerHome, mesh)
-      const owner = await loadMemberKey(ownerHome, mesh)
-      // The owner's control-plane hello: no daemon may hold the owner's home meanwhile (it would be displaced).
-      const admin = await MeshClient.connect(config.wsUrl, {
-        identity: owner,
-        mesh,
-        role: 'control-plane',
-      })
-      try {
-        await admin.admin('revoke', { pk: parseKeyHex(pk) })
-      } finally {
-        await admin.close()
-      }
+      await adminRequest(ownerHome, mesh, 'revoke', { pk: parseKeyHex(pk) })
+    },
+    kick(ownerHome, mesh, pk) {
+      return adminRequest(ownerHome, mesh, 'kick', { pk: parseKeyHex(pk) })
     },
     async stopCoordinator() {
       await coordinator?.close()
@@ -118,6 +111,24 @@ export async function daemonWorld(): Promise<DaemonWorld> {
     },
   }
   return world
+}
+
+/** An admin request signed by `ownerHome`'s key; resolves with its result. */
+async function adminRequest(
+  ownerHome: string,
+  mesh: string,
+  method: string,
+  args: unknown,
+): Promise<unknown> {
+  const config = await readMeshConfig(ownerHome, mesh)
+  const owner = await loadMemberKey(ownerHome, mesh)
+  // The owner's control-plane hello: no daemon may hold the owner's home meanwhile (it would be displaced).
+  const admin = await MeshClient.connect(config.wsUrl, { identity: owner, mesh, role: 'control-plane' })
+  try {
+    return (await admin.admin(method, args)).result
+  } finally {
+    await admin.close()
+  }
 }
 
 /** Collects a session's SSE events; `until` waits for one that passes a test. */

@@ -146,7 +146,7 @@ describe('the daemon and its IPC clients ride out failures (a real coordinator)'
     await daemon.close()
   }, 30_000)
 
-  it('a revoked mesh is stopped (status, IPC, events) while the daemon serves its other mesh; logs say so without payloads', async () => {
+  it('a kicked session and a revoked mesh are stopped (status, IPC, events) while the daemon serves its other mesh; logs say so without payloads', async () => {
     const alice = await world.ownerHome('one', 'alice')
     const home = await world.ownerHome('two', 'bob')
     await world.memberHome(alice, 'one', 'bob', home)
@@ -177,9 +177,44 @@ describe('the daemon and its IPC clients ride out failures (a real coordinator)'
     // A payload through the daemon, which must never reach the log.
     const sent = await cb.call<{ id: string }>('POST', '/v1/send', { to: memberTwo, text: SECRET })
 
+    // A kicked session is stopped (the rest of its mesh goes on) until it registers again.
+    const kickedLog = log.lines.length
+    expect(await world.kick(alice, 'one', sa.sessionPk)).toEqual({ kicked: true })
+    await eventually(
+      async () => session(await admin.call<DaemonStatus>('GET', '/v1/status'), 'sa').state === 'stopped',
+    )
+    const kicked = await admin.call<DaemonStatus>('GET', '/v1/status')
+    expect(session(kicked, 'sa')).toMatchObject({ lastError: { code: 'MESH_ERR_NOT_AUTHORIZED' } })
+    expect(kicked.meshes[0]).toMatchObject({ mesh: 'one', state: 'connected' })
+    expect((await ca.request('GET', '/v1/inbox')).body).toMatchObject({
+      error: { code: 'MESH_ERR_NOT_AUTHORIZED', details: { state: 'stopped' } },
+    })
+    expect(log.lines.slice(kickedLog).some((l) => l['msg'] === 'stopped' && l['sessionId'] === 'sa')).toBe(
+      true,
+    )
+    const again = await admin.call<RegisteredSession>('POST', '/v1/sessions', {
+      mesh: 'one',
+      sessionId: 'sa',
+    })
+    expect(again.sessionPk).toBe(sa.sessionPk)
+    const ca2 = admin.as(again.token)
+    clients.push(ca2)
+    await eventually(
+      async () => session(await admin.call<DaemonStatus>('GET', '/v1/status'), 'sa').state === 'connected',
+    )
+    expect((await ca2.request('GET', '/v1/inbox')).status).toBe(200)
+    expect(await followed).toMatchObject({ code: 'MESH_ERR_NOT_AUTHORIZED' }) // its follower ended with the kick
+    const followedAgain = (async () => {
+      for await (const e of ca2.follow({ signal: stream.signal })) seen.push(e)
+    })().then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    await eventually(() => seen.filter((e) => e.event === 'ready').length === 2)
+
     await world.revoke(alice, 'one', memberOne)
     // The follower ends with the stop's code (the stream's `event: stopped`), and does not re-dial.
-    const err = await followed
+    const err = await followedAgain
     expect(err).toBeInstanceOf(MeshError)
     expect(err).toMatchObject({ code: 'MESH_ERR_REVOKED' })
 
@@ -195,7 +230,7 @@ describe('the daemon and its IPC clients ride out failures (a real coordinator)'
       ['GET', '/v1/events'],
       ['POST', '/v1/send'],
     ] as const) {
-      const res = await ca.request(
+      const res = await ca2.request(
         method,
         path,
         method === 'POST' ? { body: { to: sb.sessionPk, text: 'x' } } : {},
