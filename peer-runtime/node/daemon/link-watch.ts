@@ -64,20 +64,21 @@ export class LinkWatch {
       this.#set('connected')
     })
     on('disconnected', (info: DownInfo) => {
+      if (this.state === 'stopped') return
       const error = info.error ?? downError(info)
       this.#log.warn({ ...this.#fields, closeCode: info.code, ...errorFields(error) }, 'connection down')
-      if (this.state === 'stopped') return
       this.lastError = error
       this.#set('reconnecting')
     })
     on('failed', (info: DownInfo) => {
+      // Stopped already: a connection that still re-dials (a hello refused by an error frame) logs once.
+      if (this.state === 'stopped') return
       const error = info.error ?? downError(info)
       const refused = isRefusal(info, error)
       this.#log.warn(
         { ...this.#fields, closeCode: info.code, ...errorFields(error) },
         refused ? 'hello refused' : 'connect failed',
       )
-      if (this.state === 'stopped') return
       this.lastError = error
       if (refused && FINAL_REFUSALS.has(error.code)) this.#stop(error)
       else this.#set(this.#everConnected ? 'reconnecting' : 'connecting')
