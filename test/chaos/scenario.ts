@@ -148,7 +148,11 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
     // Everything answered 202 must reach alice: bounded by the rate limit for what was still with bob.
     const acked = new Set(result.acked.keys())
     const boundMs = Math.ceil((outboxIds.size / MEMBER_RATE_PER_S) * 1000) + 1000
-    const waited = await waitForArrivals(world, acked, { timeoutMs: boundMs + 60_000, idleMs: 20_000 })
+    // Idle for longer than a claim lease (a push lost with a connection is redelivered after it) is lost.
+    const waited = await waitForArrivals(world, acked, {
+      timeoutMs: boundMs + 90_000,
+      idleMs: RECEIPT_WAIT_MS + 5000,
+    })
     if (waited !== undefined) problems.push(waited)
 
     step('arrivals awaited')
