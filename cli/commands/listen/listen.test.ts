@@ -135,23 +135,30 @@ describe('agentmesh listen rides out outages (the real binary)', () => {
 
   it('started while the coordinator is down it waits and says so; it survives kill -9 and restarts, printing each message once; SIGINT exits 0', async () => {
     await coordinator.process.stop('SIGKILL')
+    // bob's daemon rides the same outages (per mesh), with the same helper.
+    const daemon = spawn(['daemon', 'up', '--no-p2p', '--home', home('bob')])
     const listen = spawn(['listen', '--mesh', 'team', '--home', home('alice')])
     await stderrSays(listen, 'agentmesh: coordinator unreachable, retrying in ')
     expect(listen.stderr).toMatch(/coordinator unreachable, retrying in \d+\.\d s\n/)
+    await stderrSays(daemon, 'agentmesh: mesh team: coordinator unreachable, retrying in ')
     await startOnPort()
     await stderrSays(listen, 'listening on mesh team')
+    await stderrSays(daemon, 'mesh team: reconnected')
     await send('one')
     expect(await stdoutLines(listen, 1)).toEqual(['bob: one'])
 
     await coordinator.process.stop('SIGKILL')
     await stderrSays(listen, 'coordinator unreachable, retrying in ', 30_000, 2)
+    await stderrSays(daemon, 'mesh team: coordinator unreachable, retrying in ', 30_000, 2)
     await startOnPort()
     await stderrSays(listen, 'agentmesh: reconnected', 30_000, 2)
+    await stderrSays(daemon, 'mesh team: reconnected', 30_000, 2)
     await send('two')
     expect(await stdoutLines(listen, 2)).toEqual(['bob: one', 'bob: two'])
     // One line per outage, not one per retry.
     expect(listen.stderr.split('coordinator unreachable').length - 1).toBeLessThanOrEqual(4)
     expect(await listen.stop('SIGINT')).toEqual({ code: 0, signal: null })
     expect(listen.stdout).toBe('bob: one\nbob: two\n')
+    expect(await daemon.stop('SIGTERM')).toEqual({ code: 0, signal: null })
   })
 })
