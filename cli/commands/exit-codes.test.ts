@@ -156,6 +156,20 @@ describe("the CLI's exit codes (README.md, Exit codes)", () => {
     ])
     expect(r.code, r.stderr).toBe(EXIT.UNREACHABLE)
     expect(r.stderr).toMatch(/^error: MESH_ERR_COORDINATOR_UNREACHABLE: /m)
+    // A long-running command gives up only when asked to (--connect-timeout is opt-in).
+    const listen = await am([
+      'listen',
+      '--mesh',
+      'team',
+      '--coordinator',
+      `http://127.0.0.1:${port}`,
+      '--connect-timeout',
+      '1s',
+      '--home',
+      home('bob'),
+    ])
+    expect(listen.code, listen.stderr).toBe(EXIT.UNREACHABLE)
+    expect(listen.stderr).toMatch(/coordinator unreachable, retrying in/)
   })
 
   it('5: a second listen on a home whose store another listen holds', async () => {

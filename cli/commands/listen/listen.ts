@@ -1,5 +1,6 @@
+import { renameSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { Command, Option } from 'clipanion'
 import { toHex } from '../../../protocol/encoding.js'
 import { isMeshError, MeshError } from '../../../protocol/errors.js'
@@ -8,7 +9,7 @@ import type { DaemonClient } from '../../../peer-runtime/node/daemon/client.js'
 import { runningDaemonPid } from '../../../peer-runtime/node/daemon/files.js'
 import type { MessageJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
 import type { RegisteredSession } from '../../../peer-runtime/node/daemon/types.js'
-import { meshDir, writePrivateFile } from '../../../peer-runtime/node/home.js'
+import { makePrivateDir, meshDir } from '../../../peer-runtime/node/home.js'
 import { openMeshPeer } from '../../../peer-runtime/node/home-peer.js'
 import type { Peer } from '../../../peer-runtime/peer.js'
 import { connectDaemon } from '../daemon/connect.js'
@@ -120,6 +121,7 @@ export class ListenCommand extends HomeCommand {
       // Shared with the path through the daemon (same store, same inbox positions): what either printed
       // is never printed again by the other.
       const cursorPath = listenCursorPath(this.home, mesh)
+      await makePrivateDir(dirname(cursorPath))
       let cursor = await readCursor(cursorPath)
       await peer.start()
       if (timeoutMs !== undefined) await this.#firstConnection(peer, run, timeoutMs, opened.config.wsUrl)
@@ -128,9 +130,11 @@ export class ListenCommand extends HomeCommand {
       if (printed < limit && !run.signal.aborted) {
         for await (const m of peer.messages({ signal: run.signal })) {
           if (m.seq <= cursor) continue
-          this.#print(printable(m), await names.of(m.from))
+          const name = await names.of(m.from)
+          // Printed and recorded in one turn, no await between: a kill -9 can hardly fall in between.
+          this.#print(printable(m), name)
           cursor = m.seq
-          await writePrivateFile(cursorPath, `${cursor}\n`)
+          writeCursor(cursorPath, cursor)
           if (++printed >= limit) break
         }
       }
@@ -166,6 +170,7 @@ export class ListenCommand extends HomeCommand {
       `a daemon runs on this home (pid ${pid}): listening through it, so the member's presence stays the daemon's`,
     )
     const cursorPath = listenCursorPath(this.home, mesh)
+    await makePrivateDir(dirname(cursorPath))
     let after = await readCursor(cursorPath)
     let token: string | undefined
     let announced = false
@@ -201,9 +206,10 @@ export class ListenCommand extends HomeCommand {
           }
           if (ev.event !== 'message') continue
           const m = ev.data as MessageJson
-          this.#print(m, await names.of(m.from))
+          const name = await names.of(m.from)
+          this.#print(m, name)
           after = m.seq
-          await writePrivateFile(cursorPath, `${after}\n`)
+          writeCursor(cursorPath, after)
           if (++printed >= limit) break
         }
       } catch (err) {
@@ -291,6 +297,13 @@ function daemonStop(err: unknown): MeshError | undefined {
 /** The inbox position of the last message `listen` printed in `mesh`, by either path. */
 function listenCursorPath(home: string, mesh: string): string {
   return join(meshDir(home, mesh), 'listen.cursor')
+}
+
+/** Replaces the cursor file (0600) synchronously: it must be on disk before the next line is printed. */
+function writeCursor(path: string, seq: number): void {
+  const tmp = `${path}.${process.pid}.tmp`
+  writeFileSync(tmp, `${seq}\n`, { mode: 0o600 })
+  renameSync(tmp, path)
 }
 
 async function readCursor(path: string): Promise<number> {
