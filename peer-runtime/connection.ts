@@ -10,7 +10,8 @@
  * Every wait is announced (`retrying`, with its delay) so a command can tell its user. Terminal closes
  * stop it for good (4001 kicked, 4002 revoked, 4010 unsupported version), and so does 4003 (replaced)
  * unless the newer connection is one of ours (DESIGN.md §3), and so does a hello the coordinator refuses
- * with a code retrying cannot fix (`giveUpOn`: revoked, unknown mesh, not a member, unsupported version).
+ * with a code retrying cannot fix (`giveUpOn`: revoked, unknown mesh, not a member, unsupported version;
+ * the last two only when several hellos in a row say so, `giveUpAfter`).
  * A coordinator whose challenge carries another key than the pinned one gets no hello
  * (`MESH_ERR_COORDINATOR_MISMATCH`) and is tried again later, in case the right one comes back there.
  */
@@ -80,6 +81,12 @@ export interface ReconnectPolicy {
   capMs: number
   /** Refusal codes of a hello that stop the connection for good. Default `GIVE_UP_ON_HELLO`. */
   giveUpOn: ReadonlySet<MeshErrorCode>
+  /**
+   * How many hellos in a row must be refused with such a code before it stops. Default 3: a coordinator
+   * node whose cached roster is a moment behind another's (a member who just joined) is not final.
+   * Refusals that come with a terminal close code (4002, 4010) stop at once.
+   */
+  giveUpAfter: number
   /**
    * Called with every wait, like the `retrying` event: a hook for code that holds a `Peer` rather than
    * the connection (a command telling its user "retrying in 2.1 s").
@@ -206,6 +213,8 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
   /** When the current outage began; undefined while ready (or before the first failure). */
   #outageSince: number | undefined
   #lastFailure: MeshError | undefined
+  /** Hellos refused in a row with a `giveUpOn` code. */
+  #refusals = 0
   #retry: ClockTimer | undefined
   #helloTimer: ClockTimer | undefined
   #pingTimer: ClockTimer | undefined
@@ -224,6 +233,7 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
       baseMs: init.reconnect?.baseMs ?? this.#timings.backoffBaseMs,
       capMs: init.reconnect?.capMs ?? this.#timings.backoffCapMs,
       giveUpOn: init.reconnect?.giveUpOn ?? GIVE_UP_ON_HELLO,
+      giveUpAfter: init.reconnect?.giveUpAfter ?? 3,
       ...(init.reconnect?.onRetry !== undefined && { onRetry: init.reconnect.onRetry }),
     }
     this.#random = init.random ?? Math.random
@@ -459,6 +469,7 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     this.#attempt = 0
     this.#outageSince = undefined
     this.#lastFailure = undefined
+    this.#refusals = 0
     this.#schedulePing(socket)
     for (const w of this.#readyWaiters) w.resolve()
     this.#readyWaiters.clear()
@@ -512,9 +523,11 @@ export class CoordinatorConnection extends Emitter<ConnectionEvents> {
     // A listener may have closed the connection meanwhile.
     if ((this.#state as ConnectionState) === 'stopped') return
     if (!wasReady && info.error !== undefined && this.#policy.giveUpOn.has(info.error.code)) {
-      this.#stop(info.error)
-      return
-    }
+      if (++this.#refusals >= this.#policy.giveUpAfter) {
+        this.#stop(info.error)
+        return
+      }
+    } else this.#refusals = 0
     this.#scheduleRetry(info.error)
   }
 
