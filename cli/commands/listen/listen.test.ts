@@ -118,6 +118,19 @@ describe('agentmesh listen rides out outages (the real binary)', () => {
       payload: { text: 'via the daemon' },
       e2e: true,
     })
+
+    // The daemon dies (kill -9) and comes back: listen re-dials it and resumes, nothing twice.
+    await daemon.stop('SIGKILL')
+    await stderrSays(listen, 'agentmesh: daemon unreachable, retrying in ')
+    const daemon2 = spawn(['daemon', 'up', '--json', '--no-p2p', '--home', home('alice')])
+    await daemon2.waitForJson((l) => typeof l['socket'] === 'string', 30_000)
+    await stderrSays(listen, 'agentmesh: reconnected')
+    await send('after the restart')
+    const lines = await stdoutLines(listen, 2)
+    expect(lines.map((l) => (JSON.parse(l) as { payload: { text: string } }).payload.text)).toEqual([
+      'via the daemon',
+      'after the restart',
+    ])
     expect(await listen.stop('SIGINT')).toEqual({ code: 0, signal: null })
 
     // Started again, it resumes after what it printed: nothing twice, the one sent meanwhile once.
@@ -127,10 +140,10 @@ describe('agentmesh listen rides out outages (the real binary)', () => {
     expect(await again.stop('SIGTERM')).toEqual({ code: 0, signal: null })
 
     // The daemon's presence stayed the daemon's all along: no 4003, no reconnect.
-    expect(daemon.stderr).not.toMatch(/disconnected|stopped|REPLACED/)
+    for (const d of [daemon, daemon2]) expect(d.stderr).not.toMatch(/disconnected|stopped|REPLACED/)
     const status = await am(['daemon', 'status', '--json', '--home', home('alice')])
-    expect(JSON.parse(status.stdout)).toMatchObject({ running: true })
-    expect(await daemon.stop('SIGTERM')).toEqual({ code: 0, signal: null })
+    expect(JSON.parse(status.stdout)).toMatchObject({ running: true, pid: daemon2.child.pid })
+    expect(await daemon2.stop('SIGTERM')).toEqual({ code: 0, signal: null })
   })
 
   it('started while the coordinator is down it waits and says so; it survives kill -9 and restarts, printing each message once; SIGINT exits 0', async () => {
