@@ -106,23 +106,39 @@ describe('agentmesh coordinator up (the real binary)', () => {
     expect((await client.closed).code).toBe(1001)
   })
 
-  it('reports user mistakes in one line with a code, exit 1 and no stack trace', async () => {
+  it('reports user mistakes in one line with a code, exit 1 (2 for usage) and no stack trace', async () => {
     const file = join(home, 'not-a-dir')
     await writeFile(file, '')
     const cases = [
-      { args: ['--port', '70000'], out: 'stdout', line: /^Usage Error: --port must be a port number/ },
-      { args: ['--log-level', 'loud'], out: 'stdout', line: /^Usage Error: --log-level must be one of/ },
-      { args: ['--data-dir', file], out: 'stderr', line: /^error: ENOTDIR: cannot use the data directory/ },
+      {
+        args: ['--port', '70000'],
+        code: 2,
+        out: 'stdout',
+        line: /^Usage Error: --port must be a port number/,
+      },
+      {
+        args: ['--log-level', 'loud'],
+        code: 2,
+        out: 'stdout',
+        line: /^Usage Error: --log-level must be one of/,
+      },
+      {
+        args: ['--data-dir', file],
+        code: 1,
+        out: 'stderr',
+        line: /^error: ENOTDIR: cannot use the data directory/,
+      },
       {
         // Port 1 on loopback: nothing listens there, so the connection is refused at once.
         args: ['--data-dir', join(home, 'pg'), '--database-url', 'postgres://postgres@127.0.0.1:1/none'],
+        code: 1,
         out: 'stderr',
         line: /^error: MESH_ERR_STORE_UNAVAILABLE: .*ECONNREFUSED/,
       },
     ] as const
     for (const c of cases) {
       const r = await runAgentmesh(['coordinator', 'up', ...c.args], { AGENTMESH_HOME: home })
-      expect(r.code, `${c.args.join(' ')}: ${r.stdout}${r.stderr}`).toBe(1)
+      expect(r.code, `${c.args.join(' ')}: ${r.stdout}${r.stderr}`).toBe(c.code)
       expect(r[c.out]).toMatch(c.line)
       expect(r.stdout + r.stderr).not.toMatch(/^\s+at /m)
     }
