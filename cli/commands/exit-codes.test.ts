@@ -212,14 +212,20 @@ describe("the CLI's exit codes (README.md, Exit codes)", () => {
   })
 
   // Last: revocation is for good.
-  it('20: revoked, while listening and when starting', async () => {
+  it('20: revoked, while listening (itself, and through the daemon) and when starting', async () => {
     const listen = spawn(['listen', '--mesh', 'team', '--home', home('carol')])
     await stderrSays(listen, 'listening on mesh team')
+    const daemon = spawn(['daemon', 'up', '--json', '--no-p2p', '--home', home('bob')])
+    await daemon.waitForJson((l) => typeof l['socket'] === 'string', 30_000)
+    const viaDaemon = spawn(['listen', '--mesh', 'team', '--home', home('bob')])
+    await stderrSays(viaDaemon, 'listening on mesh team through the daemon')
     const admin = await ownerClient()
-    const carol = await loadMemberKey(home('carol'), 'team')
-    await admin.admin('revoke', { pk: carol.publicKey })
+    for (const name of ['carol', 'bob']) {
+      await admin.admin('revoke', { pk: (await loadMemberKey(home(name), 'team')).publicKey })
+    }
     expect((await listen.exited).code, listen.stderr).toBe(EXIT.REVOKED)
     expect(listen.stderr).toMatch(/^error: MESH_ERR_REVOKED: /m)
+    expect((await viaDaemon.exited).code, viaDaemon.stderr).toBe(EXIT.REVOKED)
     const again = await am(['listen', '--mesh', 'team', '--home', home('carol')])
     expect(again.code, again.stderr).toBe(EXIT.REVOKED)
   })

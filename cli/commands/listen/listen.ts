@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { Command, Option } from 'clipanion'
 import { toHex } from '../../../protocol/encoding.js'
-import { isMeshError, MeshError } from '../../../protocol/errors.js'
+import { isMeshError, isMeshErrorCode, MeshError } from '../../../protocol/errors.js'
 import type { InboundMessage } from '../../../peer-runtime/inbox.js'
 import type { DaemonClient } from '../../../peer-runtime/node/daemon/client.js'
 import { runningDaemonPid } from '../../../peer-runtime/node/daemon/files.js'
@@ -176,6 +176,8 @@ export class ListenCommand extends HomeCommand {
     let announced = false
     let printed = 0
     let failures = 0
+    // The daemon's own connection to the coordinator, as its events tell it: said on state changes.
+    const coordinator = new LinkNotes((text) => this.note(text))
     while (!run.signal.aborted && printed < limit) {
       let admin: DaemonClient | undefined
       let session: DaemonClient | undefined
@@ -202,7 +204,19 @@ export class ListenCommand extends HomeCommand {
               announced = true
               this.note(`listening on mesh ${mesh} through the daemon (session ${LISTEN_SESSION_ID})`)
             }
+            coordinator.seen(meshLinkUp(ev.data))
             continue
+          }
+          if (ev.event === 'link') {
+            coordinator.seen(meshLinkUp(ev.data))
+            continue
+          }
+          if (ev.event === 'stopped') {
+            // The session or its mesh stopped for good in the daemon (revoked, kicked, …): so do we.
+            const d = ev.data as { code?: string; message?: string }
+            const code = typeof d.code === 'string' && isMeshErrorCode(d.code) ? d.code : 'MESH_ERR_INTERNAL'
+            run.fail(new MeshError(code, d.message ?? 'stopped in the daemon'))
+            break
           }
           if (ev.event !== 'message') continue
           const m = ev.data as MessageJson
@@ -292,6 +306,29 @@ function daemonStop(err: unknown): MeshError | undefined {
   if (err.code === 'MESH_ERR_DAEMON_NOT_RUNNING' || err.code === 'MESH_ERR_SESSION_UNAVAILABLE')
     return undefined
   return err.permanent ? err : undefined
+}
+
+/** Whether a `ready` or `link` event says the daemon's mesh connection is up (undefined: it does not say). */
+function meshLinkUp(data: unknown): boolean | undefined {
+  const d = data as { link?: { mesh?: { connected?: unknown } }; mesh?: { connected?: unknown } } | null
+  const connected = d?.mesh?.connected ?? d?.link?.mesh?.connected
+  return typeof connected === 'boolean' ? connected : undefined
+}
+
+/** Says when the daemon's connection to the coordinator goes and comes back, once per change. */
+class LinkNotes {
+  readonly #note: (text: string) => void
+  #up = true
+
+  constructor(note: (text: string) => void) {
+    this.#note = note
+  }
+
+  seen(up: boolean | undefined): void {
+    if (up === undefined || up === this.#up) return
+    this.#up = up
+    this.#note(up ? 'reconnected (the daemon)' : 'coordinator unreachable; the daemon keeps retrying')
+  }
 }
 
 /** The inbox position of the last message `listen` printed in `mesh`, by either path. */
