@@ -227,7 +227,8 @@ export const ERROR_CODES = {
   },
   MESH_ERR_SESSION_UNAVAILABLE: {
     permanent: false,
-    summary: 'a registered session (or its mesh) did not open in the daemon yet; it is retried in the background',
+    summary:
+      'a registered session (or its mesh) did not open in the daemon yet; it is retried in the background',
   },
   MESH_ERR_UNKNOWN_MESSAGE: {
     permanent: true,

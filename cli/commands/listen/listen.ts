@@ -297,14 +297,14 @@ function printable(m: InboundMessage): Printable {
  */
 function daemonStop(err: unknown): MeshError | undefined {
   if (!isMeshError(err)) return undefined
-  const status = err.details?.['status']
-  if (status === 401 || status === 403) {
+  if (err.code === 'MESH_ERR_DAEMON_NOT_RUNNING' || err.code === 'MESH_ERR_SESSION_UNAVAILABLE')
+    return undefined
+  if (err.code === 'MESH_ERR_UNAUTHENTICATED' || err.details?.['status'] === 401) {
     return new MeshError('MESH_ERR_SESSION_REPLACED', 'another `listen` took over the daemon session', {
       details: { sessionId: LISTEN_SESSION_ID },
     })
   }
-  if (err.code === 'MESH_ERR_DAEMON_NOT_RUNNING' || err.code === 'MESH_ERR_SESSION_UNAVAILABLE')
-    return undefined
+  // The daemon's own verdict on the mesh or the session (revoked 403, kicked 403) keeps its code.
   return err.permanent ? err : undefined
 }
 
