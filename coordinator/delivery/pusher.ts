@@ -284,6 +284,23 @@ export class Pusher {
     )
   }
 
+  /**
+   * At a hello: the deliveries to this key that a former presence of it still holds (a coordinator
+   * killed with its connections open, a node that died) become this connection's to push now, not at the
+   * end of their lease. Only claims of presences other than the one the store names live now are let go,
+   * in the same statement: a hello that was itself replaced meanwhile takes nothing from its successor.
+   */
+  async takeOverClaims(conn: Connection): Promise<void> {
+    const p = conn.presence
+    if (p === undefined || !conn.open) return
+    await this.#ctx.store.query(
+      `update delivery set claim_owner = null, claim_until = null
+       where mesh = $1 and recipient = $2 and claim_owner is not null
+         and claim_owner <> (select presence_id from presence where mesh = $1 and pk = $2 and connected)`,
+      [p.mesh, p.pk],
+    )
+  }
+
   /** Claims whose lease ran out become claimable again; their recipients' live connections drain. */
   async sweepClaims(): Promise<void> {
     const now = this.#ctx.clock.now()

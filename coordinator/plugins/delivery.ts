@@ -55,6 +55,7 @@ export const deliveryPlugin = fp(
       await pusher.ack(conn, frame.deliveryId, frame.status)
     })
     ctx.hooks.ready.push(async (conn) => {
+      await pusher.takeOverClaims(conn)
       void pusher.drain(conn)
     })
     ctx.hooks.closed.push(async (conn) => {

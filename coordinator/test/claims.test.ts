@@ -59,6 +59,25 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
     )
   })
 
+  it('a hello takes over the claims a former presence of its key still holds (its coordinator died with them), without waiting for their lease', async () => {
+    const world = await start()
+    const { s2, ids } = await queueFor(world, 2)
+    // What a coordinator killed mid-push leaves behind: claims owned by a presence no socket holds.
+    await world.store.query('update delivery set claim_owner = $1, claim_until = $2', [
+      'p-of-a-dead-node',
+      world.clock.now() + 30_000,
+    ])
+    const b = await world.connectSession(s2)
+    for (let i = 0; i < 2; i++) await b.waitFor('push')
+    expect(
+      b
+        .frames('push')
+        .map((f) => f.deliveryId)
+        .sort(),
+    ).toHaveLength(ids.length)
+    await eventually(async () => (await world.store.query('select id from delivery')).length === 0)
+  })
+
   it('an ack from another presence changes nothing', async () => {
     const world = await start()
     const { a, s2 } = await queueFor(world, 1)
