@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
 import postgres from 'postgres'
 import { migrate } from './migrate.js'
 import { openPgliteStore, pgliteSnapshot } from './pglite.js'
@@ -30,8 +31,9 @@ export interface TestStore extends ScriptStore {
  */
 export async function openTestStore(driver: StoreDriver): Promise<TestStore> {
   if (driver === 'pglite') {
-    // Migrated once per test process, then loaded for each test.
-    migratedSnapshot ??= pgliteSnapshot((store) => migrate(store, { now: 0 }))
+    // Migrated once per run (test/global-setup.ts writes it to a file) or else once per test process,
+    // then loaded for each test.
+    migratedSnapshot ??= sharedSnapshot() ?? migratedPgliteSnapshot()
     return await openPgliteStore({ snapshot: await migratedSnapshot })
   }
   const url = databaseUrl()
@@ -66,6 +68,20 @@ export async function openTestStore(driver: StoreDriver): Promise<TestStore> {
 }
 
 let migratedSnapshot: Promise<Blob> | undefined
+
+/** Where the test run's global setup left a migrated snapshot for every test process to load. */
+export const SHARED_SNAPSHOT_ENV = 'AGENTMESH_TEST_PGLITE_SNAPSHOT'
+
+/** A fresh in-memory PGlite database with every migration applied, dumped (see `pgliteSnapshot`). */
+export function migratedPgliteSnapshot(): Promise<Blob> {
+  return pgliteSnapshot((store) => migrate(store, { now: 0 }))
+}
+
+function sharedSnapshot(): Promise<Blob> | undefined {
+  const path = process.env[SHARED_SNAPSHOT_ENV]
+  if (path === undefined || path === '') return undefined
+  return readFile(path).then((bytes) => new Blob([bytes]))
+}
 
 function databaseUrl(): string | undefined {
   return process.env['DATABASE_URL'] || undefined
