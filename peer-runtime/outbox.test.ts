@@ -508,6 +508,60 @@ describe('Outbox', () => {
     }
   })
 
+  it('a settle the store refuses is retried after a full-jitter backoff until stored, not left inflight', async () => {
+    const clock = new ManualClock(T0)
+    const inner = memoryStore()
+    let refusals = 3
+    // Our own seam: the memory driver, refusing the state update after a dispatch as a full disk does.
+    const updateOutbox: RuntimeStore['updateOutbox'] = (id, patch, states) => {
+      if (states?.includes('inflight') && patch.state !== undefined && refusals > 0) {
+        refusals--
+        return Promise.reject(new Error('MESH_ERR_STORE_FULL: database or disk is full'))
+      }
+      return inner.updateOutbox(id, patch, states)
+    }
+    const store = new Proxy(inner, {
+      get: (target, key) => {
+        if (key === 'updateOutbox') return updateOutbox
+        const value: unknown = Reflect.get(target, key)
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value
+      },
+    })
+    const errors: Error[] = []
+    const outbox = new Outbox({
+      store,
+      clock,
+      random: () => 0.5,
+      dispatch: (row) =>
+        Promise.resolve<DispatchResult>(
+          row.id === testMessageId(1)
+            ? { kind: 'done', recipients: { [B]: 'delivered' } }
+            : { kind: 'accepted', recipients: { [B]: 'queued' } },
+        ),
+    })
+    outbox.on('error', (err) => errors.push(err))
+    open.push({ outbox, store: inner })
+    await outbox.start()
+    const [done, accepted] = await Promise.all([
+      outbox.enqueue(testOutboxRow(1, { createdAt: T0 })),
+      outbox.enqueue(testOutboxRow(2, { createdAt: T0 })),
+    ])
+    await eventually(() => refusals === 1) // one refusal each
+    expect(await stateOf(outbox, done.id)).toBe('inflight')
+    await clock.advance(249) // the first retry waits half of the 500 ms ceiling
+    expect(refusals).toBe(1)
+    await clock.advance(1)
+    await eventually(() => refusals === 0)
+    await clock.advance(500) // the second, half of 1 s
+    await outbox.idle(signal())
+    expect(await stateOf(outbox, done.id)).toBe('done')
+    expect(await stateOf(outbox, accepted.id)).toBe('accepted')
+    expect(errors.map((err) => err.message)).toEqual(
+      Array(3).fill('MESH_ERR_STORE_FULL: database or disk is full'),
+    )
+    expect(outbox.inflight).toBe(0)
+  })
+
   it('idle() rejects when its signal aborts while rows wait', async () => {
     const f = await setup(() => ({ kind: 'retry', counted: false, error: DISCONNECTED }))
     await f.outbox.enqueue(f.row(1))

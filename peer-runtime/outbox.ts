@@ -413,7 +413,8 @@ export class Outbox extends Emitter<OutboxEvents> {
       }
       await this.#locked(row.id, () => this.#settle(flight, result))
     } catch (err) {
-      this.#fail(err) // the row stays inflight in the store; the next start() recovers it
+      // Only when stopped mid-write: the row stays inflight in the store; the next start() recovers it.
+      this.#fail(err)
     } finally {
       this.#flights.delete(row.id)
       this.#bump()
@@ -439,8 +440,42 @@ export class Outbox extends Emitter<OutboxEvents> {
       patch = this.#retry(row, result, now, flight.wakes !== this.#wakes)
     }
     if (patch.state !== 'pending') this.#forget(row.id)
-    const updated = await this.#store.updateOutbox(row.id, patch, ['inflight'])
+    const updated = await this.#write(flight, patch)
     if (updated !== undefined) this.emit('state', updated)
+  }
+
+  /**
+   * Stores a settled row's patch, retrying a failed write (a full disk, a store busy elsewhere) after a
+   * full-jitter backoff on the clock until it is stored, so the row reaches its real state in this run
+   * instead of sitting `inflight` until the next `start()` sends it again. Each failure is reported as
+   * `error`. `stop()` ends the retrying (it aborts the flight): the row is then left `inflight` for the
+   * next `start()` to recover, as before.
+   */
+  async #write(flight: Flight, patch: OutboxPatch): Promise<OutboxRow | undefined> {
+    const { signal } = flight.controller
+    for (let failures = 1; ; failures++) {
+      try {
+        return await this.#store.updateOutbox(flight.row.id, patch, ['inflight'])
+      } catch (err) {
+        if (signal.aborted) throw err
+        this.#fail(err)
+      }
+      await this.#pause(this.#backoff(failures), signal)
+      if (signal.aborted) return undefined
+    }
+  }
+
+  /** Resolves after `ms` on the clock, or at once when `signal` aborts. */
+  #pause(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        timer.cancel()
+        signal.removeEventListener('abort', done)
+        resolve()
+      }
+      const timer = this.#clock.setTimeout(done, ms)
+      signal.addEventListener('abort', done, { once: true })
+    })
   }
 
   /**
