@@ -1,6 +1,7 @@
 import { Command, Option, UsageError } from 'clipanion'
 import { initCrypto } from '../../../protocol/crypto.js'
 import { startDaemon } from '../../../peer-runtime/node/daemon/daemon.js'
+import type { DaemonMesh } from '../../../peer-runtime/node/daemon/types.js'
 import { version } from '../../version.js'
 import { HomeCommand } from '../home-command.js'
 import { LongRunning } from '../long-running.js'
@@ -77,22 +78,28 @@ export class DaemonUpCommand extends HomeCommand {
     const stop = (): void => void daemon.close()
     run.signal.addEventListener('abort', stop, { once: true })
     if (run.signal.aborted) stop()
+    // Every mesh, also one a background retry opens later, reports its outages the same way.
+    const watched = new Set<string>()
+    const watch = (m: DaemonMesh): void => {
+      if (watched.has(m.config.mesh)) return
+      watched.add(m.config.mesh)
+      const label = `mesh ${m.config.mesh}: `
+      m.control.peer.on('connected', () => {
+        if (run.reconnected(label)) return
+        this.note(`${label}connected`)
+      })
+      m.control.peer.on('disconnected', () => this.note(`${label}disconnected, reconnecting`))
+      m.control.peer.on('stopped', (err) =>
+        this.note(`${label}stopped${err === undefined ? '' : ` (${err.code}: ${err.message})`}`),
+      )
+    }
+    const opened = (m: DaemonMesh): void => {
+      watch(m)
+      this.note(`mesh ${m.config.mesh}: opened`)
+    }
+    daemon.on('mesh', opened)
     try {
-      for (const m of daemon.meshes()) {
-        const label = `mesh ${m.config.mesh}: `
-        m.control.peer.on('connected', () => {
-          if (run.reconnected(label)) return
-          this.note(`mesh ${m.config.mesh}: connected`)
-        })
-        m.control.peer.on('disconnected', () =>
-          this.note(`mesh ${m.config.mesh}: disconnected, reconnecting`),
-        )
-        m.control.peer.on('stopped', (err) =>
-          this.note(
-            `mesh ${m.config.mesh}: stopped${err === undefined ? '' : ` (${err.code}: ${err.message})`}`,
-          ),
-        )
-      }
+      for (const m of daemon.meshes()) watch(m)
       const status = daemon.status()
       this.note(
         `daemon up (pid ${process.pid}): ${daemon.socketPath} and 127.0.0.1:${daemon.port}; ` +
@@ -111,6 +118,7 @@ export class DaemonUpCommand extends HomeCommand {
       this.note('daemon stopped')
       return 0
     } finally {
+      daemon.off('mesh', opened)
       run.signal.removeEventListener('abort', stop)
       await daemon.close()
     }

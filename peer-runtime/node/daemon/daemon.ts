@@ -405,6 +405,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
       throw err
     }
     this.#meshes.set(mesh, m)
+    this.emit('mesh', m)
     // Its registrations waited for it.
     for (const r of this.#unopened.meshOpened(mesh)) this.#retrySoon(r)
     return m

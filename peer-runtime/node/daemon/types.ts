@@ -57,6 +57,8 @@ export interface DaemonEvents {
   link: (session: DaemonSession) => void
   /** A session stopped for good (it or its mesh was revoked, kicked or replaced). */
   stopped: (session: DaemonSession, error: MeshError) => void
+  /** A mesh opened: at start, or later by its background retry (so a reporter can watch it too). */
+  mesh: (mesh: DaemonMesh) => void
 }
 
 /** A connection's state as `GET /v1/status` gives it. */
