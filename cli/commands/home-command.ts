@@ -69,10 +69,14 @@ export abstract class HomeCommand extends BaseCommand {
    */
   protected async connect(mesh: string, o: OpenMeshPeer & { timeoutMs: number }): Promise<MeshPeer> {
     const { timeoutMs, ...open } = o
-    const opened = await openMeshPeer(this.home, mesh, {
-      ...open,
-      ...(this.coordinator !== undefined && { coordinatorUrl: this.coordinator }),
-    })
+    const opened = await this.#openWaiting(
+      () =>
+        openMeshPeer(this.home, mesh, {
+          ...open,
+          ...(this.coordinator !== undefined && { coordinatorUrl: this.coordinator }),
+        }),
+      Math.min(timeoutMs, STORE_WAIT_MS),
+    )
     try {
       await opened.peer.start()
       const deadline = AbortSignal.timeout(timeoutMs)
@@ -103,7 +107,38 @@ export abstract class HomeCommand extends BaseCommand {
       throw err
     }
   }
+
+  /**
+   * `open()`, again after a short jittered backoff while another live process holds the presence's store
+   * (`MESH_ERR_STORE_LOCKED` naming its pid: a second one-shot command on this home), for at most
+   * `waitMs`; said once on stderr. One-shot commands take turns on a store instead of failing; the lock's
+   * own error (exit 5) comes once the wait is over. Long-running commands do not come through here.
+   */
+  async #openWaiting(open: () => Promise<MeshPeer>, waitMs: number): Promise<MeshPeer> {
+    const deadline = Date.now() + waitMs
+    let said = false
+    for (let n = 0; ; n++) {
+      try {
+        return await open()
+      } catch (err) {
+        const pid =
+          isMeshError(err) && err.code === 'MESH_ERR_STORE_LOCKED' ? err.details?.['pid'] : undefined
+        if (typeof pid !== 'number' || pid === process.pid || Date.now() >= deadline) throw err
+        if (!said) this.note(`waiting for ${pid}, which holds this presence's store`)
+        said = true
+        const ceiling = Math.min(STORE_WAIT_CAP_MS, STORE_WAIT_BASE_MS * 2 ** Math.min(n, 10))
+        const delay = Math.min(Math.floor(Math.random() * ceiling) + 1, Math.max(0, deadline - Date.now()))
+        await new Promise((resolve) => setTimeout(resolve, delay))
+      }
+    }
+  }
 }
+
+/** How long a one-shot command waits at most for a store another process holds (or its own timeout). */
+const STORE_WAIT_MS = 15_000
+/** The backoff of those retries: full jitter from 50 ms doubling to 500 ms. */
+const STORE_WAIT_BASE_MS = 50
+const STORE_WAIT_CAP_MS = 500
 
 /** Bytes in `--json` output are hex strings (JSON has no binary). */
 function jsonBytes(_key: string, value: unknown): unknown {
