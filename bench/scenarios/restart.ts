@@ -3,7 +3,7 @@
  * mesh state caught up, peers listed) on a mesh whose log holds 100 and 100,000 events, started warm (its
  * saved mesh view: it asks only for events since) beside cold (no saved view: the full replay every start
  * did before, the same-run baseline). The log is written straight into the coordinator's store
- * (`test/support/mesh-log.ts`): group changes, the cheapest event a runtime accepts (one coordinator
+ * (`bench/processes/mesh-log.ts`): group changes, the cheapest event a runtime accepts (one coordinator
  * signature each). Cold and warm starts alternate; each figure is the median of its rounds.
  *
  * The coordinator (embedded PGlite, in memory) and the runtime (better-sqlite3 in a temp dir) run in the
@@ -20,8 +20,8 @@ import { createIdentity, initCrypto, systemClock } from '../../protocol/index.js
 import { MeshView } from '../../peer-runtime/mesh-view.js'
 import { sqliteStore } from '../../peer-runtime/node/sqlite-store.js'
 import { Peer } from '../../peer-runtime/peer.js'
-import { FrameTap } from '../../test/support/frame-tap.js'
-import { MeshLog, writeMeshLog } from '../../test/support/mesh-log.js'
+import { FrameTap } from '../processes/frame-tap.js'
+import { MeshLog, writeMeshLog } from '../processes/mesh-log.js'
 import { median, report } from '../measure.js'
 
 const SCENARIO = 'restart'

@@ -8,7 +8,7 @@ import {
   type Invite,
   type MeshState,
 } from '../../protocol/index.js'
-import { MeshLog } from '../../test/support/mesh-log.js'
+import { MeshLog } from '../../bench/processes/mesh-log.js'
 import { invite, joinRecord, newOwner, rosterRecord } from '../../test/support/mesh-fixture.js'
 import { MeshView } from '../mesh-view.js'
 
