@@ -246,6 +246,40 @@ describe('Outbox', () => {
     expect(await f.outbox.status(row.id)).toMatchObject({ attempts: 0 })
   })
 
+  it('a row refused by a coordinator shutting down keeps its attempts, and wake() makes it due at once', async () => {
+    const SHUTTING_DOWN = { code: 'MESH_ERR_SHUTTING_DOWN', message: 'going away' }
+    const f = await setup(
+      (_row, call) => (call <= 4 ? { kind: 'retry', counted: true, error: SHUTTING_DOWN } : { kind: 'done' }),
+      { random: () => 0.9999 },
+    )
+    const row = await f.outbox.enqueue(f.row(1))
+    while (f.calls.length < 4) await f.clock.advance(1_000)
+    await eventually(async () => (await f.outbox.status(row.id))?.attempts === 4)
+    const waiting = await f.outbox.status(row.id)
+    expect(waiting!.nextAttemptAt - f.clock.now()).toBeGreaterThan(1_000)
+    const at = f.clock.now()
+    f.outbox.wake()
+    // No clock advance: the backoff grew through the outage, and the new hello ends it.
+    await eventually(async () => (await f.outbox.status(row.id))?.state === 'done')
+    expect(f.calls.map((c) => c.at).slice(-1)).toEqual([at])
+    expect(await f.outbox.status(row.id)).toMatchObject({ attempts: 4 })
+  })
+
+  it('a counted refusal of the message itself (a full queue) is not hurried by wake()', async () => {
+    const f = await setup(
+      (_row, call) => (call === 1 ? { kind: 'retry', counted: true, error: QUEUE_FULL } : { kind: 'done' }),
+      { random: () => 0.9999 },
+    )
+    const row = await f.outbox.enqueue(f.row(1))
+    await eventually(async () => (await f.outbox.status(row.id))?.attempts === 1)
+    f.outbox.wake()
+    await f.clock.advance(0)
+    expect(f.calls).toHaveLength(1)
+    await f.clock.advance(1_000)
+    await f.outbox.idle(signal())
+    expect(await f.outbox.status(row.id)).toMatchObject({ state: 'done', attempts: 1 })
+  })
+
   it('a rate-limited row waits retryAfterMs without an attempt, and wake() does not hurry it', async () => {
     const f = await setup((_row, call) =>
       call === 1

@@ -76,6 +76,12 @@ export interface OutboxEvents {
 }
 
 const DAY_MS = 86_400_000
+/** Counted refusals that say the coordinator was going down or could not store yet (see `#retry`). */
+const OUTAGE_CODES: ReadonlySet<string> = new Set<MeshErrorCode>([
+  'MESH_ERR_SHUTTING_DOWN',
+  'MESH_ERR_STORE_UNAVAILABLE',
+  'MESH_ERR_INTERNAL',
+])
 const MAX_TIMER_MS = 3_600_000
 const FINAL_STATES: ReadonlySet<RecipientState> = new Set<RecipientState>([
   'delivered',
@@ -195,9 +201,9 @@ export class Outbox extends Emitter<OutboxEvents> {
   }
 
   /**
-   * Makes rows that wait after a disconnect (an uncounted retry without `retryAfterMs`) due now and
-   * restarts their backoff: call it when the coordinator connection is back. Rate-limited rows keep
-   * their `retryAfterMs`.
+   * Makes rows that wait after a disconnect (an uncounted retry without `retryAfterMs`), or after a
+   * coordinator that was shutting down or could not store, due now and restarts their backoff: call it
+   * when the coordinator connection is back. Rate-limited rows keep their `retryAfterMs`.
    */
   wake(): void {
     this.#wakes++
@@ -500,7 +506,10 @@ export class Outbox extends Emitter<OutboxEvents> {
     if (result.counted) {
       attempts++
       this.#uncounted.delete(row.id)
-      this.#waitingLink.delete(row.id)
+      // A coordinator that was going down or not yet able to store keeps its attempt, but a new hello
+      // (`wake()`) frees the row: its backoff grew through an outage, not through anything of its own.
+      if (OUTAGE_CODES.has(result.error.code)) this.#waitingLink.add(row.id)
+      else this.#waitingLink.delete(row.id)
       if (attempts >= this.#maxAttempts) {
         return {
           state: 'dead',
