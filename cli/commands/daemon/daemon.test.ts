@@ -86,6 +86,13 @@ describe('agentmesh daemon (the real binary)', () => {
     await expect(stat(daemonPaths(home).lock)).rejects.toMatchObject({ code: 'ENOENT' })
   }, 120_000)
 
+  it('up --help says P2P is on by default and how to turn it off', async () => {
+    const help = await runAgentmesh(['daemon', 'up', '--help'])
+    expect(help.code).toBe(0)
+    expect(help.stdout).toMatch(/on by default/)
+    expect(help.stdout).toMatch(/--no-p2p/)
+  })
+
   it('install --print shows a systemd unit and a launchd agent pinning node and the CLI', async () => {
     const linux = await runAgentmesh(['daemon', 'install', '--print', '--platform', 'linux', '--home', home])
     expect(linux.code, linux.stderr).toBe(0)

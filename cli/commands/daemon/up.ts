@@ -39,12 +39,16 @@ export class DaemonUpCommand extends HomeCommand {
     examples: [
       ['Run the daemon for ~/.agentmesh', '$0 daemon up'],
       ['On a fixed loopback port', '$0 daemon up --port 7710'],
+      ['Relay only, no WebRTC', '$0 daemon up --no-p2p'],
     ],
   })
 
   port = Option.String('--port', '0', { description: 'The loopback port (default 0: any free port)' })
 
-  p2p = Option.Boolean('--p2p', true, { description: 'Deliver peer to peer over WebRTC when possible' })
+  p2p = Option.Boolean('--p2p', true, {
+    description:
+      'Deliver peer to peer over WebRTC when possible (on by default; --no-p2p keeps every message on the relay)',
+  })
 
   override async run(): Promise<number> {
     const port = Number(this.port)
