@@ -8,7 +8,7 @@
  *   kernel crash. Commits cost tens of microseconds.
  * - `'full'`: the log is synced at every commit, so a committed write also survives a power loss. Each
  *   commit then waits for the disk (about a millisecond or more); batch writes (`insertOutboxMany`,
- *   `insertInboxMany`, `claimDue`) to share one sync.
+ *   `updateOutboxMany`, `insertInboxMany`, `claimDue`) to share one sync.
  *
  * The store belongs to one process: two runtimes on one file would each dispatch the other's outbox
  * rows. Opening takes `<path>.lock` (`pid-lock.ts`) before touching the database; a second opener, in
@@ -40,6 +40,7 @@ import type {
   InboxRow,
   NewInboxRow,
   NewOutboxRow,
+  OutboxChange,
   OutboxPatch,
   OutboxRow,
   OutboxState,
@@ -259,6 +260,7 @@ class SqliteStore implements SqliteRuntimeStore {
   readonly #readers = new Map<string, Database.Statement>()
   readonly #insertOutboxTx: (rows: readonly NewOutboxRow[]) => { inserted: boolean; row: OutboxRow }[]
   readonly #insertInboxTx: (rows: readonly NewInboxRow[]) => InboxInsert[]
+  readonly #updateOutboxTx: (changes: readonly OutboxChange[]) => (OutboxRow | undefined)[]
   readonly #claimTx: (now: number, limit: number) => OutboxRow[]
   readonly #requeueTx: (id: string, row: NewOutboxRow, now: number) => OutboxRow | undefined
   readonly #consumeTx: (mesh: string, seqs: readonly number[], at: number) => number
@@ -296,6 +298,9 @@ class SqliteStore implements SqliteRuntimeStore {
     )
     this.#insertInboxTx = db.transaction((rows: readonly NewInboxRow[]) =>
       rows.map((row) => this.#insertInboxRow(row)),
+    )
+    this.#updateOutboxTx = db.transaction((changes: readonly OutboxChange[]) =>
+      changes.map(({ id, patch, expect }) => this.#updateOutboxRow(id, patch, expect)),
     )
     this.#claimTx = db.transaction((now: number, limit: number) =>
       (stmt.claimDue.all({ now, limit }) as OutboxRecord[]).map(toOutboxRow).sort(dueOrder),
@@ -335,20 +340,11 @@ class SqliteStore implements SqliteRuntimeStore {
     patch: OutboxPatch,
     expect?: readonly OutboxState[],
   ): Promise<OutboxRow | undefined> {
-    return this.#run(() => {
-      const record = this.#stmt.updateOutbox.get({
-        id,
-        expect: expect === undefined ? ALL_STATES : stateList(expect),
-        state: patch.state ?? null,
-        attempts: patch.attempts ?? null,
-        nextAttemptAt: patch.nextAttemptAt ?? null,
-        setError: patch.lastError === undefined ? 0 : 1,
-        lastError: patch.lastError == null ? null : JSON.stringify(patch.lastError),
-        recipients: patch.recipients === undefined ? null : JSON.stringify(patch.recipients),
-        updatedAt: patch.updatedAt,
-      }) as OutboxRecord | undefined
-      return record === undefined ? undefined : toOutboxRow(record)
-    })
+    return this.#run(() => this.#updateOutboxRow(id, patch, expect))
+  }
+
+  async updateOutboxMany(changes: readonly OutboxChange[]): Promise<(OutboxRow | undefined)[]> {
+    return this.#run(() => (changes.length === 0 ? [] : this.#updateOutboxTx(changes)))
   }
 
   async dueOutbox(now: number, limit: number): Promise<OutboxRow[]> {
@@ -490,6 +486,25 @@ class SqliteStore implements SqliteRuntimeStore {
       return { inserted: true, row: newOutboxRow(row) }
     }
     return { inserted: false, row: toOutboxRow(this.#stmt.getOutbox.get(row.id) as OutboxRecord) }
+  }
+
+  #updateOutboxRow(
+    id: string,
+    patch: OutboxPatch,
+    expect: readonly OutboxState[] | undefined,
+  ): OutboxRow | undefined {
+    const record = this.#stmt.updateOutbox.get({
+      id,
+      expect: expect === undefined ? ALL_STATES : stateList(expect),
+      state: patch.state ?? null,
+      attempts: patch.attempts ?? null,
+      nextAttemptAt: patch.nextAttemptAt ?? null,
+      setError: patch.lastError === undefined ? 0 : 1,
+      lastError: patch.lastError == null ? null : JSON.stringify(patch.lastError),
+      recipients: patch.recipients === undefined ? null : JSON.stringify(patch.recipients),
+      updatedAt: patch.updatedAt,
+    }) as OutboxRecord | undefined
+    return record === undefined ? undefined : toOutboxRow(record)
   }
 
   #insertInboxRow(row: NewInboxRow): InboxInsert {

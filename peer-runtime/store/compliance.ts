@@ -1,6 +1,6 @@
 /**
  * The one suite every `RuntimeStore` driver passes (CONVENTIONS §2): outbox inserts idempotent by id,
- * compare-and-set updates, the due order, `claimDue`, `nextDue`, recovery of `inflight` rows, requeue
+ * compare-and-set updates (one at a time and in batches), the due order, `claimDue`, `nextDue`, recovery of `inflight` rows, requeue
  * only from `dead`, pruning (whole and in chunks); the saved mesh view; rpc answers; inbox dedupe by `(mesh, recipient, from, clientMessageId)`, reader scoping,
  * consumption; and `MESH_ERR_STORE_CLOSED` after `close()`.
  *
@@ -10,7 +10,7 @@
  */
 import { bytesEqual, toHex } from '../../protocol/encoding.js'
 import { isMeshError } from '../../protocol/errors.js'
-import type { InboxRow, NewInboxRow, NewOutboxRow, OutboxRow, RuntimeStore } from './types.js'
+import type { InboxRow, NewInboxRow, NewOutboxRow, OutboxChange, OutboxRow, RuntimeStore } from './types.js'
 
 /** The part of vitest (or mocha) the suite registers its cases with. */
 export interface StoreComplianceRunner {
@@ -245,6 +245,81 @@ export function runtimeStoreCompliance(
         (await store.updateOutbox(testMessageId(99), { state: 'done', updatedAt: T0 })) === undefined,
         'an update of a missing row returned a row',
       )
+    })
+
+    test('updateOutboxMany: each change a compare-and-set of its own, in order, as the single calls', async (store) => {
+      const recipients = { [toHex(testKey(2))]: 'queued' } as const
+      const changes: OutboxChange[] = [
+        { id: testMessageId(1), patch: { state: 'inflight', updatedAt: T0 + 10 }, expect: ['pending'] },
+        // A mismatch in the middle: row 3 is accepted, so this one is undefined and the rest still apply.
+        { id: testMessageId(3), patch: { state: 'done', updatedAt: T0 + 11 }, expect: ['inflight'] },
+        { id: testMessageId(99), patch: { state: 'done', updatedAt: T0 + 11 } },
+        {
+          id: testMessageId(2),
+          patch: {
+            attempts: 2,
+            nextAttemptAt: T0 + 500,
+            lastError: { code: 'MESH_ERR_QUEUE_FULL', message: 'full' },
+            recipients,
+            updatedAt: T0 + 12,
+          },
+        },
+        // The same id again sees the first change of the batch, and a third change sees the second.
+        {
+          id: testMessageId(1),
+          patch: { state: 'accepted', recipients, updatedAt: T0 + 13 },
+          expect: ['inflight'],
+        },
+        { id: testMessageId(1), patch: { state: 'done', updatedAt: T0 + 14 }, expect: ['inflight'] },
+        { id: testMessageId(4), patch: { lastError: null, updatedAt: T0 + 15 }, expect: ['pending'] },
+      ]
+      const setUp = async (s: RuntimeStore): Promise<void> => {
+        await s.insertOutboxMany(
+          [1, 2, 3, 4].map((n) =>
+            testOutboxRow(n, n === 4 ? { lastError: { code: 'MESH_ERR_X', message: 'x' } } : {}),
+          ),
+        )
+        await s.updateOutbox(testMessageId(3), { state: 'accepted', updatedAt: T0 + 5 })
+      }
+      await setUp(store)
+      const results = await store.updateOutboxMany(changes)
+      checkEqual(
+        results.map((row) => row?.state),
+        ['inflight', undefined, undefined, 'pending', 'accepted', undefined, 'pending'],
+        'the states the batch resolved with',
+      )
+      checkEqual(results[3]?.nextAttemptAt, T0 + 500, 'the moved row')
+      check(results[6]?.lastError === undefined, 'lastError: null did not clear in a batch')
+      checkEqual(
+        await store.getOutbox(testMessageId(3)),
+        { ...expectedNew(testOutboxRow(3)), state: 'accepted', updatedAt: T0 + 5 },
+        'the row a mismatched change left',
+      )
+
+      // The same changes one call at a time, on a second store: the same results and the same rows.
+      const twin = await makeStore()
+      try {
+        await setUp(twin)
+        const single: (OutboxRow | undefined)[] = []
+        for (const c of changes) single.push(await twin.updateOutbox(c.id, c.patch, c.expect))
+        checkEqual(results, single, 'the batch beside the single calls')
+        for (const n of [1, 2, 3, 4, 99]) {
+          checkEqual(
+            await store.getOutbox(testMessageId(n)),
+            await twin.getOutbox(testMessageId(n)),
+            `row ${n} after the batch beside the single calls`,
+          )
+        }
+        checkEqual(
+          ids(await store.dueOutbox(T0 + 1_000, 10)),
+          ids(await twin.dueOutbox(T0 + 1_000, 10)),
+          'the due order after the batch',
+        )
+        checkEqual(await store.nextDue(), await twin.nextDue(), 'nextDue after the batch')
+      } finally {
+        await twin.close()
+      }
+      checkEqual(await store.updateOutboxMany([]), [], 'an empty batch')
     })
 
     test('lists due rows by next attempt, then age, then id, and nextDue is the earliest', async (store) => {
@@ -599,6 +674,10 @@ export function runtimeStoreCompliance(
         ['insertOutboxMany', () => store.insertOutboxMany([testOutboxRow(2)])],
         ['getOutbox', () => store.getOutbox(testMessageId(1))],
         ['updateOutbox', () => store.updateOutbox(testMessageId(1), { updatedAt: T0 })],
+        [
+          'updateOutboxMany',
+          () => store.updateOutboxMany([{ id: testMessageId(1), patch: { updatedAt: T0 } }]),
+        ],
         ['dueOutbox', () => store.dueOutbox(T0, 1)],
         ['claimDue', () => store.claimDue(T0, 1)],
         ['nextDue', () => store.nextDue()],

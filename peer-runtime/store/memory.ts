@@ -19,6 +19,7 @@ import type {
   InboxRow,
   NewInboxRow,
   NewOutboxRow,
+  OutboxChange,
   OutboxPatch,
   OutboxRow,
   OutboxState,
@@ -116,18 +117,13 @@ class MemoryStore implements RuntimeStore {
     expect?: readonly OutboxState[],
   ): Promise<OutboxRow | undefined> {
     this.#assertOpen()
-    const row = this.#outbox.get(id)
-    if (row === undefined || (expect !== undefined && !expect.includes(row.state))) return undefined
-    if (row.state === 'pending') this.#removePending(row)
-    if (patch.state !== undefined) row.state = patch.state
-    if (patch.attempts !== undefined) row.attempts = patch.attempts
-    if (patch.nextAttemptAt !== undefined) row.nextAttemptAt = patch.nextAttemptAt
-    if (patch.lastError === null) delete row.lastError
-    else if (patch.lastError !== undefined) row.lastError = { ...patch.lastError }
-    if (patch.recipients !== undefined) row.recipients = { ...patch.recipients }
-    row.updatedAt = patch.updatedAt
-    if (row.state === 'pending') this.#addPending(row)
-    return cloneOutbox(row)
+    return this.#update(id, patch, expect)
+  }
+
+  async updateOutboxMany(changes: readonly OutboxChange[]): Promise<(OutboxRow | undefined)[]> {
+    this.#assertOpen()
+    // Nothing here can fail part-way, so applying in order is the whole transaction.
+    return changes.map(({ id, patch, expect }) => this.#update(id, patch, expect))
   }
 
   async dueOutbox(now: number, limit: number): Promise<OutboxRow[]> {
@@ -317,6 +313,21 @@ class MemoryStore implements RuntimeStore {
 
   #assertOpen(): void {
     if (this.#closed) throw new MeshError('MESH_ERR_STORE_CLOSED', 'the runtime store is closed')
+  }
+
+  #update(id: string, patch: OutboxPatch, expect: readonly OutboxState[] | undefined): OutboxRow | undefined {
+    const row = this.#outbox.get(id)
+    if (row === undefined || (expect !== undefined && !expect.includes(row.state))) return undefined
+    if (row.state === 'pending') this.#removePending(row)
+    if (patch.state !== undefined) row.state = patch.state
+    if (patch.attempts !== undefined) row.attempts = patch.attempts
+    if (patch.nextAttemptAt !== undefined) row.nextAttemptAt = patch.nextAttemptAt
+    if (patch.lastError === null) delete row.lastError
+    else if (patch.lastError !== undefined) row.lastError = { ...patch.lastError }
+    if (patch.recipients !== undefined) row.recipients = { ...patch.recipients }
+    row.updatedAt = patch.updatedAt
+    if (row.state === 'pending') this.#addPending(row)
+    return cloneOutbox(row)
   }
 
   #due(now: number, limit: number): OutboxRow[] {

@@ -83,6 +83,13 @@ export interface OutboxPatch {
   updatedAt: number
 }
 
+/** One change of `updateOutboxMany`: the arguments of one `updateOutbox` call. */
+export interface OutboxChange {
+  id: string
+  patch: OutboxPatch
+  expect?: readonly OutboxState[]
+}
+
 /** One inbox row. */
 export interface InboxRow {
   /** Assigned by the store on insert, increasing: the order rows arrived in (a cursor for readers). */
@@ -165,6 +172,14 @@ export interface RuntimeStore {
     patch: OutboxPatch,
     expect?: readonly OutboxState[],
   ): Promise<OutboxRow | undefined>
+  /**
+   * `updateOutbox` for many changes in one transaction (one commit): each change is a compare-and-set of
+   * its own, applied in order, so a later change of the same id sees the earlier one; the results, in the
+   * order of `changes`, are what the calls one after another would have resolved with (`undefined` for a
+   * missing row or a state that did not match, which leaves the other changes alone). If a change fails
+   * (a full disk), none is stored and the promise rejects.
+   */
+  updateOutboxMany(changes: readonly OutboxChange[]): Promise<(OutboxRow | undefined)[]>
   /**
    * `pending` rows whose `nextAttemptAt` ≤ `now`, oldest first, at most `limit`. "Oldest" is the order a
    * due-row index gives: by `nextAttemptAt`, then `createdAt`, then `id`.
