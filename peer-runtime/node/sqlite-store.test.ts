@@ -14,6 +14,7 @@ import {
   testMessageId,
   testOutboxRow,
 } from '../store/compliance.js'
+import { coalescingStore } from '../store/coalescing.js'
 import { SCHEMA_V1 } from './sqlite-schema.js'
 import { openSqliteStoreAt, SQLITE_SCHEMA_VERSION, sqliteStore } from './sqlite-store.js'
 import type { RuntimeStore } from '../store/types.js'
@@ -123,6 +124,12 @@ runtimeStoreCompliance(
   },
 )
 
+runtimeStoreCompliance(
+  'coalescing over sqlite',
+  async () => coalescingStore(sqliteStore({ path: freshPath() })),
+  { runner: { describe, it }, durability: 'durable' },
+)
+
 const child = join(import.meta.dirname, '../../test/support/store-child.ts')
 const children: ChildProcess[] = []
 afterEach(async () => {
@@ -225,6 +232,62 @@ describe('sqlite store: a full disk', () => {
     const db = new Database(path, { readonly: true })
     expect(db.pragma('integrity_check', { simple: true })).toBe('ok')
     db.close()
+  })
+
+  /** Recipients whose JSON is about 140 KB: an update that needs new pages. */
+  const bigRecipients = Object.fromEntries(
+    Array.from({ length: 2_000 }, (_, i) => [i.toString(16).padStart(64, '0'), 'queued' as const]),
+  )
+
+  it('refuses a batch of updates that does not fit with MESH_ERR_STORE_FULL and stores none of it', async () => {
+    const store = sqliteStore({ path: freshPath() })
+    await store.insertOutboxMany([1, 2, 3].map((n) => testOutboxRow(n)))
+    store.setMaxPageCount(store.pageCount())
+    const changes = [
+      {
+        id: testMessageId(1),
+        patch: { state: 'inflight' as const, updatedAt: T0 + 1 },
+        expect: ['pending' as const],
+      },
+      { id: testMessageId(2), patch: { recipients: bigRecipients, updatedAt: T0 + 1 } },
+      { id: testMessageId(3), patch: { state: 'inflight' as const, updatedAt: T0 + 1 } },
+    ]
+    await expect(store.updateOutboxMany(changes)).rejects.toMatchObject({ code: 'MESH_ERR_STORE_FULL' })
+    for (const n of [1, 2, 3]) {
+      expect(await store.getOutbox(testMessageId(n))).toMatchObject({ state: 'pending', updatedAt: T0 + n })
+    }
+    expect((await store.getOutbox(testMessageId(2)))?.recipients).toBeUndefined()
+    store.setMaxPageCount(1_000_000)
+    expect((await store.updateOutboxMany(changes)).map((row) => row?.state)).toEqual([
+      'inflight',
+      'pending',
+      'inflight',
+    ])
+    await store.close()
+  })
+
+  it('through the coalescing store: every caller of a batch that does not fit gets MESH_ERR_STORE_FULL, none is stored', async () => {
+    const sqlite = sqliteStore({ path: freshPath() })
+    const store = coalescingStore(sqlite)
+    await store.insertOutboxMany([1, 2, 3].map((n) => testOutboxRow(n)))
+    sqlite.setMaxPageCount(sqlite.pageCount())
+    const outcomes = await Promise.allSettled([
+      store.updateOutbox(testMessageId(1), { state: 'inflight', updatedAt: T0 + 1 }, ['pending']),
+      store.updateOutbox(testMessageId(2), { recipients: bigRecipients, updatedAt: T0 + 1 }),
+      store.updateOutbox(testMessageId(3), { state: 'inflight', updatedAt: T0 + 1 }),
+    ])
+    expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected', 'rejected'])
+    for (const o of outcomes) {
+      expect(o.status === 'rejected' && isMeshError(o.reason, 'MESH_ERR_STORE_FULL')).toBe(true)
+    }
+    for (const n of [1, 2, 3]) expect((await store.getOutbox(testMessageId(n)))?.state).toBe('pending')
+    // The small updates alone fit, in the next turn's batch.
+    const again = await Promise.all([
+      store.updateOutbox(testMessageId(1), { state: 'inflight', updatedAt: T0 + 2 }, ['pending']),
+      store.updateOutbox(testMessageId(3), { state: 'inflight', updatedAt: T0 + 2 }, ['pending']),
+    ])
+    expect(again.map((row) => row?.state)).toEqual(['inflight', 'inflight'])
+    await store.close()
   })
 
   it('openSqliteStoreAt finds the store this process has open on a path, until it closes', async () => {

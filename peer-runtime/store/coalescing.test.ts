@@ -1,0 +1,175 @@
+import { describe, expect, it } from 'vitest'
+import { coalescingStore } from './coalescing.js'
+import { runtimeStoreCompliance, testInboxRow, testMessageId, testOutboxRow } from './compliance.js'
+import { memoryStore } from './memory.js'
+import type { RuntimeStore } from './types.js'
+
+runtimeStoreCompliance('coalescing over memory', async () => coalescingStore(memoryStore()), {
+  runner: { describe, it },
+  durability: 'volatile',
+})
+
+const T0 = Date.UTC(2026, 0, 1)
+
+/**
+ * Our own seam: the memory driver, recording every call that reaches it, and holding a batch's answer
+ * back while `hold` is set (a commit that has not finished yet).
+ */
+function recording(inner: RuntimeStore = memoryStore()) {
+  const calls: { method: string; size?: number }[] = []
+  const held: (() => void)[] = []
+  const control = { hold: false, fail: undefined as Error | undefined }
+  const store = new Proxy(inner, {
+    get(target, key) {
+      const value: unknown = Reflect.get(target, key)
+      if (typeof value !== 'function') return value
+      return (...args: unknown[]) => {
+        const first = args[0]
+        calls.push({ method: String(key), ...(Array.isArray(first) && { size: first.length }) })
+        if (control.fail !== undefined && String(key).endsWith('Many')) return Promise.reject(control.fail)
+        const result = (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
+        if (!control.hold) return result
+        return new Promise((resolve) => held.push(() => resolve(result)))
+      }
+    },
+  })
+  return { store, calls, held, control }
+}
+
+describe('coalescing store', () => {
+  it('sends the updateOutbox calls of one turn as one updateOutboxMany; each caller gets its own result', async () => {
+    const { store: inner, calls } = recording()
+    const store = coalescingStore(inner)
+    await store.insertOutboxMany([1, 2, 3].map((n) => testOutboxRow(n)))
+    calls.length = 0
+    const [a, b, c, missing] = await Promise.all([
+      store.updateOutbox(testMessageId(1), { state: 'inflight', updatedAt: T0 + 1 }, ['pending']),
+      store.updateOutbox(testMessageId(2), { state: 'done', updatedAt: T0 + 1 }, ['inflight']),
+      store.updateOutbox(testMessageId(3), { attempts: 4, updatedAt: T0 + 2 }),
+      store.updateOutbox(testMessageId(9), { state: 'done', updatedAt: T0 + 1 }),
+    ])
+    expect(calls).toEqual([{ method: 'updateOutboxMany', size: 4 }])
+    expect(a).toMatchObject({ id: testMessageId(1), state: 'inflight' })
+    expect(b).toBeUndefined() // the compare-and-set failed: row 2 is pending
+    expect(c).toMatchObject({ id: testMessageId(3), state: 'pending', attempts: 4 })
+    expect(missing).toBeUndefined()
+    expect((await store.getOutbox(testMessageId(2)))?.state).toBe('pending')
+
+    // Another turn, another batch.
+    calls.length = 0
+    await store.updateOutbox(testMessageId(1), { state: 'done', updatedAt: T0 + 3 }, ['inflight'])
+    await store.updateOutbox(testMessageId(3), { state: 'done', updatedAt: T0 + 3 }, ['pending'])
+    expect(calls).toEqual([
+      { method: 'updateOutboxMany', size: 1 },
+      { method: 'updateOutboxMany', size: 1 },
+    ])
+    await store.close()
+  })
+
+  it('sends the insertInbox calls of one turn as one insertInboxMany; a repeat in the turn is a duplicate', async () => {
+    const { store: inner, calls } = recording()
+    const store = coalescingStore(inner)
+    const results = await Promise.all([
+      store.insertInbox(testInboxRow(1)),
+      store.insertInbox(testInboxRow(2)),
+      store.insertInbox(testInboxRow(1, { via: 'p2p' })),
+    ])
+    expect(calls).toEqual([{ method: 'insertInboxMany', size: 3 }])
+    expect(results.map((r) => r.inserted)).toEqual([true, true, false])
+    expect(results[2]?.row).toEqual(results[0]?.row)
+    await store.close()
+  })
+
+  it('resolves a caller only once the batch has committed', async () => {
+    const { store: inner, held, control } = recording()
+    const store = coalescingStore(inner)
+    await store.insertOutbox(testOutboxRow(1))
+    control.hold = true
+    let settled = false
+    const update = store
+      .updateOutbox(testMessageId(1), { state: 'inflight', updatedAt: T0 + 1 })
+      .then((row) => {
+        settled = true
+        return row
+      })
+    const insert = store.insertInbox(testInboxRow(1))
+    // Wait until both batches reached the store and are held there.
+    await expect.poll(() => held.length).toBe(2)
+    expect(settled).toBe(false)
+    for (const release of held.splice(0)) release()
+    expect((await update)?.state).toBe('inflight')
+    expect((await insert).inserted).toBe(true)
+    control.hold = false
+    await store.close()
+  })
+
+  it('a batch that fails rejects every caller in it with the error; the next turn is a batch of its own', async () => {
+    const { store: inner, control } = recording()
+    const store = coalescingStore(inner)
+    await store.insertOutboxMany([1, 2].map((n) => testOutboxRow(n)))
+    const full = new Error('MESH_ERR_STORE_FULL: the disk is full')
+    control.fail = full
+    const outcomes = await Promise.allSettled([
+      store.updateOutbox(testMessageId(1), { state: 'inflight', updatedAt: T0 + 1 }),
+      store.updateOutbox(testMessageId(2), { state: 'inflight', updatedAt: T0 + 1 }),
+      store.insertInbox(testInboxRow(1)),
+    ])
+    expect(outcomes).toEqual([
+      { status: 'rejected', reason: full },
+      { status: 'rejected', reason: full },
+      { status: 'rejected', reason: full },
+    ])
+    control.fail = undefined
+    expect((await store.getOutbox(testMessageId(1)))?.state).toBe('pending')
+    expect((await store.updateOutbox(testMessageId(1), { state: 'done', updatedAt: T0 + 2 }))?.state).toBe(
+      'done',
+    )
+    await store.close()
+  })
+
+  it('keeps call order: a read or another write after an unawaited update sees it; close sends what waits', async () => {
+    const { store: inner, calls } = recording()
+    const store = coalescingStore(inner)
+    await store.insertOutbox(testOutboxRow(1))
+    calls.length = 0
+    const update = store.updateOutbox(testMessageId(1), { state: 'inflight', updatedAt: T0 + 1 })
+    const inserted = store.insertInbox(testInboxRow(1))
+    const read = store.getOutbox(testMessageId(1))
+    const inbox = store.readInbox({ mesh: 'mesh-test', recipients: [testInboxRow(1).recipient] })
+    expect((await read)?.state).toBe('inflight')
+    expect((await inbox).map((r) => r.clientMessageId)).toEqual([testMessageId(1)])
+    expect((await update)?.state).toBe('inflight')
+    expect((await inserted).inserted).toBe(true)
+    expect(calls.map((c) => c.method)).toEqual([
+      'updateOutboxMany',
+      'insertInboxMany',
+      'getOutbox',
+      'readInbox',
+    ])
+
+    const last = store.updateOutbox(testMessageId(1), { state: 'done', updatedAt: T0 + 2 }, ['inflight'])
+    await store.close()
+    expect((await last)?.state).toBe('done')
+    await expect(store.updateOutbox(testMessageId(1), { updatedAt: T0 + 3 })).rejects.toMatchObject({
+      code: 'MESH_ERR_STORE_CLOSED',
+    })
+  })
+
+  it('wraps once, and keeps the durability of the store it wraps', async () => {
+    const inner = memoryStore()
+    const store = coalescingStore(inner)
+    expect(coalescingStore(store)).toBe(store)
+    expect(store.durability).toBe('volatile')
+    await store.close()
+  })
+
+  it('groups with the schedule it is given (a microtask here)', async () => {
+    const { store: inner, calls } = recording()
+    const store = coalescingStore(inner, { schedule: queueMicrotask })
+    await store.insertOutboxMany([1, 2].map((n) => testOutboxRow(n)))
+    calls.length = 0
+    await Promise.all([1, 2].map((n) => store.updateOutbox(testMessageId(n), { updatedAt: T0 + n })))
+    expect(calls).toEqual([{ method: 'updateOutboxMany', size: 2 }])
+    await store.close()
+  })
+})
