@@ -1,4 +1,13 @@
 import { describe, expect, it } from 'vitest'
+import {
+  createIdentity,
+  encodeEnvelope,
+  initCrypto,
+  ManualClock,
+  sealDirect,
+  ulidFactory,
+} from '../../protocol/index.js'
+import { Inbox } from '../inbox.js'
 import { coalescingStore } from './coalescing.js'
 import { runtimeStoreCompliance, testInboxRow, testMessageId, testOutboxRow } from './compliance.js'
 import { memoryStore } from './memory.js'
@@ -170,6 +179,50 @@ describe('coalescing store', () => {
     calls.length = 0
     await Promise.all([1, 2].map((n) => store.updateOutbox(testMessageId(n), { updatedAt: T0 + n })))
     expect(calls).toEqual([{ method: 'updateOutboxMany', size: 2 }])
+    await store.close()
+  })
+
+  it("stores an Inbox's pushes of one turn in one insertInboxMany and acks each after it", async () => {
+    await initCrypto()
+    const { store: inner, calls, held, control } = recording()
+    const store = coalescingStore(inner)
+    const me = createIdentity('session')
+    const alice = createIdentity('session')
+    const inbox = new Inbox({ store, mesh: 'mesh-test', me, clock: new ManualClock(T0) })
+    const newId = ulidFactory()
+    const envelopes = Array.from({ length: 4 }, (_, i) =>
+      encodeEnvelope(
+        sealDirect({
+          mesh: 'mesh-test',
+          channel: 'dm',
+          from: alice,
+          to: me.publicKey,
+          clientMessageId: newId(),
+          payload: `m${i}`,
+        }),
+      ),
+    )
+    const acks: string[] = []
+    const received: unknown[] = []
+    inbox.on('message', (m) => received.push(m.payload))
+    control.hold = true
+    // The third push is a redelivery of the first.
+    const takes = [0, 1, 0, 2, 3].map((i, k) =>
+      inbox.take(envelopes[i] as Uint8Array, {
+        via: 'relay',
+        deliveryId: `d-${k}`,
+        ackOnStore: true,
+        ack: (status) => acks.push(`${k}:${status}`),
+      }),
+    )
+    await expect.poll(() => held.length).toBe(1)
+    expect(acks).toEqual([]) // nothing is acked before the commit
+    for (const release of held.splice(0)) release()
+    await Promise.all(takes)
+    expect(calls).toEqual([{ method: 'insertInboxMany', size: 5 }])
+    expect(acks).toEqual(['0:ok', '1:ok', '2:duplicate', '3:ok', '4:ok'])
+    expect(received).toEqual(['m0', 'm1', 'm2', 'm3'])
+    control.hold = false
     await store.close()
   })
 })
