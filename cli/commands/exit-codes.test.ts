@@ -1,38 +1,19 @@
 import { createServer } from 'node:net'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { Identity } from '../../protocol/index.js'
 import { newOwner } from '../../test/support/mesh-fixture.js'
 import { startWorld, type World } from '../../test/support/coordinator-world.js'
-import {
-  buildOnce,
-  runAgentmesh,
-  spawnAgentmesh,
-  type AgentmeshProcess,
-} from '../../test/support/coordinator-process.js'
+import { buildOnce, spawnAgentmesh, type AgentmeshProcess } from '../../test/support/coordinator-process.js'
+import { am, createCliMesh, stderrSays } from '../../test/support/cli-mesh.js'
 import { loadMemberKey } from '../../peer-runtime/node/home.js'
 import {
   scriptedCoordinator,
   type ScriptedCoordinator,
 } from '../../peer-runtime/test/scripted-coordinator.js'
 import { EXIT } from './exit-codes.js'
-
-/** Resolves once the child's stderr contains `text`; rejects if it exits first or after `timeoutMs`. */
-async function stderrSays(p: AgentmeshProcess, text: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!p.stderr.includes(text)) {
-    if (p.child.exitCode !== null || p.child.signalCode !== null) {
-      throw new Error(
-        `exited before saying ${JSON.stringify(text)}\nstdout:\n${p.stdout}\nstderr:\n${p.stderr}`,
-      )
-    }
-    if (Date.now() > deadline)
-      throw new Error(`no ${JSON.stringify(text)} after ${timeoutMs} ms:\n${p.stderr}`)
-    await new Promise((resolve) => p.child.stderr?.once('data', resolve).once('close', resolve))
-  }
-}
 
 /** A loopback port nothing listens on. */
 async function deadPort(): Promise<number> {
@@ -60,11 +41,6 @@ describe("the CLI's exit codes (README.md, Exit codes)", () => {
     return p
   }
 
-  async function am(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    const r = await runAgentmesh(args)
-    return { code: r.code, stdout: r.stdout, stderr: r.stderr }
-  }
-
   /** Another coordinator with this one's key: a home pinned to it trusts it, whatever it holds. */
   async function twin(mesh: string): Promise<World> {
     const other = await startWorld('pglite', { coordinatorIdentity: world.coordinatorIdentity, mesh })
@@ -76,28 +52,13 @@ describe("the CLI's exit codes (README.md, Exit codes)", () => {
     root = await mkdtemp(join(tmpdir(), 'agentmesh-exit-'))
     const [, started] = await Promise.all([buildOnce(), startWorld('pglite')])
     world = started
-    await writeFile(join(root, 'admin-token'), world.adminToken, { mode: 0o600 })
-    const created = await am([
-      'mesh',
-      'create',
-      'team',
-      '--coordinator',
-      world.url,
-      '--admin-token-file',
-      join(root, 'admin-token'),
-      '--name',
-      'owner',
-      '--home',
-      home('owner'),
-    ])
-    expect(created.code, created.stderr).toBe(0)
+    await createCliMesh({
+      root,
+      coordinatorUrl: world.url,
+      admin: { token: world.adminToken },
+      members: ['alice', 'bob', 'carol'],
+    })
     owner = await loadMemberKey(home('owner'), 'team')
-    const invite = await am(['invite', 'create', '--mesh', 'team', '--uses', '4', '--home', home('owner')])
-    expect(invite.code, invite.stderr).toBe(0)
-    for (const name of ['alice', 'bob', 'carol']) {
-      const joined = await am(['join', invite.stdout.trim(), '--name', name, '--home', home(name)])
-      expect(joined.code, joined.stderr).toBe(0)
-    }
   }, 90_000)
 
   afterEach(async () => {

@@ -2,28 +2,13 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { am, createCliMesh, stderrSays } from '../../test/support/cli-mesh.js'
 import {
-  runAgentmesh,
   spawnAgentmesh,
   startCoordinator,
   type AgentmeshProcess,
   type RunningCoordinator,
 } from '../../test/support/coordinator-process.js'
-
-/** Resolves once the child's stderr contains `text`; rejects if it exits first or after `timeoutMs`. */
-async function stderrSays(p: AgentmeshProcess, text: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!p.stderr.includes(text)) {
-    if (p.child.exitCode !== null || p.child.signalCode !== null) {
-      throw new Error(
-        `exited before saying ${JSON.stringify(text)}\nstdout:\n${p.stdout}\nstderr:\n${p.stderr}`,
-      )
-    }
-    if (Date.now() > deadline)
-      throw new Error(`no ${JSON.stringify(text)} after ${timeoutMs} ms:\n${p.stderr}`)
-    await new Promise((resolve) => p.child.stderr?.once('data', resolve).once('close', resolve))
-  }
-}
 
 // The README's "Two peers" walkthrough, command for command, with the real binary and a real coordinator.
 describe('the two-peer walkthrough (the real binary)', () => {
@@ -31,11 +16,6 @@ describe('the two-peer walkthrough (the real binary)', () => {
   let coordinator: RunningCoordinator
   const running: AgentmeshProcess[] = []
   const home = (name: string): string => join(root, name)
-
-  async function am(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    const r = await runAgentmesh(args)
-    return { code: r.code, stdout: r.stdout, stderr: r.stderr }
-  }
 
   function spawn(args: string[]): AgentmeshProcess {
     const p = spawnAgentmesh(args)
@@ -59,37 +39,23 @@ describe('the two-peer walkthrough (the real binary)', () => {
 
   it('creates a mesh, invites, joins alice and bob; bob sends by name and alice prints it', async () => {
     const url = coordinator.ready.url
-    const created = await am([
-      'mesh',
-      'create',
-      'team',
-      '--coordinator',
-      url,
-      '--admin-token-file',
-      join(root, 'coordinator', 'admin-token'),
-      '--name',
-      'owner',
-      '--home',
-      home('owner'),
-      '--json',
-    ])
-    expect(created.code, created.stderr).toBe(0)
-    expect(JSON.parse(created.stdout)).toMatchObject({
+    // The README's set-up commands: mesh create (owner), invite create --uses 2, join alice and bob.
+    const made = await createCliMesh({
+      root,
+      coordinatorUrl: url,
+      admin: { tokenFile: join(root, 'coordinator', 'admin-token') },
+      members: ['alice', 'bob'],
+    })
+    expect(made.created).toMatchObject({
       mesh: 'team',
       role: 'owner',
       coordinatorUrl: url,
       coordinatorPk: coordinator.ready.coordinatorPk,
     })
-
-    const invite = await am(['invite', 'create', '--mesh', 'team', '--uses', '2', '--home', home('owner')])
-    expect(invite.code, invite.stderr).toBe(0)
-    const token = invite.stdout.trim()
+    const token = made.invite
     expect(token).toMatch(/^am1\.[A-Za-z0-9_-]+$/)
-
     for (const name of ['alice', 'bob']) {
-      const joined = await am(['join', token, '--name', name, '--home', home(name), '--json'])
-      expect(joined.code, joined.stderr).toBe(0)
-      expect(JSON.parse(joined.stdout)).toMatchObject({ mesh: 'team', role: 'member', displayName: name })
+      expect(made.joined[name]).toMatchObject({ mesh: 'team', role: 'member', displayName: name })
     }
     const again = await am(['join', token, '--name', 'alice', '--home', home('alice')])
     expect(again.code).toBe(1)

@@ -9,6 +9,7 @@ import {
   type AgentmeshProcess,
   type RunningCoordinator,
 } from '../../../test/support/coordinator-process.js'
+import { createCliMesh } from '../../../test/support/cli-mesh.js'
 
 /** Resolves once the child's stderr contains `text` `times` times; rejects if it exits first. */
 async function stderrSays(p: AgentmeshProcess, text: string, timeoutMs = 30_000, times = 1): Promise<void> {
@@ -74,25 +75,12 @@ describe('agentmesh listen rides out outages (the real binary)', () => {
   beforeAll(async () => {
     root = await mkdtemp(join(tmpdir(), 'agentmesh-listen-'))
     await startOnPort()
-    const created = await am([
-      'mesh',
-      'create',
-      'team',
-      '--coordinator',
-      coordinator.ready.url,
-      '--admin-token-file',
-      join(root, 'coordinator', 'admin-token'),
-      '--name',
-      'owner',
-      '--home',
-      home('owner'),
-    ])
-    expect(created.code, created.stderr).toBe(0)
-    const invite = await am(['invite', 'create', '--mesh', 'team', '--uses', '2', '--home', home('owner')])
-    for (const name of ['alice', 'bob']) {
-      const joined = await am(['join', invite.stdout.trim(), '--name', name, '--home', home(name)])
-      expect(joined.code, joined.stderr).toBe(0)
-    }
+    await createCliMesh({
+      root,
+      coordinatorUrl: coordinator.ready.url,
+      admin: { tokenFile: join(root, 'coordinator', 'admin-token') },
+      members: ['alice', 'bob'],
+    })
   }, 90_000)
 
   afterEach(async () => {

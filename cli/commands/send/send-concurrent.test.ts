@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -12,6 +12,7 @@ import {
   spawnAgentmesh,
   type AgentmeshProcess,
 } from '../../../test/support/coordinator-process.js'
+import { createCliMesh } from '../../../test/support/cli-mesh.js'
 
 // Two one-shot commands at once on one home share the `cli` session's store: the second waits for the
 // first's lock instead of failing with MESH_ERR_STORE_LOCKED (exit 5).
@@ -25,36 +26,12 @@ describe('agentmesh send (the real binary): two at once on one home', () => {
     root = await mkdtemp(join(tmpdir(), 'agentmesh-send2-'))
     const [, started] = await Promise.all([buildOnce(), startWorld('pglite')])
     world = started
-    await writeFile(join(root, 'admin-token'), world.adminToken, { mode: 0o600 })
-    const created = await runAgentmesh([
-      'mesh',
-      'create',
-      'team',
-      '--coordinator',
-      world.url,
-      '--admin-token-file',
-      join(root, 'admin-token'),
-      '--name',
-      'owner',
-      '--home',
-      home('owner'),
-    ])
-    expect(created.code, created.stderr).toBe(0)
-    const invite = await runAgentmesh([
-      'invite',
-      'create',
-      '--mesh',
-      'team',
-      '--uses',
-      '2',
-      '--home',
-      home('owner'),
-    ])
-    expect(invite.code, invite.stderr).toBe(0)
-    for (const name of ['alice', 'bob']) {
-      const joined = await runAgentmesh(['join', invite.stdout.trim(), '--name', name, '--home', home(name)])
-      expect(joined.code, joined.stderr).toBe(0)
-    }
+    await createCliMesh({
+      root,
+      coordinatorUrl: world.url,
+      admin: { token: world.adminToken },
+      members: ['alice', 'bob'],
+    })
   }, 90_000)
 
   afterAll(async () => {
