@@ -7,6 +7,7 @@ import { daemonScenario } from './scenarios/daemon.js'
 import { p2pScenario } from './scenarios/p2p.js'
 import { relayScenario } from './scenarios/relay.js'
 import { restartScenario } from './scenarios/restart.js'
+import { storeScenario } from './scenarios/store.js'
 
 type Scenario = (opts: { quick: boolean }) => Promise<void>
 
@@ -31,6 +32,10 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
   restart: {
     describe: 'a runtime start from its saved mesh view beside a full replay, at 100 and 100,000 events',
     run: restartScenario,
+  },
+  store: {
+    describe: 'runtime store writes on sqlite: one row per call beside batches and the coalescing store',
+    run: storeScenario,
   },
 }
 
