@@ -602,3 +602,127 @@ describe('Outbox', () => {
     await expect(f.outbox.idle(AbortSignal.timeout(50))).rejects.toMatchObject({ name: 'TimeoutError' })
   })
 })
+
+describe('Outbox retries', () => {
+  it('every retry dispatches the envelope bytes as stored, never re-made', async () => {
+    const seen: Uint8Array[] = []
+    const f = await setup((row, call) => {
+      seen.push(row.envelope)
+      if (call === 1) return { kind: 'retry', counted: true, error: QUEUE_FULL, retryAfterMs: 10 }
+      if (call === 2) return { kind: 'retry', counted: false, error: DISCONNECTED, retryAfterMs: 10 }
+      return { kind: 'done' }
+    })
+    const envelope = Uint8Array.from({ length: 300 }, (_, i) => (i * 7) & 0xff)
+    await f.outbox.enqueue(f.row(1, { envelope }))
+    await eventually(async () => {
+      await f.clock.advance(10)
+      return (await stateOf(f.outbox, testMessageId(1))) === 'done'
+    })
+    expect(seen).toHaveLength(3)
+    const stored = (await f.store.getOutbox(testMessageId(1)))!.envelope
+    for (const bytes of seen) {
+      expect(bytesEqual(bytes, envelope)).toBe(true)
+      expect(bytesEqual(bytes, stored)).toBe(true)
+    }
+  })
+})
+
+describe('Outbox depth and backpressure', () => {
+  /** A dispatch held until `release()`: rows pile up as a stalled coordinator would leave them. */
+  function held(): {
+    script: () => Promise<DispatchResult>
+    release: () => void
+  } {
+    let open = false
+    const waiting: (() => void)[] = []
+    return {
+      script: () =>
+        open
+          ? Promise.resolve({ kind: 'done' })
+          : new Promise((resolve) => waiting.push(() => resolve({ kind: 'done' }))),
+      release: () => {
+        open = true
+        for (const go of waiting.splice(0)) go()
+      },
+    }
+  }
+
+  it('counts pending and inflight rows as they come and go, and recounts at start', async () => {
+    const h = held()
+    const f = await setup(h.script, { concurrency: 2 })
+    expect(f.outbox.depth).toBe(0)
+    const stored = Promise.all([1, 2, 3, 4, 5].map((n) => f.outbox.enqueue(f.row(n))))
+    expect(f.outbox.depth).toBe(5) // counted before the store answers
+    await stored
+    await eventually(() => f.outbox.inflight === 2)
+    expect(f.outbox.depth).toBe(5)
+    await f.outbox.enqueue(f.row(1)) // the same id again: nothing new
+    expect(f.outbox.depth).toBe(5)
+    await f.outbox.stop()
+    await f.outbox.start()
+    expect(f.outbox.depth).toBe(5)
+    h.release()
+    await f.outbox.idle(signal())
+    expect(f.outbox.depth).toBe(0)
+  })
+
+  it('a dead row, a requeue and a receipt that finishes a waiting row move the depth', async () => {
+    const f = await setup((row) =>
+      row.id === testMessageId(1)
+        ? { kind: 'dead', error: { code: 'MESH_ERR_UNKNOWN_KEY', message: 'no such key' } }
+        : { kind: 'retry', counted: false, error: DISCONNECTED },
+    )
+    await f.outbox.enqueue(f.row(1))
+    await f.outbox.enqueue(f.row(2))
+    await eventually(async () => (await stateOf(f.outbox, testMessageId(1))) === 'dead')
+    await eventually(async () => (await f.outbox.status(testMessageId(2)))?.lastError !== undefined)
+    expect(f.outbox.depth).toBe(1)
+    await f.outbox.receipt(testMessageId(2), B, 'delivered')
+    expect(await stateOf(f.outbox, testMessageId(2))).toBe('done')
+    expect(f.outbox.depth).toBe(0)
+    await f.outbox.requeue(testMessageId(1), f.row(3))
+    expect(f.outbox.depth).toBe(1)
+  })
+
+  it('refuses past maxDepth with MESH_ERR_OUTBOX_FULL and retryAfterMs, storing nothing', async () => {
+    const h = held()
+    const f = await setup(h.script, { maxDepth: 4, highWaterMark: 2, retryAfterMs: (excess) => excess * 100 })
+    await Promise.all([1, 2, 3, 4].map((n) => f.outbox.enqueue(f.row(n))))
+    await expect(f.outbox.enqueue(f.row(5))).rejects.toMatchObject({
+      code: 'MESH_ERR_OUTBOX_FULL',
+      details: { outboxDepth: 4, maxDepth: 4, retryAfterMs: 300 },
+    })
+    expect(await f.store.getOutbox(testMessageId(5))).toBeUndefined()
+    expect(f.outbox.depth).toBe(4)
+    h.release()
+    await f.outbox.idle(signal())
+    await f.outbox.enqueue(f.row(5))
+  })
+
+  it('waitForRoom waits below the high-water mark, first come first served; drain fires below the low', async () => {
+    const h = held()
+    const f = await setup(h.script, { concurrency: 1, highWaterMark: 4, lowWaterMark: 2, maxDepth: 10 })
+    let drains = 0
+    f.outbox.on('drain', () => drains++)
+    await Promise.all([1, 2, 3, 4].map((n) => f.outbox.enqueue(f.row(n))))
+    const order: number[] = []
+    const waiting = [5, 6].map((n) =>
+      f.outbox.enqueue(f.row(n), { waitForRoom: true }).then(() => order.push(n)),
+    )
+    const aborted = new AbortController()
+    const given = f.outbox.enqueue(f.row(7), { waitForRoom: true, signal: aborted.signal })
+    aborted.abort(new Error('caller gave up'))
+    await expect(given).rejects.toThrow('caller gave up')
+    await Promise.resolve()
+    expect(order).toEqual([])
+    expect(f.outbox.depth).toBe(4)
+    expect(drains).toBe(0)
+    h.release()
+    await Promise.all(waiting)
+    expect(order).toEqual([5, 6])
+    await f.outbox.idle(signal())
+    expect(f.outbox.depth).toBe(0)
+    expect(drains).toBe(1)
+    expect(await f.store.getOutbox(testMessageId(7))).toBeUndefined()
+  })
+})

@@ -13,12 +13,17 @@
  * - Backoff is full jitter (a random delay below `min(cap, base · 2^(n-1))`); `retryAfterMs`, when the
  *   refusal gave one, is the delay instead.
  * - Every timer comes from the injected clock, so tests drive a six-day life with a `ManualClock`.
+ * - Backpressure (DESIGN.md §5, CONVENTIONS 5): `depth` counts rows `pending` or `inflight` (and rows
+ *   given to `enqueue` but not stored yet), kept as a counter from the transitions this outbox makes,
+ *   never queried per call. Above `maxDepth` an `enqueue` is refused with `MESH_ERR_OUTBOX_FULL`; one
+ *   with `waitForRoom` waits until the depth is below `highWaterMark`; `drain` is emitted when the depth
+ *   falls below `lowWaterMark` after it reached the high-water mark.
  *
  * Platform-neutral. One Outbox per store: it assumes no other writer moves its rows.
  */
 import { systemClock, type Clock, type ClockTimer } from '../protocol/clock.js'
 import { isDirectChannel } from '../protocol/envelope.js'
-import type { MeshErrorCode } from '../protocol/errors.js'
+import { MeshError, type MeshErrorCode } from '../protocol/errors.js'
 import { Emitter } from '../transports/emitter.js'
 import type {
   NewOutboxRow,
@@ -65,7 +70,37 @@ export interface OutboxInit {
   backoffCapMs?: number
   /** Uniform in [0, 1); injected by tests. Default `Math.random`. */
   random?: () => number
+  /** Depth at which `waitForRoom` enqueues wait and `drain` is armed. Default 1,000 (`OUTBOX_WATER`). */
+  highWaterMark?: number
+  /** Depth below which `drain` is emitted once the high-water mark was reached. Default half the high. */
+  lowWaterMark?: number
+  /** Depth at which an `enqueue` without `waitForRoom` is refused (`MESH_ERR_OUTBOX_FULL`). Default 10,000. */
+  maxDepth?: number
+  /**
+   * The `retryAfterMs` an `MESH_ERR_OUTBOX_FULL` carries, given how many rows must leave before the
+   * depth is back at the high-water mark (the runtime estimates it from the coordinator's announced
+   * rate). Default 1 s.
+   */
+  retryAfterMs?: (excess: number) => number
 }
+
+/** How `enqueue` treats a full outbox. */
+export interface EnqueueOptions {
+  /** Wait until the depth is below the high-water mark instead of failing above `maxDepth`. */
+  waitForRoom?: boolean
+  /** Ends a `waitForRoom` wait (rejects with the signal's reason); a stored row is not undone. */
+  signal?: AbortSignal
+}
+
+/**
+ * Default water marks. 1,000 rows is about 10 s of sending at the coordinator's default member rate
+ * (100/s) and four dispatch windows of 256: a caller that waits for room has that much queued ahead of
+ * it, enough to keep the link busy and little enough to answer quickly. The low mark is half of it, so
+ * `drain` wakes writers in batches rather than per row (as the relay session does). 10,000 matches the
+ * coordinator's per-recipient queue quota: more than that would be minutes of sending at the default
+ * rate, held in the sender's own store.
+ */
+export const OUTBOX_WATER = { highWaterMark: 1_000, maxDepth: 10_000 } as const
 
 /** The events of an `Outbox`. */
 export interface OutboxEvents {
@@ -73,6 +108,8 @@ export interface OutboxEvents {
   state: (row: OutboxRow) => void
   /** A store write failed in the background (the row stays as the store last had it). */
   error: (err: Error) => void
+  /** The depth fell below the low-water mark after it had reached the high-water mark. */
+  drain: () => void
 }
 
 const DAY_MS = 86_400_000
@@ -101,6 +138,11 @@ interface Flight {
 
 const ABORTED = Symbol('aborted')
 
+/** States that count toward `depth`. */
+function live(state: OutboxRow['state'] | undefined): number {
+  return state === 'pending' || state === 'inflight' ? 1 : 0
+}
+
 /** Schedules the outbox's rows onto `dispatch`. */
 export class Outbox extends Emitter<OutboxEvents> {
   readonly #store: RuntimeStore
@@ -113,7 +155,17 @@ export class Outbox extends Emitter<OutboxEvents> {
   readonly #baseMs: number
   readonly #capMs: number
   readonly #random: () => number
+  readonly #highWater: number
+  readonly #lowWater: number
+  readonly #maxDepth: number
+  readonly #fullRetryAfterMs: (excess: number) => number
 
+  /** Rows pending or inflight, plus those `enqueue` holds a place for (see the module comment). */
+  #depth = 0
+  /** The depth reached the high-water mark since the last `drain`. */
+  #aboveHigh = false
+  /** `waitForRoom` enqueues, first come first served. */
+  readonly #roomWaiters: { grant: () => void }[] = []
   #running = false
   readonly #flights = new Map<string, Flight>()
   /** Rows `enqueue` was given this turn, stored together by `#insertBatch`. */
@@ -123,6 +175,8 @@ export class Outbox extends Emitter<OutboxEvents> {
     reject: (err: unknown) => void
   }[] = []
   #inserting = 0
+  /** Rows in the batches being stored now (counted in `depth` already). */
+  #insertingRows = 0
   /** The settling of every flight, so `stop()` can wait for rows to be written back. */
   readonly #settling = new Set<Promise<void>>()
   /** Uncounted retries in a row, per row: their own doubling. */
@@ -156,6 +210,23 @@ export class Outbox extends Emitter<OutboxEvents> {
     this.#baseMs = init.backoffBaseMs ?? 500
     this.#capMs = init.backoffCapMs ?? 30_000
     this.#random = init.random ?? Math.random
+    this.#maxDepth = Math.max(1, init.maxDepth ?? OUTBOX_WATER.maxDepth)
+    this.#highWater = Math.min(this.#maxDepth, Math.max(1, init.highWaterMark ?? OUTBOX_WATER.highWaterMark))
+    this.#lowWater = Math.min(
+      this.#highWater,
+      Math.max(1, init.lowWaterMark ?? Math.ceil(this.#highWater / 2)),
+    )
+    this.#fullRetryAfterMs = init.retryAfterMs ?? (() => 1_000)
+  }
+
+  /** Rows `pending` or `inflight` (waiting, due or being dispatched), and rows being stored now. */
+  get depth(): number {
+    return this.#depth
+  }
+
+  /** The water marks in force. */
+  get water(): { highWaterMark: number; lowWaterMark: number; maxDepth: number } {
+    return { highWaterMark: this.#highWater, lowWaterMark: this.#lowWater, maxDepth: this.#maxDepth }
   }
 
   /** How many rows are being dispatched now. */
@@ -167,6 +238,10 @@ export class Outbox extends Emitter<OutboxEvents> {
   async start(): Promise<void> {
     if (this.#running) return
     await this.#store.recoverInflight(this.#clock.now())
+    // Counted once: from here on the counter follows the transitions this outbox makes.
+    const stored = await this.#store.listOutbox(['pending', 'inflight'], Number.MAX_SAFE_INTEGER)
+    this.#depth = 0
+    this.#add(stored.length + this.#toInsert.length + this.#insertingRows)
     this.#running = true
     this.#kick()
   }
@@ -175,28 +250,97 @@ export class Outbox extends Emitter<OutboxEvents> {
    * Stores a new row (`pending`) and wakes the loop; resolves once the row is stored. An id already
    * stored resolves with that row unchanged (the caller's retry of the same send). Rows enqueued in the
    * same turn of the event loop are stored in one transaction (one commit, one sync at most).
+   *
+   * At `maxDepth` it rejects with `MESH_ERR_OUTBOX_FULL {outboxDepth, maxDepth, retryAfterMs}` and stores
+   * nothing; with `waitForRoom` it waits (first come, first served) until the depth is below the
+   * high-water mark instead.
    */
-  enqueue(row: NewOutboxRow): Promise<OutboxRow> {
+  enqueue(row: NewOutboxRow, o: EnqueueOptions = {}): Promise<OutboxRow> {
+    if (o.waitForRoom === true && (this.#roomWaiters.length > 0 || this.#depth >= this.#highWater)) {
+      return this.#room(o.signal).then(() => this.#put(row))
+    }
+    if (o.waitForRoom !== true && this.#depth >= this.#maxDepth) return Promise.reject(this.#full())
+    this.#add(1)
+    return this.#put(row)
+  }
+
+  /** Queues a row whose place in `depth` is already counted. */
+  #put(row: NewOutboxRow): Promise<OutboxRow> {
     return new Promise((resolve, reject) => {
       this.#toInsert.push({ row, resolve, reject })
       if (this.#toInsert.length === 1) queueMicrotask(() => void this.#insertBatch())
     })
   }
 
+  #full(): MeshError {
+    const excess = this.#depth - this.#highWater + 1
+    const retryAfterMs = Math.max(1, Math.ceil(this.#fullRetryAfterMs(excess)))
+    return new MeshError(
+      'MESH_ERR_OUTBOX_FULL',
+      `the outbox holds ${this.#depth} undelivered messages (at most ${this.#maxDepth}); retry in ${retryAfterMs} ms`,
+      { details: { outboxDepth: this.#depth, maxDepth: this.#maxDepth, retryAfterMs } },
+    )
+  }
+
+  /** Resolves with a place counted in `depth` once the depth is below the high-water mark. */
+  #room(signal: AbortSignal | undefined): Promise<void> {
+    if (signal?.aborted === true) return Promise.reject(signal.reason as Error)
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        const i = this.#roomWaiters.indexOf(waiter)
+        if (i >= 0) this.#roomWaiters.splice(i, 1)
+        reject(signal?.reason as Error)
+      }
+      const waiter = {
+        grant: () => {
+          signal?.removeEventListener('abort', onAbort)
+          resolve()
+        },
+      }
+      this.#roomWaiters.push(waiter)
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  }
+
+  /** Moves the depth by `delta`, hands out room below the high-water mark, and emits `drain`. */
+  #add(delta: number): void {
+    if (delta === 0) return
+    this.#depth = Math.max(0, this.#depth + delta)
+    while (this.#roomWaiters.length > 0 && this.#depth < this.#highWater) {
+      this.#depth++ // the waiter's row, counted before it runs so the next waiter sees it
+      this.#roomWaiters.shift()!.grant()
+    }
+    if (this.#depth >= this.#highWater) this.#aboveHigh = true
+    else if (this.#aboveHigh && this.#depth < this.#lowWater) {
+      this.#aboveHigh = false
+      this.emit('drain')
+    }
+  }
+
+  /** A row went from `before` to `after` (undefined: not stored): keeps `depth` in step. */
+  #moved(before: OutboxRow['state'] | undefined, after: OutboxRow['state'] | undefined): void {
+    this.#add(live(after) - live(before))
+  }
+
   async #insertBatch(): Promise<void> {
     const batch = this.#toInsert.splice(0)
     this.#inserting++
+    this.#insertingRows += batch.length
     try {
       const results = await this.#store.insertOutboxMany(batch.map((entry) => entry.row))
+      // A row already stored (the caller's retry) was counted by its own enqueue, if still live.
+      this.#add(-results.filter((result) => !result.inserted).length)
       results.forEach(({ inserted, row }, i) => {
         if (inserted) this.emit('state', row)
         batch[i]?.resolve(row)
       })
       if (results.some((result) => result.inserted)) this.#kick()
     } catch (err) {
+      this.#add(-batch.length)
       for (const entry of batch) entry.reject(err)
     } finally {
       this.#inserting--
+      this.#insertingRows -= batch.length
     }
   }
 
@@ -261,6 +405,7 @@ export class Outbox extends Emitter<OutboxEvents> {
       }
       const updated = await this.#store.updateOutbox(id, patch, [row.state])
       if (updated === undefined) return undefined
+      this.#moved(row.state, updated.state)
       if (finished) this.#forget(id)
       this.emit('state', updated)
       this.#bump()
@@ -276,6 +421,7 @@ export class Outbox extends Emitter<OutboxEvents> {
     return this.#locked(id, async () => {
       const created = await this.#store.requeueDead(id, newRow, this.#clock.now())
       if (created === undefined) return undefined
+      this.#moved(undefined, created.state)
       const old = await this.#store.getOutbox(id)
       if (old !== undefined) this.emit('state', old)
       this.emit('state', created)
@@ -447,7 +593,10 @@ export class Outbox extends Emitter<OutboxEvents> {
     }
     if (patch.state !== 'pending') this.#forget(row.id)
     const updated = await this.#write(flight, patch)
-    if (updated !== undefined) this.emit('state', updated)
+    if (updated !== undefined) {
+      this.#moved('inflight', updated.state)
+      this.emit('state', updated)
+    }
   }
 
   /**

@@ -46,7 +46,7 @@ import { MeshView } from './mesh-view.js'
 import { MeshViewSaver } from './mesh-view-saver.js'
 import { AttestationRefresher } from './attestation-refresh.js'
 import { fromError, fromSendAck, p2pState } from './dispatch-result.js'
-import { Outbox, type DispatchResult } from './outbox.js'
+import { Outbox, type DispatchResult, type EnqueueOptions } from './outbox.js'
 import { P2PManager, type P2PManagerInit } from './p2p/manager.js'
 import { StoreJanitor, type StoreJanitorOptions } from './store/janitor.js'
 import type { InboxAckStatus, OutboxRow, RuntimeStore } from './store/types.js'
@@ -86,8 +86,19 @@ export interface PeerOptions {
   displayName?: string
   /** Connection timings and the reconnect policy (default: forever, 0.5 s to 5 s). */
   connection?: ConnectionOptions
-  /** Outbox tuning (tests shorten the backoff). */
-  outbox?: { backoffBaseMs?: number; backoffCapMs?: number; concurrency?: number; random?: () => number }
+  /**
+   * Outbox tuning (tests shorten the backoff) and its water marks (`OUTBOX_WATER`: 1,000 rows high, half
+   * of it low, 10,000 at most; see `outboxDepth`).
+   */
+  outbox?: {
+    backoffBaseMs?: number
+    backoffCapMs?: number
+    concurrency?: number
+    random?: () => number
+    highWaterMark?: number
+    lowWaterMark?: number
+    maxDepth?: number
+  }
   /** The TTL the attestation source mints with (default 12 h): the refresh comes at half of it. */
   attestationTtlMs?: number
   /** How long `send` waits to learn (and verify) a recipient it does not know yet. Default 30 s. */
@@ -112,6 +123,11 @@ export interface SendOptions {
   clientMessageId?: string
   /** The request fingerprint of an idempotent IPC send, kept on the outbox row (the daemon compares it). */
   fingerprint?: Uint8Array
+  /**
+   * Wait until the outbox is below its high-water mark before storing, instead of failing with
+   * `MESH_ERR_OUTBOX_FULL` when it is at its limit. `signal` ends the wait.
+   */
+  waitForRoom?: boolean
   signal?: AbortSignal
 }
 
@@ -131,6 +147,8 @@ export interface PeerEvents {
   presence: (event: 'joined' | 'left' | 'updated', peer: KnownPeer) => void
   /** An outbox row changed state. */
   outbox: (row: OutboxRow) => void
+  /** `outboxDepth` fell below the low-water mark after it had reached the high-water mark. */
+  drain: () => void
   /** A background failure (a store write that failed); the work it belonged to is retried or left pending. */
   error: (error: unknown) => void
   /** P2P session changes and failures, for logs (a handshake that failed keeps the pair on the relay). */
@@ -171,6 +189,8 @@ export class Peer extends Emitter<PeerEvents> {
   #peersLoaded: Promise<void> | undefined
   #started = false
   #closed = false
+  /** Aborted by `close()`: ends sends waiting for room. */
+  readonly #closing = new AbortController()
   readonly #refresher: AttestationRefresher | undefined
   /** Why the coordinator connection stopped for good (kicked, revoked, replaced), once it has. */
   #stopError: MeshError | undefined
@@ -254,6 +274,7 @@ export class Peer extends Emitter<PeerEvents> {
       ...o.outbox,
     })
     this.#outbox.on('state', (row) => this.emit('outbox', row))
+    this.#outbox.on('drain', () => this.emit('drain'))
     this.#outbox.on('error', (err) => this.emit('error', err))
     if (o.webrtc !== undefined) this.#setUpP2P(o.webrtc)
   }
@@ -275,6 +296,15 @@ export class Peer extends Emitter<PeerEvents> {
   /** The runtime store this peer was given (rpc keeps its answers there when it is durable). */
   get store(): RuntimeStore {
     return this.#o.store
+  }
+
+  /**
+   * Messages in this peer's outbox not yet handed on: `pending` (due, or waiting for the link or a
+   * retry) and `inflight`. A counter, cheap to read on every request. At the outbox's `maxDepth` a send
+   * fails with `MESH_ERR_OUTBOX_FULL` (or waits, with `waitForRoom`); `drain` says when it went low again.
+   */
+  get outboxDepth(): number {
+    return this.#outbox.depth
   }
 
   /** True while the coordinator connection is up. */
@@ -332,16 +362,19 @@ export class Peer extends Emitter<PeerEvents> {
       { cache: this.#cache },
     )
     const now = this.#clock.now()
-    const row = await this.#outbox.enqueue({
-      id: clientMessageId,
-      mesh: this.mesh,
-      from: this.identity.publicKey,
-      target: toHex(peer.pk),
-      channel,
-      envelope: this.#encodeOwn(env, o.clientMessageId === undefined),
-      createdAt: now,
-      ...(o.fingerprint !== undefined && { fingerprint: o.fingerprint }),
-    })
+    const row = await this.#outbox.enqueue(
+      {
+        id: clientMessageId,
+        mesh: this.mesh,
+        from: this.identity.publicKey,
+        target: toHex(peer.pk),
+        channel,
+        envelope: this.#encodeOwn(env, o.clientMessageId === undefined),
+        createdAt: now,
+        ...(o.fingerprint !== undefined && { fingerprint: o.fingerprint }),
+      },
+      this.#room(o),
+    )
     return { clientMessageId, state: row.state }
   }
 
@@ -383,15 +416,18 @@ export class Peer extends Emitter<PeerEvents> {
       payload,
       ...(o.meta !== undefined && { meta: o.meta }),
     })
-    const row = await this.#outbox.enqueue({
-      id: clientMessageId,
-      mesh: this.mesh,
-      from: this.identity.publicKey,
-      target,
-      channel: 'group',
-      envelope: this.#encodeOwn(env, o.clientMessageId === undefined),
-      createdAt: this.#clock.now(),
-    })
+    const row = await this.#outbox.enqueue(
+      {
+        id: clientMessageId,
+        mesh: this.mesh,
+        from: this.identity.publicKey,
+        target,
+        channel: 'group',
+        envelope: this.#encodeOwn(env, o.clientMessageId === undefined),
+        createdAt: this.#clock.now(),
+      },
+      this.#room(o),
+    )
     return { clientMessageId, state: row.state }
   }
 
@@ -457,6 +493,7 @@ export class Peer extends Emitter<PeerEvents> {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    this.#closing.abort(new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the peer is closed'))
     this.#refresher?.cancel()
     // Before anything else that may let the caller close the store: a pass in progress ends first.
     await this.#janitor?.stop()
@@ -748,6 +785,16 @@ export class Peer extends Emitter<PeerEvents> {
   /** One relay send of `envelope`; `first` when no coordinator can have seen its id (see #firstSends). */
   #relaySend(envelope: Uint8Array, signal: AbortSignal, first = false): Promise<FrameOf<'send_ack'>> {
     return this.#connection.request({ t: 'send', envelope, ...(first && { first }) }, { signal })
+  }
+
+  /** How a send meets a full outbox: wait (until the peer closes or the caller's signal), or fail. */
+  #room(o: SendOptions): EnqueueOptions {
+    if (o.waitForRoom !== true) return {}
+    const closing = this.#closing.signal
+    return {
+      waitForRoom: true,
+      signal: o.signal === undefined ? closing : AbortSignal.any([o.signal, closing]),
+    }
   }
 
   #assertOpen(): void {

@@ -87,6 +87,10 @@ export const ERROR_CODES = {
     permanent: false,
     summary: "the recipient's offline queue is full; retry after `retryAfterMs`",
   },
+  MESH_ERR_OUTBOX_FULL: {
+    permanent: false,
+    summary: "the sender's own outbox holds too many undelivered messages; retry after `retryAfterMs`",
+  },
   MESH_ERR_SESSION_REPLACED: {
     permanent: true,
     summary: 'a newer connection of the same key replaced this one (close 4003)',
@@ -258,6 +262,8 @@ const WAIT_CODES: ReadonlySet<MeshErrorCode> = new Set<MeshErrorCode>([
   'MESH_ERR_DISCONNECTED',
   'MESH_ERR_REQUEST_TIMEOUT',
   'MESH_ERR_RATE_LIMITED',
+  // Refused before anything was stored: nothing is wrong with the message, the outbox must drain first.
+  'MESH_ERR_OUTBOX_FULL',
   // The coordinator connection closed under the request: the runtime dials a new one.
   'MESH_ERR_TRANSPORT_CLOSED',
 ])
