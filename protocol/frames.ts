@@ -40,6 +40,19 @@ const roleSchema = oneOf(['control-plane', 'session', 'service'] as const)
 const versionRange = obj({ min: uint({ max: 65535 }), max: uint({ max: 65535 }) })
 const features = arr(str({ max: 64 }), { max: 64 })
 
+/**
+ * One token bucket as `hello_ack.limits.rate` announces it: at most `messageBurst` messages and
+ * `byteBurst` bytes at once, refilled at `messagesPerSecond` and `bytesPerSecond` (whole numbers; a
+ * coordinator rounds its rates down, so a sender pacing by them stays inside the real bucket).
+ */
+export const rateBucketSchema = obj({
+  messageBurst: uint(),
+  messagesPerSecond: uint(),
+  byteBurst: uint(),
+  bytesPerSecond: uint(),
+})
+export type RateBucket = Infer<typeof rateBucketSchema>
+
 /** Per-recipient outcome of a send, as the sender sees it. */
 export const RECIPIENT_STATES = [
   'delivered',
@@ -110,6 +123,12 @@ export const FRAME_SCHEMAS = {
       maxPayloadBytes: uint(),
       ackWaitMs: opt(uint()),
       pushWindow: opt(uint()),
+      /**
+       * The `send` rate limits in force for this connection: `member` is the bucket the presence's member
+       * has on this coordinator node (`nodeId`), shared by the member's own presence, its sessions and its
+       * services. Absent from coordinators that predate it (and from one with no limit to announce).
+       */
+      rate: opt(obj({ member: rateBucketSchema })),
     }),
   }),
   attest_refresh: obj({ reqId, attestation: signedSchema }),

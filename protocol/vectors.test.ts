@@ -15,8 +15,12 @@ import {
   createIdentity,
   decodeEnvelope,
   decodeFrame,
+  encodeFrame,
+  FRAME_SCHEMAS,
   hash,
   initCrypto,
+  obj,
+  parse,
   openEnvelope,
   PURPOSES,
   requestFingerprint,
@@ -661,5 +665,49 @@ describe('frames', () => {
     if (decoded.t !== 'hello') throw new Error('not a hello frame')
     const nonce = bytesOf(hello.inputs.challengeNonce, 'challengeNonce')
     expect(verifyHello(decoded, { challengeNonce: nonce, now: NOW }).role).toBe('session')
+  })
+
+  it('frame-hello-ack announces the member rate bucket in limits.rate, in PROTOCOL.md order', () => {
+    const v: FrameVector = loadKind('frame-hello-ack', 'frame')
+    const frame = map(decodeOther(v.bytes), 'frame')
+    expect(frame).toEqual(v.frame)
+    expect(Object.keys(frame)).toEqual([
+      't',
+      'reqId',
+      'proto',
+      'features',
+      'stateVersion',
+      'presenceId',
+      'nodeId',
+      'leaseMs',
+      'limits',
+    ])
+    const limits = map(frame.limits, 'limits')
+    expect(Object.keys(limits)).toEqual([
+      'maxFrameBytes',
+      'maxEnvelopeBytes',
+      'maxPayloadBytes',
+      'ackWaitMs',
+      'pushWindow',
+      'rate',
+    ])
+    const member = map(map(limits.rate, 'rate').member, 'member')
+    expect(member).toEqual({
+      messageBurst: 200,
+      messagesPerSecond: 100,
+      byteBurst: 8 * 1024 * 1024,
+      bytesPerSecond: 8 * 1024 * 1024,
+    })
+    const decoded = decodeFrame(hexBytes(v.bytes))
+    if (decoded.t !== 'hello_ack') throw new Error('not a hello_ack frame')
+    expect(decoded.limits.rate?.member.messagesPerSecond).toBe(100)
+    // A peer from before limits.rate reads these bytes: its schema drops the unknown field.
+    const { rate: _rate, ...olderLimits } = FRAME_SCHEMAS.hello_ack.shape.limits.shape
+    const older = obj({ ...FRAME_SCHEMAS.hello_ack.shape, limits: obj(olderLimits) })
+    const asOlder = parse(older, otherDecode(hexBytes(v.bytes)), 'MESH_ERR_MALFORMED_FRAME', 'hello_ack')
+    expect(asOlder.limits).toEqual({ ...decoded.limits, rate: undefined })
+    // And a coordinator from before it sends none: the field is optional.
+    const fromOlder = { ...decoded, limits: { ...decoded.limits, rate: undefined } }
+    expect(decodeFrame(encodeFrame(fromOlder))).toMatchObject({ t: 'hello_ack', limits: { pushWindow: 256 } })
   })
 })

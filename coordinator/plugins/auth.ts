@@ -21,9 +21,11 @@ import {
   ulidFactory,
   verifyHello,
   type FrameOf,
+  type RateBucket,
 } from '../../protocol/index.js'
 import { Connection } from '../connection.js'
 import type { CoordinatorContext } from '../context.js'
+import type { RateLimits } from '../options.js'
 
 /** Features this coordinator offers in `hello_ack`. */
 export const COORDINATOR_FEATURES = ['fast-path', 'group', 'topic', 'signaling'] as const
@@ -149,6 +151,7 @@ async function hello(
       maxPayloadBytes: MAX_PAYLOAD_BYTES,
       ackWaitMs: ctx.limits.ackWaitMs,
       pushWindow: ctx.limits.pushWindow,
+      ...announcedRate(ctx.limits.rate),
     },
   })
   ctx.log.info(
@@ -156,6 +159,23 @@ async function hello(
     'presence attached',
   )
   for (const ready of ctx.hooks.ready) await ready(conn, { reattached })
+}
+
+/**
+ * The member bucket as `hello_ack.limits.rate` carries it (PROTOCOL.md §6): whole numbers rounded down,
+ * so a peer pacing by them never outruns the bucket; nothing when a steady rate rounds to zero (a peer
+ * would never send) or a value is not finite.
+ */
+export function announcedRate(rate: RateLimits): { rate?: { member: RateBucket } } {
+  const member = {
+    messageBurst: Math.floor(rate.messageBurst),
+    messagesPerSecond: Math.floor(rate.messagesPerSecond),
+    byteBurst: Math.floor(rate.byteBurst),
+    bytesPerSecond: Math.floor(rate.bytesPerSecond),
+  }
+  const values = Object.values(member)
+  if (!values.every((v) => Number.isSafeInteger(v) && v >= 1)) return {}
+  return { rate: { member } }
 }
 
 async function onClosed(ctx: CoordinatorContext, conn: Connection): Promise<void> {

@@ -270,6 +270,7 @@ export const VECTOR_NAMES = [
   'request-fingerprint',
   'frame-send',
   'frame-hello',
+  'frame-hello-ack',
 ] as const
 export type VectorName = (typeof VECTOR_NAMES)[number]
 
@@ -723,6 +724,32 @@ export function buildVectors(): Record<VectorName, Vector> {
     features: ['p2p', 'topics'],
     ...helloBody,
   }
+  // The coordinator's answer, with the member bucket of DESIGN.md §6 announced in limits.rate.
+  const helloAckFrame = {
+    t: 'hello_ack' as const,
+    reqId: 1,
+    proto: 1,
+    features: ['fast-path', 'group', 'topic', 'signaling'],
+    stateVersion: 13,
+    presenceId: '01JC0000000000000000000000',
+    nodeId: 'node-a1',
+    leaseMs: 90_000,
+    limits: {
+      maxFrameBytes: 72 * 1024,
+      maxEnvelopeBytes: 64 * 1024,
+      maxPayloadBytes: 60 * 1024,
+      ackWaitMs: 500,
+      pushWindow: 256,
+      rate: {
+        member: {
+          messageBurst: 200,
+          messagesPerSecond: 100,
+          byteBurst: 8 * 1024 * 1024,
+          bytesPerSecond: 8 * 1024 * 1024,
+        },
+      },
+    },
+  }
   const frameVector = (name: VectorName, description: string, frame: Parameters<typeof encodeFrame>[0]) => ({
     name,
     kind: 'frame' as const,
@@ -773,6 +800,11 @@ export function buildVectors(): Record<VectorName, Vector> {
     'request-fingerprint': fingerprint,
     'frame-send': frameVector('frame-send', 'a send frame carrying envelope-dm', sendFrame),
     'frame-hello': frameVector('frame-hello', 'the hello frame of signature-hello', helloFrame),
+    'frame-hello-ack': frameVector(
+      'frame-hello-ack',
+      "the coordinator's hello_ack to frame-hello, announcing the default member rate bucket",
+      helloAckFrame,
+    ),
   }
   for (const name of VECTOR_NAMES) {
     if (vectors[name].name !== name) throw new Error(`vector ${name} is named ${vectors[name].name}`)
