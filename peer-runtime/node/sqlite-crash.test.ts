@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
+import { pathToFileURL } from 'node:url'
 import Database from 'better-sqlite3'
 import { afterAll, describe, expect, it } from 'vitest'
 import { testMessageId } from '../store/compliance.js'
@@ -71,5 +72,83 @@ describe('sqlite store: kill -9 while writing', () => {
       await store.close()
     }
     expect(acknowledged.length).toBeGreaterThan(60)
+  }, 60_000)
+})
+
+/** Rows per round of the coalesced child: a batch long enough (tens of ms) for a kill to land inside it. */
+const BATCH = 2_048
+
+/**
+ * A child writing through the coalescing store: per round, BATCH new rows in one insert, then
+ * `updating <round>`, then BATCH `updateOutbox` calls in one turn (one coalesced batch); each caller
+ * prints `ok <n>` once its own promise resolved.
+ */
+const COALESCED_CHILD = `
+import { sqliteStore } from ${JSON.stringify(pathToFileURL(join(import.meta.dirname, 'sqlite-store.ts')).href)}
+import { coalescingStore } from ${JSON.stringify(pathToFileURL(join(import.meta.dirname, '../store/coalescing.ts')).href)}
+import { testMessageId, testOutboxRow } from ${JSON.stringify(pathToFileURL(join(import.meta.dirname, '../store/compliance.ts')).href)}
+const [path, first] = process.argv.slice(2)
+const store = coalescingStore(sqliteStore({ path }))
+for (let round = Number(first); ; round++) {
+  const ns = Array.from({ length: ${BATCH} }, (_, k) => round * ${BATCH} + k)
+  await store.insertOutboxMany(ns.map((n) => testOutboxRow(n)))
+  process.stdout.write('updating ' + round + '\\n')
+  await Promise.all(
+    ns.map((n) =>
+      store
+        .updateOutbox(testMessageId(n), { state: 'accepted', attempts: 1, updatedAt: round }, ['pending'])
+        .then((row) => process.stdout.write((row?.state === 'accepted' ? 'ok ' : 'bad ') + n + '\\n')),
+    ),
+  )
+}
+`
+
+describe('sqlite store: kill -9 in the middle of coalesced batches', () => {
+  it('keeps every update a caller was told of, and each batch whole or not at all', async () => {
+    const script = join(root, 'coalesced-child.mts')
+    writeFileSync(script, COALESCED_CHILD)
+    const path = join(root, 'coalesced', 'runtime.db')
+    const seed = Number(process.env['AGENTMESH_CRASH_SEED'] ?? 23)
+    const random = seeded(seed)
+    const acknowledged: number[] = []
+    for (let run = 0; run < 3; run++) {
+      // Killed just after it says it is updating a round: during that round's batch, or just before it.
+      const killAt = 2 + Math.floor(random() * 3)
+      const proc = spawn(process.execPath, ['--import', 'tsx', script, path, String(run * 1_000)], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      })
+      const exited = once(proc, 'exit')
+      let updating = 0
+      for await (const line of createInterface({ input: proc.stdout })) {
+        const [word, n] = line.split(' ')
+        if (word === 'updating') {
+          if (++updating >= killAt && proc.signalCode === null) proc.kill('SIGKILL')
+        } else if (word === 'ok') acknowledged.push(Number(n))
+        else throw new Error(`the child said: ${line}`)
+      }
+      const [code, signal] = (await exited) as [number | null, string | null]
+      expect({ code, signal }).toEqual({ code: null, signal: 'SIGKILL' })
+
+      const db = new Database(path)
+      expect(db.pragma('integrity_check', { simple: true }), `seed ${seed}, run ${run}`).toBe('ok')
+      // A batch is one transaction: the rows of a round are all accepted or all still pending.
+      const split = db
+        .prepare(
+          `SELECT CAST((created_at - ?) / ${BATCH} AS INTEGER) AS round, count(DISTINCT state) AS states,
+             count(*) AS n FROM outbox GROUP BY round HAVING states > 1 OR n != ${BATCH}`,
+        )
+        .all(Date.UTC(2026, 0, 1))
+      expect(split, `seed ${seed}, run ${run}: a round with part of its batch stored`).toEqual([])
+      db.close()
+      const store = sqliteStore({ path })
+      const lost: number[] = []
+      for (const n of acknowledged) {
+        const row = await store.getOutbox(testMessageId(n))
+        if (row?.state !== 'accepted' || row.attempts !== 1) lost.push(n)
+      }
+      expect(lost, `seed ${seed}, run ${run}: acknowledged updates lost`).toEqual([])
+      await store.close()
+    }
+    expect(acknowledged.length).toBeGreaterThanOrEqual(3 * BATCH)
   }, 60_000)
 })
