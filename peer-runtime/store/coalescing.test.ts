@@ -8,6 +8,7 @@ import {
   ulidFactory,
 } from '../../protocol/index.js'
 import { Inbox } from '../inbox.js'
+import { Outbox, type DispatchResult } from '../outbox.js'
 import { coalescingStore } from './coalescing.js'
 import { runtimeStoreCompliance, testInboxRow, testMessageId, testOutboxRow } from './compliance.js'
 import { memoryStore } from './memory.js'
@@ -223,6 +224,46 @@ describe('coalescing store', () => {
     expect(acks).toEqual(['0:ok', '1:ok', '2:duplicate', '3:ok', '4:ok'])
     expect(received).toEqual(['m0', 'm1', 'm2', 'm3'])
     control.hold = false
+    await store.close()
+  })
+
+  it("writes an Outbox's settles of one turn as one updateOutboxMany: 300 rows acked in bursts", async () => {
+    const { store: inner, calls } = recording()
+    const store = coalescingStore(inner)
+    // Acks come in bursts: the dispatches started in a turn are answered in the next loop iteration,
+    // 64 to an I/O callback (socket chunks read in one poll phase; microtasks run between them).
+    let burst: (() => void)[] = []
+    const outbox = new Outbox({
+      store,
+      clock: new ManualClock(T0 + 1_000), // every row is due
+      concurrency: 256,
+      dispatch: () =>
+        new Promise<DispatchResult>((resolve) => {
+          burst.push(() => resolve({ kind: 'done' }))
+          if (burst.length === 1) {
+            setImmediate(() => {
+              const answers = burst
+              burst = []
+              for (let i = 0; i < answers.length; i += 64) {
+                const chunk = answers.slice(i, i + 64)
+                setImmediate(() => chunk.forEach((answer) => answer()))
+              }
+            })
+          }
+        }),
+    })
+    await outbox.start()
+    const rows = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => outbox.enqueue(testOutboxRow(i + 1))),
+    )
+    await outbox.idle(AbortSignal.timeout(10_000))
+    const batches = calls.filter((c) => c.method === 'updateOutboxMany')
+    expect(calls.some((c) => c.method === 'updateOutbox')).toBe(false)
+    expect(batches.reduce((sum, c) => sum + (c.size ?? 0), 0)).toBe(300)
+    // One batch per dispatch window: the four chunks of a window share a commit.
+    expect(batches.map((c) => c.size)).toEqual([256, 44])
+    for (const row of rows) expect((await store.getOutbox(row.id))?.state).toBe('done')
+    await outbox.stop()
     await store.close()
   })
 })
