@@ -1,12 +1,23 @@
-import { describe, expect, it } from 'vitest'
+import { join } from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
 import {
   createIdentity,
   encodeEnvelope,
   initCrypto,
   ManualClock,
   sealDirect,
+  toHex,
   ulidFactory,
 } from '../../protocol/index.js'
+import { worldsPerTest } from '../../test/support/coordinator-world.js'
+import {
+  closePeers,
+  nextMessages,
+  sessionPeer,
+  tempDir,
+  UNLIMITED_RATE,
+} from '../../test/support/peer-world.js'
+import { sqliteStore } from '../node/sqlite-store.js'
 import { Inbox } from '../inbox.js'
 import { Outbox, type DispatchResult } from '../outbox.js'
 import { coalescingStore } from './coalescing.js'
@@ -266,4 +277,54 @@ describe('coalescing store', () => {
     await outbox.stop()
     await store.close()
   })
+})
+
+describe('coalescing store under a Peer', () => {
+  const start = worldsPerTest('pglite')
+  const stores: RuntimeStore[] = []
+  afterEach(async () => {
+    await closePeers()
+    for (const store of stores.splice(0)) await store.close()
+  })
+
+  it('300 DMs each way between two Peers on coalesced sqlite stores arrive once each and end done, in few commits', async () => {
+    const world = await start({ limits: { rate: UNLIMITED_RATE } })
+    const sides = ['alice', 'bob'].map(() => recording(sqliteStore({ path: join(tempDir(), 'runtime.db') })))
+    stores.push(...sides.map((side) => side.store))
+    const [alice, bob] = await Promise.all(
+      ['alice', 'bob'].map(async (name, i) =>
+        sessionPeer(world, await world.member(name), { store: coalescingStore(sides[i]!.store) }),
+      ),
+    )
+    await Promise.all([alice!.whenConnected(), bob!.whenConnected()])
+    const n = 300
+    const [toBob, toAlice] = await Promise.all([
+      Promise.all(Array.from({ length: n }, (_, i) => alice!.send(bob!.identity.publicKey, { i }))),
+      Promise.all(Array.from({ length: n }, (_, i) => bob!.send(toHex(alice!.identity.publicKey), { i }))),
+    ])
+    const [atBob, atAlice] = await Promise.all([nextMessages(bob!, n), nextMessages(alice!, n)])
+    expect(new Set(atBob.map((m) => m.clientMessageId))).toEqual(new Set(toBob.map((s) => s.clientMessageId)))
+    expect(new Set(atAlice.map((m) => m.clientMessageId))).toEqual(
+      new Set(toAlice.map((s) => s.clientMessageId)),
+    )
+    await Promise.all([
+      alice!.settled(AbortSignal.timeout(15_000)),
+      bob!.settled(AbortSignal.timeout(15_000)),
+    ])
+    for (const [peer, sent] of [
+      [alice!, toBob],
+      [bob!, toAlice],
+    ] as const) {
+      for (const s of sent) expect((await peer.status(s.clientMessageId))?.state).toBe('done')
+    }
+    for (const { calls } of sides) {
+      // Every outbox update and inbox insert went in a batch, and batches held many of them.
+      expect(calls.filter((c) => c.method === 'updateOutbox' || c.method === 'insertInbox')).toEqual([])
+      const updates = calls.filter((c) => c.method === 'updateOutboxMany')
+      const inserts = calls.filter((c) => c.method === 'insertInboxMany')
+      expect(inserts.reduce((sum, c) => sum + (c.size ?? 0), 0)).toBeGreaterThanOrEqual(n)
+      expect(updates.length).toBeLessThan(n)
+      expect(inserts.length).toBeLessThan(n)
+    }
+  }, 60_000)
 })
