@@ -7,7 +7,9 @@
  * for browsers and volatile peers). Both pass one suite (`peer-runtime/store/compliance.ts`).
  *
  * Every method is async so an IndexedDB driver fits the same shape; a method resolves only after its
- * write is durable for the driver (the sqlite driver commits before resolving).
+ * write is durable for the driver (the sqlite driver commits before resolving). The batch methods
+ * (`insertOutboxMany`, `updateOutboxMany`, `insertInboxMany`) share one commit among many rows;
+ * `coalescingStore` (`peer-runtime/store/coalescing.ts`) sends the single calls of one turn through them.
  */
 import type { Channel } from '../../protocol/envelope.js'
 import type { ACK_STATUSES, RECIPIENT_STATES } from '../../protocol/frames.js'
