@@ -12,6 +12,7 @@
  *   the coordinator's store has them.
  * - What arrives is stored in the inbox before it is acknowledged (`Inbox`), and read with `messages()`.
  */
+import { attestedMember } from '../protocol/attestation.js'
 import { BoxKeyCache } from '../protocol/box-key-cache.js'
 import { systemClock, type Clock } from '../protocol/clock.js'
 import { bytesEqual, fromHex, toHex } from '../protocol/encoding.js'
@@ -48,6 +49,7 @@ import { AttestationRefresher } from './attestation-refresh.js'
 import { fromError, fromSendAck, p2pState } from './dispatch-result.js'
 import { Outbox, type DispatchResult, type EnqueueOptions } from './outbox.js'
 import { P2PManager, type P2PManagerInit } from './p2p/manager.js'
+import { acquireRateGate, type RateGateLease, type RateGateStats } from './rate-gate.js'
 import { StoreJanitor, type StoreJanitorOptions } from './store/janitor.js'
 import type { InboxAckStatus, OutboxRow, RuntimeStore } from './store/types.js'
 
@@ -109,6 +111,20 @@ export interface PeerOptions {
   janitor?: false | Pick<StoreJanitorOptions, 'intervalMs' | 'firstPassMs' | 'chunk'>
 }
 
+/** What `stats()` reports: the outbox's depth and the relay's pacing, for callers and tests. */
+export interface PeerStats {
+  outboxDepth: number
+  /** `send` frames this peer put on the wire (retries included). */
+  relaySends: number
+  /** Of those, how many the coordinator refused with `MESH_ERR_RATE_LIMITED`. */
+  rateLimited: number
+  /**
+   * The rate gate this peer's relay sends pass, shared with the other presences of its member in this
+   * process (see `peer-runtime/rate-gate.ts`); its counters are the gate's, summed over them all.
+   */
+  gate: RateGateStats
+}
+
 /** What `send` resolves with: the message is stored and on its way. */
 export interface SendReceipt {
   clientMessageId: string
@@ -161,6 +177,16 @@ export interface PeerEvents {
   refused: (record: PeerRecord, error: Error) => void
 }
 
+/** The member key whose rate bucket a presence spends: its own, or the member that attested it. */
+function memberOf(o: PeerOptions): Uint8Array {
+  if (o.role === 'control-plane' || o.attestation === undefined) return o.identity.publicKey
+  try {
+    return attestedMember(o.attestation())
+  } catch {
+    return o.identity.publicKey // no readable attestation: its own gate; the hello fails anyway
+  }
+}
+
 export class Peer extends Emitter<PeerEvents> {
   readonly mesh: string
   readonly identity: Identity
@@ -191,6 +217,11 @@ export class Peer extends Emitter<PeerEvents> {
   #closed = false
   /** Aborted by `close()`: ends sends waiting for room. */
   readonly #closing = new AbortController()
+  /** The member whose bucket this presence spends on the coordinator (its own key, or its attester). */
+  readonly #memberHex: string
+  /** This peer's hold on the process's gate for its member, from `start()` to `close()`. */
+  #gate: RateGateLease | undefined
+  readonly #relayCounters = { relaySends: 0, rateLimited: 0 }
   readonly #refresher: AttestationRefresher | undefined
   /** Why the coordinator connection stopped for good (kicked, revoked, replaced), once it has. */
   #stopError: MeshError | undefined
@@ -201,6 +232,7 @@ export class Peer extends Emitter<PeerEvents> {
     this.mesh = o.mesh
     this.identity = o.identity
     this.#clock = o.clock ?? systemClock
+    this.#memberHex = toHex(memberOf(o))
     this.#cache = new BoxKeyCache(o.identity)
     this.#view = new MeshView({ mesh: o.mesh, ownerPk: o.ownerPk, coordinatorPk: o.coordinatorPk })
     this.#directory = new PeerDirectory(this.#view)
@@ -271,6 +303,7 @@ export class Peer extends Emitter<PeerEvents> {
       store: o.store,
       clock: this.#clock,
       dispatch: (row, signal) => this.#dispatch(row, signal),
+      retryAfterMs: (excess) => this.#drainEstimateMs(excess),
       ...o.outbox,
     })
     this.#outbox.on('state', (row) => this.emit('outbox', row))
@@ -286,6 +319,10 @@ export class Peer extends Emitter<PeerEvents> {
   async start(): Promise<this> {
     if (this.#started) return this
     this.#started = true
+    this.#gate = acquireRateGate(
+      { url: this.#o.url, mesh: this.mesh, memberHex: this.#memberHex },
+      { clock: this.#clock },
+    )
     await this.#outbox.start()
     await this.#viewSaver.load()
     this.#janitor?.start()
@@ -305,6 +342,15 @@ export class Peer extends Emitter<PeerEvents> {
    */
   get outboxDepth(): number {
     return this.#outbox.depth
+  }
+
+  /** The outbox's depth and the relay's pacing counters (see `PeerStats`). */
+  stats(): PeerStats {
+    return {
+      outboxDepth: this.#outbox.depth,
+      ...this.#relayCounters,
+      gate: this.#gate?.gate.stats ?? { passed: 0, waited: 0, waitedMs: 0, pauses: 0, queued: 0 },
+    }
   }
 
   /** True while the coordinator connection is up. */
@@ -501,6 +547,7 @@ export class Peer extends Emitter<PeerEvents> {
     await this.#p2p?.close()
     await this.#transport?.close()
     await this.#connection.close()
+    this.#gate?.release()
     await this.#viewSaver.flush()
   }
 
@@ -558,6 +605,7 @@ export class Peer extends Emitter<PeerEvents> {
   }
 
   #onReady(ack: FrameOf<'hello_ack'>): void {
+    this.#gate?.gate.configure(ack.limits.rate?.member)
     this.emit('connected', ack)
     this.#refresher?.schedule()
     this.#catchingUp = this.#catchUp(ack.stateVersion).catch(() => undefined)
@@ -782,9 +830,35 @@ export class Peer extends Emitter<PeerEvents> {
     return encodeEnvelope(env)
   }
 
-  /** One relay send of `envelope`; `first` when no coordinator can have seen its id (see #firstSends). */
-  #relaySend(envelope: Uint8Array, signal: AbortSignal, first = false): Promise<FrameOf<'send_ack'>> {
-    return this.#connection.request({ t: 'send', envelope, ...(first && { first }) }, { signal })
+  /**
+   * One relay send of `envelope`; `first` when no coordinator can have seen its id (see #firstSends).
+   * Every `send` frame passes the member's rate gate first. A `MESH_ERR_RATE_LIMITED` that comes anyway
+   * (another process of the member spent the bucket) pauses the gate for everyone for its
+   * `retryAfterMs`, and this send waits its turn again in the gate: the row stays in flight rather than
+   * keeping a timer of its own.
+   */
+  async #relaySend(envelope: Uint8Array, signal: AbortSignal, first = false): Promise<FrameOf<'send_ack'>> {
+    for (let again = false; ; again = true) {
+      await this.#gate?.gate.take(envelope.byteLength, signal)
+      this.#relayCounters.relaySends++
+      try {
+        // A refused send was given to the coordinator: a resend no longer claims to be the first.
+        const flag = first && !again
+        return await this.#connection.request({ t: 'send', envelope, ...(flag && { first }) }, { signal })
+      } catch (err) {
+        if (!isMeshError(err, 'MESH_ERR_RATE_LIMITED') || this.#gate === undefined) throw err
+        this.#relayCounters.rateLimited++
+        const after = err.details?.['retryAfterMs']
+        this.#gate.gate.pause(typeof after === 'number' && Number.isFinite(after) ? after : 1_000)
+        if (!this.#connection.ready || signal.aborted) throw err
+      }
+    }
+  }
+
+  /** How long the outbox needs to shed `excess` rows at the announced pace (an `OUTBOX_FULL` hint). */
+  #drainEstimateMs(excess: number): number {
+    const perSecond = this.#gate?.gate.pace?.messagesPerSecond ?? 100
+    return Math.min(60_000, Math.max(100, (excess / perSecond) * 1000))
   }
 
   /** How a send meets a full outbox: wait (until the peer closes or the caller's signal), or fail. */
