@@ -23,7 +23,7 @@ import { Outbox, type DispatchResult } from '../outbox.js'
 import { coalescingStore } from './coalescing.js'
 import { runtimeStoreCompliance, testInboxRow, testMessageId, testOutboxRow } from './compliance.js'
 import { memoryStore } from './memory.js'
-import type { RuntimeStore } from './types.js'
+import type { RecipientState, RuntimeStore } from './types.js'
 
 runtimeStoreCompliance('coalescing over memory', async () => coalescingStore(memoryStore()), {
   runner: { describe, it },
@@ -174,6 +174,18 @@ describe('coalescing store', () => {
     await expect(store.updateOutbox(testMessageId(1), { updatedAt: T0 + 3 })).rejects.toMatchObject({
       code: 'MESH_ERR_STORE_CLOSED',
     })
+  })
+
+  it('takes the patch as it was at the call: a caller changing its objects afterwards changes nothing', async () => {
+    const store = coalescingStore(memoryStore())
+    await store.insertOutbox(testOutboxRow(1))
+    const recipients: Record<string, RecipientState> = { aa: 'queued' }
+    const patch = { recipients, updatedAt: T0 + 1 }
+    const update = store.updateOutbox(testMessageId(1), patch)
+    recipients['aa'] = 'delivered'
+    patch.updatedAt = T0 + 2
+    expect(await update).toMatchObject({ recipients: { aa: 'queued' }, updatedAt: T0 + 1 })
+    await store.close()
   })
 
   it('wraps once, and keeps the durability of the store it wraps', async () => {

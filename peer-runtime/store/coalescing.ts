@@ -10,6 +10,8 @@
  * - A batch fails as a whole, like `insertOutboxMany`: nothing of it is stored and every caller in it
  *   rejects with the store's error (the outbox writes a settle again after a backoff; the inbox leaves a
  *   push unacked, so the coordinator pushes it again).
+ * - An inbox row's bytes are read when the batch is sent, at the end of the turn (not copied before):
+ *   a caller must not change them after the call, as no caller here does.
  * - Calls reach the store in the order they were made: any other method (a read included) first sends
  *   the writes waiting for the turn to end, so a `getOutbox` after an unawaited `updateOutbox` sees it.
  *   `close()` sends them too, then closes the store.
@@ -103,7 +105,14 @@ class CoalescingStore implements RuntimeStore {
     patch: OutboxPatch,
     expect?: readonly OutboxState[],
   ): Promise<OutboxRow | undefined> {
-    return this.#queue(this.#updates, expect === undefined ? { id, patch } : { id, patch, expect })
+    // The patch is read at the end of the turn: a copy, so a caller reusing its objects changes nothing.
+    const copy: OutboxPatch = { ...patch }
+    if (patch.recipients !== undefined) copy.recipients = { ...patch.recipients }
+    if (patch.lastError != null) copy.lastError = { ...patch.lastError }
+    return this.#queue(
+      this.#updates,
+      expect === undefined ? { id, patch: copy } : { id, patch: copy, expect },
+    )
   }
 
   insertInbox(row: NewInboxRow): Promise<InboxInsert> {
