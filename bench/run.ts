@@ -7,6 +7,7 @@ import { daemonScenario } from './scenarios/daemon.js'
 import { p2pScenario } from './scenarios/p2p.js'
 import { relayScenario } from './scenarios/relay.js'
 import { restartScenario } from './scenarios/restart.js'
+import { runtimeScenario } from './scenarios/runtime.js'
 import { storeScenario } from './scenarios/store.js'
 
 type Scenario = (opts: { quick: boolean }) => Promise<void>
@@ -36,6 +37,11 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
   store: {
     describe: 'runtime store writes on sqlite: one row per call beside batches and the coalescing store',
     run: storeScenario,
+  },
+  runtime: {
+    describe:
+      'real Peers under load (100 peers, default limits, relay only) beside lightweight clients and a floor',
+    run: runtimeScenario,
   },
 }
 

@@ -47,6 +47,8 @@ export interface BenchMesh {
   mesh: string
   url: string
   wsUrl: string
+  /** The mesh owner's key (what a runtime peer pins from its invite). */
+  ownerPk: Uint8Array
   /** Joins `n` new members (a few in parallel); returns their identities. */
   join(n: number): Promise<Identity[]>
   /** The store's call timings since the last call (see timed-store.ts). */
@@ -124,6 +126,7 @@ export async function startMesh(
       mesh,
       url,
       wsUrl,
+      ownerPk: owner.publicKey,
       ...(pg !== undefined && { postgres: pg }),
       async join(n) {
         const out: Identity[] = []
