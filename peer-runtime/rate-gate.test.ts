@@ -21,7 +21,7 @@ function takes(gate: RateGate, clock: ManualClock, n: number, bytes = 100): { pa
 }
 
 describe('paceFor', () => {
-  it('paces under the announced bucket: 90 % of the rates, a burst a tenth short, never below one', () => {
+  it('paces under the announced bucket: 90 % of the rates, a burst a tenth or 100 ms short, never below one', () => {
     expect(
       paceFor({ messageBurst: 200, messagesPerSecond: 100, byteBurst: 1000, bytesPerSecond: 1000 }),
     ).toEqual({
@@ -36,6 +36,10 @@ describe('paceFor', () => {
     expect(
       paceFor({ messageBurst: 5, messagesPerSecond: 1, byteBurst: 5, bytesPerSecond: 5 }).messageBurst,
     ).toBe(4)
+    // 100 ms of a fast rate is more than a tenth of a small burst.
+    expect(
+      paceFor({ messageBurst: 20, messagesPerSecond: 100, byteBurst: 5, bytesPerSecond: 5 }).messageBurst,
+    ).toBe(10)
   })
 })
 
@@ -52,17 +56,17 @@ describe('RateGate', () => {
     gate.configure(BUCKET)
     const { passedAt } = takes(gate, clock, 20)
     await clock.advance(0)
-    expect(passedAt).toHaveLength(9) // burst 10, one short
-    // 18 messages a second: the 10th passes after 1/18 s (56 ms), the 20th after 11/18 s.
+    expect(passedAt).toHaveLength(8) // burst 10, 100 ms of 20/s short
+    // 18 messages a second: the 9th passes after 1/18 s (56 ms), the 20th after 12/18 s.
     await clock.advance(55)
-    expect(passedAt).toHaveLength(9)
+    expect(passedAt).toHaveLength(8)
     await clock.advance(1)
-    expect(passedAt).toHaveLength(10)
+    expect(passedAt).toHaveLength(9)
     await clock.advance(1_000)
     expect(passedAt).toHaveLength(20)
-    expect(passedAt.at(-1)! - T0).toBeLessThanOrEqual(Math.ceil((11 / 18) * 1000) + 1)
+    expect(passedAt.at(-1)! - T0).toBeLessThanOrEqual(Math.ceil((12 / 18) * 1000) + 1)
     expect([...passedAt].sort((a, b) => a - b)).toEqual(passedAt)
-    expect(gate.stats).toMatchObject({ passed: 20, waited: 11, queued: 0 })
+    expect(gate.stats).toMatchObject({ passed: 20, waited: 12, queued: 0 })
     expect(gate.stats.waitedMs).toBeGreaterThan(0)
   })
 

@@ -4,8 +4,9 @@
  * the coordinator instead of probing it row by row.
  *
  * - Paced from what the coordinator announced in `hello_ack.limits.rate.member`, with a safety margin:
- *   `RATE_MARGIN` of the steady rates, and a burst short of the announced one by a tenth (at least one
- *   message), so jitter between our clock and the coordinator's never finds its bucket empty. A gate
+ *   `RATE_MARGIN` of the steady rates, and a burst short of the announced one by a tenth or by
+ *   `RATE_JITTER_MS` of the steady rate (whichever is more), so sends the coordinator gets to late and
+ *   then all at once still find its bucket holding tokens. A gate
  *   without announced limits (an older coordinator) lets everything through, as before.
  * - First come, first served: a send waits behind those that came before it.
  * - When a refusal comes anyway (another process of the member spends the same bucket), `pause` stops
@@ -55,13 +56,26 @@ interface Waiter {
   onAbort: () => void
 }
 
-/** The pace for an announced bucket: `margin` of its rates, a burst a tenth (at least 1) short. */
+/**
+ * How much of the coordinator's bucket the gate never counts on, in time: its sends are checked when the
+ * coordinator gets to them, which can be this much later for some than for others (event loops, store
+ * lookups before the limiter), and a bunch arriving together must still find tokens.
+ */
+export const RATE_JITTER_MS = 100
+
+/**
+ * The pace for an announced bucket: `margin` of its rates, and a burst short of the announced one by a
+ * tenth or by `RATE_JITTER_MS` of the steady rate, whichever is more (always leaving at least 1).
+ */
 export function paceFor(bucket: RateBucket, margin = RATE_MARGIN): RatePace {
-  const short = (burst: number): number => Math.max(1, burst - Math.max(1, Math.ceil(burst / 10)))
+  const short = (burst: number, perSecond: number): number => {
+    const reserve = Math.max(1, Math.ceil(burst / 10), Math.ceil((perSecond * RATE_JITTER_MS) / 1000))
+    return Math.max(1, burst - reserve)
+  }
   return {
-    messageBurst: short(bucket.messageBurst),
+    messageBurst: short(bucket.messageBurst, bucket.messagesPerSecond),
     messagesPerSecond: bucket.messagesPerSecond * margin,
-    byteBurst: short(bucket.byteBurst),
+    byteBurst: short(bucket.byteBurst, bucket.bytesPerSecond),
     bytesPerSecond: bucket.bytesPerSecond * margin,
   }
 }

@@ -27,8 +27,8 @@ class WallClock extends ManualClock {
   }
 }
 
-/** 100 messages a second with a burst of 20; bytes lifted (this is about message pacing). */
-const RATE = { messageBurst: 20, messagesPerSecond: 100, byteBurst: 1e12, bytesPerSecond: 1e12 }
+/** 100 messages a second with a burst of 50; bytes lifted (this is about message pacing). */
+const RATE = { messageBurst: 50, messagesPerSecond: 100, byteBurst: 1e12, bytesPerSecond: 1e12 }
 /** Ten times the steady rate, offered at once: three seconds of sending. */
 const OFFERED = 300
 
