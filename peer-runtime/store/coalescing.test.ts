@@ -188,6 +188,19 @@ describe('coalescing store', () => {
     await store.close()
   })
 
+  it('works behind a Proxy that calls it with the proxy as this (the daemon splitStore)', async () => {
+    const store = new Proxy(coalescingStore(memoryStore()), {})
+    expect(store.durability).toBe('volatile')
+    await store.insertOutbox(testOutboxRow(1))
+    const [row, inserted] = await Promise.all([
+      store.updateOutbox(testMessageId(1), { state: 'inflight', updatedAt: T0 + 1 }),
+      store.insertInbox(testInboxRow(1)),
+    ])
+    expect(row?.state).toBe('inflight')
+    expect(inserted.inserted).toBe(true)
+    await store.close()
+  })
+
   it('wraps once, and keeps the durability of the store it wraps', async () => {
     const inner = memoryStore()
     const store = coalescingStore(inner)

@@ -19,15 +19,7 @@
  * The turn ends at `setImmediate` where there is one (Node: after every I/O callback of this loop
  * iteration, so acks read from several socket chunks share a commit), else at a microtask.
  */
-import type {
-  InboxInsert,
-  NewInboxRow,
-  OutboxChange,
-  OutboxPatch,
-  OutboxRow,
-  OutboxState,
-  RuntimeStore,
-} from './types.js'
+import type { InboxInsert, NewInboxRow, OutboxChange, OutboxPatch, OutboxRow, RuntimeStore } from './types.js'
 
 /** Options of `coalescingStore`. */
 export interface CoalescingOptions {
@@ -82,7 +74,12 @@ class Batch<I, O> {
   }
 }
 
+/**
+ * Every method is an arrow field and `durability` a plain field, so the store also works behind a
+ * `Proxy` (the daemon's `splitStore`) that calls it with the proxy as `this`.
+ */
 class CoalescingStore implements RuntimeStore {
+  readonly durability: RuntimeStore['durability']
   readonly #store: RuntimeStore
   readonly #schedule: (flush: () => void) => void
   readonly #updates: Batch<OutboxChange, OutboxRow | undefined>
@@ -90,21 +87,14 @@ class CoalescingStore implements RuntimeStore {
   #scheduled = false
 
   constructor(store: RuntimeStore, schedule: (flush: () => void) => void) {
+    this.durability = store.durability
     this.#store = store
     this.#schedule = schedule
     this.#updates = new Batch((changes) => store.updateOutboxMany(changes))
     this.#inserts = new Batch((rows) => store.insertInboxMany(rows))
   }
 
-  get durability(): RuntimeStore['durability'] {
-    return this.#store.durability
-  }
-
-  updateOutbox(
-    id: string,
-    patch: OutboxPatch,
-    expect?: readonly OutboxState[],
-  ): Promise<OutboxRow | undefined> {
+  updateOutbox: RuntimeStore['updateOutbox'] = (id, patch, expect) => {
     // The patch is read at the end of the turn: a copy, so a caller reusing its objects changes nothing.
     const copy: OutboxPatch = { ...patch }
     if (patch.recipients !== undefined) copy.recipients = { ...patch.recipients }
@@ -115,9 +105,7 @@ class CoalescingStore implements RuntimeStore {
     )
   }
 
-  insertInbox(row: NewInboxRow): Promise<InboxInsert> {
-    return this.#queue(this.#inserts, row)
-  }
+  insertInbox: RuntimeStore['insertInbox'] = (row) => this.#queue(this.#inserts, row)
 
   insertOutbox: RuntimeStore['insertOutbox'] = (row) => this.#flushed().insertOutbox(row)
   insertOutboxMany: RuntimeStore['insertOutboxMany'] = (rows) => this.#flushed().insertOutboxMany(rows)
