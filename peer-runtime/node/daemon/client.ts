@@ -6,6 +6,10 @@
  * It rides out a daemon restart: an idempotent request (GET, and `POST /v1/send`, which always carries an
  * id) that finds no daemon (ECONNREFUSED, ENOENT, ECONNRESET) is dialled again within a bound, and
  * `follow()` re-dials the event stream from its last message id, so nothing is missed or repeated.
+ *
+ * A send the daemon refuses because the session's outbox is full (429 `MESH_ERR_OUTBOX_FULL`, nothing
+ * stored) is answered as it is, unless the caller asks to wait (`whenFull: 'wait'`): the client then
+ * sends it again after the answer's `retryAfterMs` until it is taken, the signal aborts, or `fullWaitMs`.
  */
 import { Agent, request, type IncomingMessage } from 'node:http'
 import { MeshError, isMeshError, isMeshErrorCode } from '../../../protocol/errors.js'
@@ -39,6 +43,21 @@ export interface RedialOptions {
 
 const DEFAULT_REDIAL: RedialOptions = { timeoutMs: 15_000, baseMs: 50, capMs: 1_000 }
 
+/** What a request does with a 429 `MESH_ERR_OUTBOX_FULL`: answer it (`fail`) or wait and send again. */
+export type WhenFull = 'fail' | 'wait'
+
+/** Options of a `DaemonClient`. */
+export interface DaemonClientOptions {
+  redial?: Partial<RedialOptions>
+  /** The default for every request (default `fail`: the 429 is the caller's to handle). */
+  whenFull?: WhenFull
+  /** How long `whenFull: 'wait'` keeps sending again before it answers the 429. Default 5 minutes. */
+  fullWaitMs?: number
+}
+
+/** The longest single wait on a full outbox, whatever `retryAfterMs` says (the depth may fall sooner). */
+const FULL_PAUSE_CAP_MS = 30_000
+
 /** What `follow()` reports while it re-dials: the daemon went away (each failed try), or it is back. */
 export type FollowNotice =
   | { kind: 'unreachable'; error: Error; attempt: number; retryInMs: number }
@@ -65,35 +84,60 @@ export class DaemonClient {
   readonly #address: DaemonAddress
   readonly #token: string | undefined
   readonly #redial: RedialOptions
+  readonly #whenFull: WhenFull
+  readonly #fullWaitMs: number
   readonly #agent: Agent
 
-  constructor(address: DaemonAddress, token?: string, o: { redial?: Partial<RedialOptions> } = {}) {
+  constructor(address: DaemonAddress, token?: string, o: DaemonClientOptions = {}) {
     this.#address = address
     this.#token = token
     this.#redial = { ...DEFAULT_REDIAL, ...o.redial }
+    this.#whenFull = o.whenFull ?? 'fail'
+    this.#fullWaitMs = o.fullWaitMs ?? 300_000
     this.#agent = new Agent({ keepAlive: true, maxSockets: 64 })
   }
 
   /** A client for the same daemon with another token. */
   as(token: string | undefined): DaemonClient {
-    return new DaemonClient(this.#address, token, { redial: this.#redial })
+    return new DaemonClient(this.#address, token, {
+      redial: this.#redial,
+      whenFull: this.#whenFull,
+      fullWaitMs: this.#fullWaitMs,
+    })
   }
 
   /**
    * Sends a request; resolves with any status (tests look at 4xx answers too). An idempotent one (GET,
    * HEAD, `POST /v1/send` with an id) that finds no daemon is dialled again until `redial.timeoutMs`;
-   * `redial: false` sends it once.
+   * `redial: false` sends it once. With `whenFull: 'wait'` (here or the client's default), a 429
+   * `MESH_ERR_OUTBOX_FULL` is sent again after its `retryAfterMs` (nothing was stored, so this is no
+   * second message) until it is taken, `signal` aborts or `fullWaitMs` passed; then the 429 is answered.
    */
   async request<T = unknown>(
     method: string,
     path: string,
-    o: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal; redial?: boolean } = {},
+    o: {
+      body?: unknown
+      headers?: Record<string, string>
+      signal?: AbortSignal
+      redial?: boolean
+      whenFull?: WhenFull
+    } = {},
   ): Promise<IpcResponse<T>> {
     const retry = o.redial !== false && idempotent(method, path, o.body)
     const deadline = Date.now() + this.#redial.timeoutMs
+    const fullDeadline = Date.now() + this.#fullWaitMs
+    const waitWhenFull = (o.whenFull ?? this.#whenFull) === 'wait'
     for (let attempt = 0; ; attempt++) {
       try {
         const res = await this.#once<T>(method, path, o)
+        const fullFor = waitWhenFull ? outboxFullPause(res) : undefined
+        if (fullFor !== undefined && o.signal?.aborted !== true && Date.now() + fullFor < fullDeadline) {
+          await pause(fullFor, o.signal)
+          if (isAborted(o.signal)) return res
+          attempt = -1 // the daemon answered: no re-dial backoff to carry over
+          continue
+        }
         // A daemon closing its listeners answers 503 without our error body; its successor will answer.
         if (retry && res.status === 503 && closingAnswer(res.body) && Date.now() < deadline) {
           await pause(this.#delay(attempt), o.signal)
@@ -118,7 +162,13 @@ export class DaemonClient {
    * Like `request`, but a non-2xx answer throws its `MeshError`. `POST /v1/send` without an `id` gets
    * one here, so that re-sending it after a lost answer is a replay, not a second message.
    */
-  async call<T = unknown>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+  async call<T = unknown>(
+    method: string,
+    path: string,
+    body?: unknown,
+    signal?: AbortSignal,
+    o: { whenFull?: WhenFull } = {},
+  ): Promise<T> {
     const sent =
       method === 'POST' && path === '/v1/send' && isObject(body) && body['id'] === undefined
         ? { ...body, id: nextId() }
@@ -126,6 +176,7 @@ export class DaemonClient {
     const res = await this.request<T>(method, path, {
       ...(sent !== undefined && { body: sent }),
       ...(signal !== undefined && { signal }),
+      ...(o.whenFull !== undefined && { whenFull: o.whenFull }),
     })
     if (res.status >= 200 && res.status < 300) return res.body
     throw answerError(res.status, res.body)
@@ -290,6 +341,22 @@ export class DaemonClient {
 function idempotent(method: string, path: string, body: unknown): boolean {
   if (method === 'GET' || method === 'HEAD') return true
   return method === 'POST' && path === '/v1/send' && isObject(body) && typeof body['id'] === 'string'
+}
+
+/** For a 429 `MESH_ERR_OUTBOX_FULL`: how long to wait before sending again (its `retryAfterMs`). */
+function outboxFullPause(res: IpcResponse<unknown>): number | undefined {
+  if (res.status !== 429) return undefined
+  const error = (res.body as { error?: { code?: unknown; details?: { retryAfterMs?: unknown } } } | null)
+    ?.error
+  if (error?.code !== 'MESH_ERR_OUTBOX_FULL') return undefined
+  const ms = error.details?.retryAfterMs
+  const header = Number(res.headers['retry-after']) * 1000
+  const wait = typeof ms === 'number' && Number.isFinite(ms) ? ms : Number.isFinite(header) ? header : 1_000
+  return Math.min(FULL_PAUSE_CAP_MS, Math.max(1, wait))
+}
+
+function isAborted(signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true
 }
 
 function isGone(err: unknown): boolean {

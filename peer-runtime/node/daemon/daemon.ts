@@ -80,6 +80,14 @@ export interface DaemonOptions {
   log?: DaemonLog
   /** Background retries of meshes and registrations that failed to open (default 1 s doubling to 60 s). */
   retry?: Partial<RetryTimings>
+  /**
+   * Undelivered messages (pending or in flight) a session's outbox may hold before `POST /v1/send`
+   * answers 429 `MESH_ERR_OUTBOX_FULL` with `retryAfterMs` and stores nothing. Default 10,000 (the
+   * runtime's `OUTBOX_WATER.maxDepth`): the coordinator's per-recipient queue quota, and about 100 s of
+   * sending at its default member rate (100/s), so an agent that outruns its link for that long hears
+   * of it instead of filling the disk.
+   */
+  maxOutboxDepth?: number
 }
 
 export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
@@ -509,7 +517,14 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
   }
 
   #common(): { home: string; clock: Clock; tuning: PeerTuning } {
-    return { home: this.#o.home, clock: this.#clock, tuning: this.#o.peer ?? {} }
+    const tuning = this.#o.peer ?? {}
+    const maxDepth = this.#o.maxOutboxDepth
+    if (maxDepth === undefined) return { home: this.#o.home, clock: this.#clock, tuning }
+    return {
+      home: this.#o.home,
+      clock: this.#clock,
+      tuning: { ...tuning, outbox: { ...tuning.outbox, maxDepth } },
+    }
   }
 
   #persist(): Promise<void> {

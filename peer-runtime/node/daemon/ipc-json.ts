@@ -125,6 +125,8 @@ const STATUS: Partial<Record<MeshErrorCode, number>> = {
   MESH_ERR_IDEMPOTENCY_CONFLICT: 409,
   MESH_ERR_SESSION_REPLACED: 409,
   MESH_ERR_PAYLOAD_TOO_LARGE: 413,
+  // The session's outbox is at its limit: nothing was stored; `details.retryAfterMs` says when to retry.
+  MESH_ERR_OUTBOX_FULL: 429,
   MESH_ERR_ENVELOPE_TOO_LARGE: 413,
   // Another process holds a store this request needed (WebDAV's "Locked").
   MESH_ERR_STORE_LOCKED: 423,

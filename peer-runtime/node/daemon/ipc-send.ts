@@ -4,8 +4,13 @@
  * outbox row with the sealed bytes, in the same write. A repeat of the id with the same fingerprint gets
  * the same answer and sends nothing; another fingerprint gets `MESH_ERR_IDEMPOTENCY_CONFLICT` (409) and
  * changes nothing. Sends of one session with one id run one at a time, so two concurrent repeats cannot
- * both seal; a repeat that still loses a race (the row came from elsewhere) is caught by reading the row
- * back after the insert.
+ * both seal; a repeat that still loses a race (the row came from elsewhere) is caught after the insert.
+ *
+ * Sends arriving in one turn of the event loop (requests read from several connections in one poll
+ * phase) start together at its end (`setImmediate`), so the outbox stores them in one transaction and
+ * claims them in one batch: a send costs a share of a commit, not a commit of its own. The row each
+ * insert stored is taken from the peer's `outbox` event rather than read back; only an insert that
+ * stored nothing (the id was taken meanwhile) reads the row to compare fingerprints.
  */
 import { bytesEqual, fromHex, toHex } from '../../../protocol/encoding.js'
 import { isDirectChannel, type DirectChannel } from '../../../protocol/envelope.js'
@@ -40,6 +45,11 @@ export interface SendAnswer {
   channel: DirectChannel
   /** The request fingerprint (hex). */
   fingerprint: string
+  /**
+   * The session's outbox depth when the send was answered (rows pending or in flight, this one
+   * included while undelivered): what a caller paces itself by before `MESH_ERR_OUTBOX_FULL` (429).
+   */
+  outboxDepth: number
 }
 
 /** A send's outcome: `replay` is true for a repeat answered from the outbox. */
@@ -52,9 +62,17 @@ export interface SendOutcome {
 export class IdempotentSender {
   readonly #peer: Peer
   readonly #locks = new Map<string, Promise<unknown>>()
+  /** Ids whose insert is under way → the row the outbox reported stored (undefined until then). */
+  readonly #storing = new Map<string, OutboxRow | undefined>()
+  /** The end of the current turn, shared by every send that arrived in it. */
+  #turn: Promise<void> | undefined
 
   constructor(peer: Peer) {
     this.#peer = peer
+    // The outbox reports each row it inserted (and only those) before the insert's caller resumes.
+    peer.on('outbox', (row) => {
+      if (this.#storing.has(row.id) && this.#storing.get(row.id) === undefined) this.#storing.set(row.id, row)
+    })
   }
 
   async send(body: unknown, signal?: AbortSignal): Promise<SendOutcome> {
@@ -65,6 +83,7 @@ export class IdempotentSender {
       payload: req.payload,
       ...(req.meta !== undefined && { meta: req.meta }),
     })
+    await this.#endOfTurn()
     if (req.id === undefined) return this.#fresh(req, fingerprint, undefined, signal)
     const id = req.id
     return this.#serial(id, async () => {
@@ -74,22 +93,43 @@ export class IdempotentSender {
     })
   }
 
+  /** Resolves at the end of this turn of the event loop, once for every send that arrived in it. */
+  #endOfTurn(): Promise<void> {
+    return (this.#turn ??= new Promise<void>((resolve) =>
+      setImmediate(() => {
+        this.#turn = undefined
+        resolve()
+      }),
+    ))
+  }
+
   async #fresh(
     req: ParsedSend,
     fingerprint: Uint8Array,
     id: string | undefined,
     signal: AbortSignal | undefined,
   ): Promise<SendOutcome> {
-    const receipt = await this.#peer.send(req.to, req.payload, {
-      channel: req.channel,
-      fingerprint,
-      ...(id !== undefined && { clientMessageId: id }),
-      ...(req.meta !== undefined && { meta: req.meta }),
-      ...(signal !== undefined && { signal }),
-    })
-    const row = await this.#peer.status(receipt.clientMessageId)
+    if (id !== undefined) this.#storing.set(id, undefined)
+    let stored: OutboxRow | undefined
+    let sentId: string
+    try {
+      const receipt = await this.#peer.send(req.to, req.payload, {
+        channel: req.channel,
+        fingerprint,
+        ...(id !== undefined && { clientMessageId: id }),
+        ...(req.meta !== undefined && { meta: req.meta }),
+        ...(signal !== undefined && { signal }),
+      })
+      sentId = receipt.clientMessageId
+      stored = id === undefined ? undefined : this.#storing.get(id)
+    } finally {
+      if (id !== undefined) this.#storing.delete(id)
+    }
+    // A minted id cannot collide; a caller's id that the insert did not store was taken meanwhile.
+    if (id === undefined) return { answer: this.#answer(sentId, req, fingerprint), replay: false }
+    const row = stored ?? (await this.#peer.status(sentId))
     if (row === undefined) {
-      throw new MeshError('MESH_ERR_INTERNAL', `the outbox lost message ${receipt.clientMessageId}`)
+      throw new MeshError('MESH_ERR_INTERNAL', `the outbox lost message ${sentId}`)
     }
     return { answer: this.#check(row, req, fingerprint), replay: false }
   }
@@ -110,13 +150,18 @@ export class IdempotentSender {
         },
       )
     }
+    return this.#answer(row.id, req, fingerprint)
+  }
+
+  #answer(id: string, req: ParsedSend, fingerprint: Uint8Array): SendAnswer {
     return {
-      id: row.id,
-      mesh: row.mesh,
-      from: toHex(row.from),
+      id,
+      mesh: this.#peer.mesh,
+      from: toHex(this.#peer.identity.publicKey),
       to: req.to,
       channel: req.channel,
       fingerprint: toHex(fingerprint),
+      outboxDepth: this.#peer.outboxDepth,
     }
   }
 

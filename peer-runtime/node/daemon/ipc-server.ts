@@ -9,6 +9,7 @@
  *     GET    /v1/status           admin    pid, port, meshes and sessions with their state (types.ts)
  *     POST   /v1/shutdown         admin    → 202, then the daemon closes
  *     POST   /v1/send             session  {to, payload | text, id?, channel?, meta?} → 202 SendAnswer
+ *                                           (429 MESH_ERR_OUTBOX_FULL {retryAfterMs} at the outbox's limit)
  *     GET    /v1/inbox            session  ?after=<seq>&limit= → {messages, next}
  *     GET    /v1/peers            session  ?offline=true → {peers}
  *     GET    /v1/messages/:id     session  the outbox row's state and recipients
@@ -58,6 +59,10 @@ export async function startIpcServer(
         { method: req.method, route: req.routeOptions.url, status, ...errorFields(err) },
         'ipc error',
       )
+    }
+    const retryAfterMs = (body.error['details'] as { retryAfterMs?: unknown } | undefined)?.retryAfterMs
+    if (status === 429 && typeof retryAfterMs === 'number') {
+      void reply.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))))
     }
     void reply.code(status).type('application/json').send(JSON.stringify(body))
   })

@@ -6,6 +6,9 @@
  * - every presence of one mesh writes its **inbox** into the member's store (the control plane's file),
  *   so one `readInbox({recipients: [sessionPk, memberPk]})` gives a session its own DMs and its member's
  *   messages in one arrival order, with one cursor.
+ *
+ * Each store is the runtime's `coalescingStore`: the dispatch outcomes (`updateOutbox`) and the inbox
+ * inserts of one turn share a transaction, as the outbox's inserts of one turn already do.
  */
 import { open } from 'node:fs/promises'
 import { dirname } from 'node:path'
@@ -13,6 +16,7 @@ import type { Clock } from '../../../protocol/clock.js'
 import { parseKeyHex } from '../../../protocol/encoding.js'
 import type { Identity } from '../../../protocol/keys.js'
 import type { Peer } from '../../peer.js'
+import { coalescingStore } from '../../store/coalescing.js'
 import type { RuntimeStore } from '../../store/types.js'
 import {
   attestationSource,
@@ -41,7 +45,7 @@ export interface Presence {
 async function privateStore(path: string): Promise<RuntimeStore> {
   await makePrivateDir(dirname(path))
   await (await open(path, 'a', 0o600)).close()
-  return sqliteStore({ path })
+  return coalescingStore(sqliteStore({ path }))
 }
 
 /**
@@ -51,9 +55,11 @@ async function privateStore(path: string): Promise<RuntimeStore> {
  */
 export function splitStore(own: RuntimeStore, inbox: RuntimeStore): RuntimeStore {
   return new Proxy(own, {
-    get(target, prop, receiver) {
+    get(target, prop) {
       const side = typeof prop === 'string' && prop.includes('Inbox') ? inbox : target
-      const value: unknown = Reflect.get(side, prop, side === target ? receiver : side)
+      // The side itself as receiver: a getter reading private fields (the coalescing store's
+      // `durability`) throws when called on the proxy.
+      const value: unknown = Reflect.get(side, prop, side)
       return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(side) : value
     },
   })
