@@ -36,9 +36,13 @@ export function coalescingStore(store: RuntimeStore, options: CoalescingOptions 
   return new CoalescingStore(store, options.schedule ?? endOfTurn)
 }
 
-function endOfTurn(flush: () => void): void {
-  if (typeof setImmediate === 'function') setImmediate(flush)
-  else queueMicrotask(flush)
+/**
+ * Runs `fn` when this turn of the event loop is over: `setImmediate` where there is one (Node: after
+ * every I/O callback of this loop iteration; a microtask would run after the first one), else a microtask.
+ */
+export function endOfTurn(fn: () => void): void {
+  if (typeof setImmediate === 'function') setImmediate(fn)
+  else queueMicrotask(fn)
 }
 
 interface Waiting<I, O> {
