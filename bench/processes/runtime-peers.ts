@@ -98,7 +98,7 @@ serveJobs(
         const group = a.seeds.slice(i, i + 10)
         peers.push(...(await Promise.all(group.map((seed, k) => openPeer(a, seed, i + k)))))
       }
-      await Promise.all(peers.map((p) => p.peer.whenConnected(AbortSignal.timeout(120_000))))
+      await Promise.all(peers.map((p) => p.peer.whenConnected(AbortSignal.timeout(500_000))))
       payload = peers.length > 0 ? oneKibPayload(a.mesh, peers[0]!.peer.identity) : undefined
       return { opened: peers.length }
     },

@@ -41,8 +41,6 @@ export interface LoadStats {
   duplicates: number
   maxScheduleLagMs: number
   dispatchSeconds: number
-  /** Runtime: after the run, how long the rows still on their way took to go out (not counted). */
-  backlogSeconds?: number
 }
 
 export interface Quantiles {
@@ -55,8 +53,6 @@ export interface Quantiles {
 const PROCESSES_PER_SIDE = 2
 /** After the last send, how long a run waits for the rest to arrive. */
 const DRAIN_MS = 30_000
-/** How long the backlog a run left may take to go out before the next run. */
-const BACKLOG_MS = 600_000
 
 /** The members split into senders and receivers, each side in `PROCESSES_PER_SIDE` slices. */
 function sides(members: Identity[]): { senders: Identity[][]; receivers: Identity[][] } {
@@ -86,29 +82,32 @@ export class RuntimeFleet {
   ): Promise<RuntimeFleet> {
     const s = sides(members)
     const profDir = process.env['AGENTMESH_BENCH_CPU_PROF']
-    const open = async (name: string, ids: Identity[], prof: boolean): Promise<ChildHandle> => {
-      const proc = await children.start(name, 'runtime-peers', {
+    const spawn = (name: string, prof: boolean): Promise<ChildHandle> =>
+      children.start(name, 'runtime-peers', {
         ...(prof && profDir !== undefined && { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}`] }),
       })
-      await proc.run(
-        'open',
-        {
-          wsUrl: m.wsUrl,
-          mesh: m.mesh,
-          ownerPk: m.ownerPk,
-          coordinatorPk: m.coordinator.ready.coordinatorPk,
-          seeds: ids.map(seedFor),
-          p2p: o.p2p,
-        },
-        300_000,
-      )
-      return proc
-    }
-    // Started side by side (nothing is measured yet); the receivers consume before anything is sent.
+    // The processes start side by side; their peers connect one process after another (100 hellos and
+    // catch-ups at once outlasted the open's timeout on a busy machine).
     const [receivers, senders] = await Promise.all([
-      Promise.all(s.receivers.map((ids, p) => open(`${o.label} receivers ${p + 1}`, ids, p === 0))),
-      Promise.all(s.senders.map((ids, p) => open(`${o.label} senders ${p + 1}`, ids, p === 0))),
+      Promise.all(s.receivers.map((_, p) => spawn(`${o.label} receivers ${p + 1}`, p === 0))),
+      Promise.all(s.senders.map((_, p) => spawn(`${o.label} senders ${p + 1}`, p === 0))),
     ])
+    const groups: [ChildHandle, Identity[]][] = [
+      ...receivers.map((proc, p): [ChildHandle, Identity[]] => [proc, s.receivers[p]!]),
+      ...senders.map((proc, p): [ChildHandle, Identity[]] => [proc, s.senders[p]!]),
+    ]
+    for (const [proc, ids] of groups) {
+      const args = {
+        wsUrl: m.wsUrl,
+        mesh: m.mesh,
+        ownerPk: m.ownerPk,
+        coordinatorPk: m.coordinator.ready.coordinatorPk,
+        seeds: ids.map(seedFor),
+        p2p: o.p2p,
+      }
+      await proc.run('open', args, 600_000)
+    }
+    // The receivers consume before anything is sent.
     await Promise.all(receivers.map((proc) => proc.run('consume')))
     return new RuntimeFleet(
       m,
@@ -155,15 +154,7 @@ export class RuntimeFleet {
       lastSendAt + 5000,
     )
     const retried = merge(runs.map((r) => r.retriedRows))
-    // What is still on its way is let go (not counted) before the next run, so none starts behind it.
-    const drainStart = performance.now()
-    await Promise.all(
-      this.senders.map((p) => p.run('settle', { timeoutMs: BACKLOG_MS }, BACKLOG_MS + 10_000)),
-    )
-    await arrivals(this.receivers, Infinity, Date.now() + BACKLOG_MS)
-    await Promise.all([...this.senders, ...this.receivers].map((p) => p.run('results')))
     return {
-      backlogSeconds: round2((performance.now() - drainStart) / 1000),
       offered: shape.offered,
       dispatched,
       ...joined,
@@ -183,6 +174,23 @@ export class RuntimeFleet {
     }
   }
 
+  /**
+   * Lets what a run left on its way go out (not counted), so that the next run does not start behind
+   * it; resolves with the seconds it took, or NaN when the outboxes were not idle within `timeoutMs`.
+   */
+  async drain(timeoutMs: number): Promise<number> {
+    const start = performance.now()
+    try {
+      await Promise.all(this.senders.map((p) => p.run('settle', { timeoutMs }, timeoutMs + 10_000)))
+    } catch {
+      return NaN
+    } finally {
+      await arrivals(this.receivers, Infinity, Date.now() + 30_000)
+      await Promise.all([...this.senders, ...this.receivers].map((p) => p.run('results')))
+    }
+    return round2((performance.now() - start) / 1000)
+  }
+
   #meter(): ReturnType<typeof cpuMeter> {
     return cpuMeter({
       senders: this.senders.map((p) => p.pid),
@@ -191,9 +199,11 @@ export class RuntimeFleet {
     })
   }
 
+  /** Closes every peer (a process whose peers do not close within 60 s is stopped all the same). */
   async stop(): Promise<void> {
-    await Promise.all([...this.senders, ...this.receivers].map((p) => p.run('close', undefined, 120_000)))
-    for (const p of [...this.senders, ...this.receivers]) await p.stop()
+    const all = [...this.senders, ...this.receivers]
+    await Promise.all(all.map((p) => p.run('close', undefined, 60_000).catch(() => undefined)))
+    for (const p of all) await p.stop()
   }
 }
 
