@@ -308,14 +308,20 @@ async function rateSearch(fleet: RuntimeFleet | undefined, shape: Shape, main: L
 
 function trialOf(s: LoadStats): {
   offered: number
+  p50Ms: number
   p99Ms: number
+  outboxWaitP99Ms: number
+  maxScheduleLagMs: number
   deliveredIn5sPercent: number
   met: boolean
   drainSeconds?: number
 } {
   return {
     offered: s.offered,
+    p50Ms: s.latency.p50,
     p99Ms: s.latency.p99,
+    outboxWaitP99Ms: s.outboxWait?.p99 ?? NaN,
+    maxScheduleLagMs: s.maxScheduleLagMs,
     deliveredIn5sPercent: percent(s.deliveredIn5s, s.dispatched),
     met: meets(s),
   }
