@@ -10,8 +10,10 @@ import { JoinCommand } from './commands/join/join.js'
 import { ListenCommand } from './commands/listen/listen.js'
 import { MeshCreateCommand } from './commands/mesh/create.js'
 import { MeshListCommand } from './commands/mesh/list.js'
-import { PeersListCommand } from './commands/peers/list.js'
+import { MsgStatusCommand } from './commands/msg/status.js'
+import { PeerListCommand } from './commands/peer/list.js'
 import { SendCommand } from './commands/send/send.js'
+import { WhoamiCommand } from './commands/whoami/whoami.js'
 import { version } from './version.js'
 
 /** Builds the agentmesh CLI with every command registered. */
@@ -29,8 +31,10 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   cli.register(MeshListCommand)
   cli.register(InviteCreateCommand)
   cli.register(JoinCommand)
-  cli.register(PeersListCommand)
+  cli.register(WhoamiCommand)
+  cli.register(PeerListCommand)
   cli.register(SendCommand)
+  cli.register(MsgStatusCommand)
   cli.register(ListenCommand)
   cli.register(DaemonUpCommand)
   cli.register(DaemonDownCommand)

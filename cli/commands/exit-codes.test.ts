@@ -89,11 +89,14 @@ describe("the CLI's exit codes (README.md, Exit codes)", () => {
     expect(await listen.stop('SIGINT')).toEqual({ code: EXIT.OK, signal: null })
   })
 
-  it('1: an error with its code; 2: usage; 3: daemon status with no daemon', async () => {
+  it('1: an error with its code; 2: usage; 3: daemon status with no daemon; 6: no such peer', async () => {
+    const noMesh = await am(['send', '--mesh', 'nope', 'alice', 'hi', '--home', home('bob')])
+    expect(noMesh.code).toBe(EXIT.ERROR)
+    expect(noMesh.stderr).toMatch(/^error: MESH_ERR_NOT_JOINED: /m)
     const noPeer = await am(['send', '--mesh', 'team', 'nobody', 'hi', '--home', home('bob')])
-    expect(noPeer.code).toBe(EXIT.ERROR)
-    expect(noPeer.stderr).toMatch(/^error: MESH_ERR_UNKNOWN_KEY: /)
-    const usage = await am(['send', '--mesh', 'team', 'alice', 'x', '--wait', 'soon', '--home', home('bob')])
+    expect(noPeer.code).toBe(EXIT.NO_SUCH_PEER)
+    expect(noPeer.stderr).toMatch(/^error: MESH_ERR_UNKNOWN_KEY: no verified peer is named "nobody"/m)
+    const usage = await am(['send', '--mesh', 'team', 'alice', 'x', '--wait=soon', '--home', home('bob')])
     expect(usage.code).toBe(EXIT.USAGE)
     expect(usage.stdout).toMatch(/^Usage Error: /)
     const unknownOption = await am(['listen', '--no-such-option', '--home', home('bob')])

@@ -5,6 +5,7 @@
  * reconnecting.
  */
 import { isMeshError, type MeshError } from '../../protocol/errors.js'
+import { isPeerNameError } from './peer/resolve.js'
 
 export const EXIT = {
   /** Done; or a long-running command stopped by SIGINT or SIGTERM after a clean close. */
@@ -19,6 +20,8 @@ export const EXIT = {
   UNREACHABLE: 4,
   /** Another process holds this presence's store (`MESH_ERR_STORE_LOCKED`, naming its pid). */
   STORE_LOCKED: 5,
+  /** A peer name (or key prefix) that matches no verified peer, or several members (`MESH_ERR_UNKNOWN_KEY`). */
+  NO_SUCH_PEER: 6,
   /** This key or its member was revoked (close 4002, `MESH_ERR_REVOKED`). */
   REVOKED: 20,
   /** An admin kicked this presence (close 4001). */
@@ -47,6 +50,7 @@ export function connectionStopped(err: MeshError): MeshError {
 /** The exit code of a command that failed with `err` (see `EXIT`). */
 export function exitCodeOf(err: unknown): number {
   if (!isMeshError(err)) return EXIT.ERROR
+  if (isPeerNameError(err)) return EXIT.NO_SUCH_PEER
   switch (err.code) {
     case 'MESH_ERR_COORDINATOR_UNREACHABLE':
       return EXIT.UNREACHABLE

@@ -3,7 +3,11 @@ import { isMeshError, MeshError } from '../../protocol/errors.js'
 import { listMeshes } from '../../peer-runtime/node/home.js'
 import { openMeshPeer, type MeshPeer, type OpenMeshPeer } from '../../peer-runtime/node/home-peer.js'
 import { BaseCommand } from './base.js'
+import { connectDaemon } from './daemon/connect.js'
 import { connectionStopped, exitCodeOf } from './exit-codes.js'
+import { DaemonLink } from './link/daemon-link.js'
+import { DirectLink } from './link/direct-link.js'
+import { CLI_SESSION_ID, type MeshLink } from './link/mesh-link.js'
 
 /** What a failed command prints with `--json`: a stable contract beside each command's own shape. */
 export interface ErrorJson {
@@ -97,7 +101,7 @@ export abstract class HomeCommand extends BaseCommand {
         throw new MeshError(
           'MESH_ERR_COORDINATOR_UNREACHABLE',
           `could not connect to the coordinator at ${opened.config.wsUrl} within ${timeoutMs} ms ` +
-            '(is it running, and is this home still a member of the mesh?)',
+            '(is it running, and is this home still a member of the mesh? `agentmesh doctor` checks)',
           { details: { url: opened.config.wsUrl } },
         )
       }
@@ -106,6 +110,29 @@ export abstract class HomeCommand extends BaseCommand {
       await opened.close()
       throw err
     }
+  }
+
+  /**
+   * The path to `mesh` for a one-shot command: through the home's daemon when one runs (it holds the
+   * member's presence and its own connection; `--coordinator` is then the daemon's business), else a
+   * connection of this process as the session `cli`. Says which on stderr.
+   */
+  protected async openLink(mesh: string, timeoutMs: number): Promise<MeshLink> {
+    const daemon = await connectDaemon(this.home)
+    if (daemon !== undefined) {
+      const ignored =
+        this.coordinator === undefined ? '' : ' (--coordinator is not used: the daemon has its own)'
+      this.note(`through the daemon (pid ${daemon.pid})${ignored}`)
+      try {
+        return await DaemonLink.open(daemon.client, this.home, mesh)
+      } catch (err) {
+        daemon.client.close()
+        throw err
+      }
+    }
+    this.note('no daemon runs on this home: connecting directly')
+    const opened = await this.connect(mesh, { role: { sessionId: CLI_SESSION_ID }, p2p: false, timeoutMs })
+    return new DirectLink(opened)
   }
 
   /**

@@ -106,14 +106,14 @@ describe('the two-peer walkthrough (the real binary)', () => {
       home('bob'),
     ])
     expect(sent.code, sent.stderr).toBe(0)
-    expect(sent.stdout).toMatch(/^queued to alice \(\w{26}\)\n$/)
+    expect(sent.stdout).toMatch(/^queued — recipient offline: alice, id \w{26}\n$/)
 
     const alice = spawn(['listen', '--mesh', 'team', '--count', '1', '--home', home('alice')])
     expect(await alice.exited).toEqual({ code: 0, signal: null })
     expect(alice.stdout).toBe('bob: while you were out\n')
 
     // Both sends came from bob's one stable session key: alice sees one `cli` session of bob.
-    const peers = await am(['peers', '--mesh', 'team', '--home', home('alice'), '--json'])
+    const peers = await am(['peers', '--all', '--mesh', 'team', '--home', home('alice'), '--json'])
     expect(peers.code, peers.stderr).toBe(0)
     const bobs = (JSON.parse(peers.stdout) as { peers: Record<string, unknown>[] }).peers.filter(
       (p) => p['displayName'] === 'bob',
@@ -130,15 +130,15 @@ describe('the two-peer walkthrough (the real binary)', () => {
     expect(await first.stop('SIGTERM')).toEqual({ code: 0, signal: null })
   }, 60_000)
 
-  it('reports mistakes with a code and exit 1: no such mesh, no such peer, a send that times out', async () => {
+  it('reports mistakes with a code: no such mesh (1), no such peer (6), a send that times out (1)', async () => {
     const noMesh = await am(['send', '--mesh', 'nope', 'alice', 'hi', '--home', home('bob'), '--json'])
     expect(noMesh.code).toBe(1)
     expect(JSON.parse(noMesh.stdout)).toMatchObject({ error: { code: 'MESH_ERR_NOT_JOINED' } })
 
     const noPeer = await am(['send', '--mesh', 'team', 'carol', 'hi', '--home', home('bob')])
-    expect(noPeer.code).toBe(1)
+    expect(noPeer.code).toBe(6)
     expect(noPeer.stderr).toMatch(
-      /^error: MESH_ERR_UNKNOWN_KEY: no verified peer is named "carol" \(known: .*alice/,
+      /^error: MESH_ERR_UNKNOWN_KEY: no verified peer is named "carol"; the candidates:\n {2}alice /m,
     )
 
     // alice is offline: the coordinator queues it, which is not "delivered".
@@ -149,7 +149,6 @@ describe('the two-peer walkthrough (the real binary)', () => {
       'alice',
       'are you there',
       '--wait',
-      'delivered',
       '--timeout',
       '2s',
       '--home',
@@ -157,11 +156,11 @@ describe('the two-peer walkthrough (the real binary)', () => {
     ])
     expect(late.code).toBe(1)
     expect(late.stderr).toMatch(
-      /^error: MESH_ERR_WAIT_TIMEOUT: not delivered within 2s \(outbox state accepted/,
+      /^error: MESH_ERR_WAIT_TIMEOUT: not delivered within 2s \(outbox state accepted/m,
     )
 
-    const usage = await am(['send', '--mesh', 'team', 'alice', 'x', '--wait', 'soon', '--home', home('bob')])
+    const usage = await am(['send', '--mesh', 'team', 'alice', 'x', '--wait=soon', '--home', home('bob')])
     expect(usage.code).toBe(2)
-    expect(usage.stdout).toMatch(/^Usage Error: --wait is queued or delivered/)
+    expect(usage.stdout).toMatch(/^Usage Error: --wait takes no value, or =queued or =delivered/)
   }, 60_000)
 })

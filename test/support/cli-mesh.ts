@@ -35,8 +35,11 @@ export interface CliMeshOptions {
   mesh?: string
   /** The owner's display name and home name. Default `owner`. */
   owner?: string
-  /** Joined in this order, each into `<root>/<name>` with display name `<name>`. */
-  members: readonly string[]
+  /**
+   * Joined in this order, each into `<root>/<name>` with display name `<name>`, or into `<root>/<home>`
+   * with display name `name` (two homes may share a name).
+   */
+  members: readonly (string | { home: string; name: string })[]
   /** The invite's uses. Default: one per member. */
   uses?: number
 }
@@ -50,7 +53,7 @@ export interface CliMesh {
   invite: string
   /** `mesh create --json` of the owner. */
   created: Record<string, unknown>
-  /** `join --json` of each member, by name. */
+  /** `join --json` of each member, by home name. */
   joined: Record<string, Record<string, unknown>>
 }
 
@@ -85,10 +88,11 @@ export async function createCliMesh(o: CliMeshOptions): Promise<CliMesh> {
   expect(invited.code, invited.stderr).toBe(0)
   const invite = invited.stdout.trim()
   const joined: Record<string, Record<string, unknown>> = {}
-  for (const name of o.members) {
-    const r = await am(['join', invite, '--name', name, '--home', home(name), '--json'])
+  for (const m of o.members) {
+    const { home: dir, name } = typeof m === 'string' ? { home: m, name: m } : m
+    const r = await am(['join', invite, '--name', name, '--home', home(dir), '--json'])
     expect(r.code, r.stderr).toBe(0)
-    joined[name] = JSON.parse(r.stdout) as Record<string, unknown>
+    joined[dir] = JSON.parse(r.stdout) as Record<string, unknown>
   }
   return { mesh, home, invite, created: JSON.parse(created.stdout) as Record<string, unknown>, joined }
 }

@@ -1,55 +1,66 @@
 import { Command, Option, UsageError } from 'clipanion'
 import { isMeshErrorCode, MeshError, type MeshErrorCode } from '../../../protocol/errors.js'
-import type { OutboxRow } from '../../../peer-runtime/store/types.js'
+import type { DeliveryJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
 import { parseDuration } from '../duration.js'
 import { HomeCommand } from '../home-command.js'
-import { resolveRecipient } from './recipient.js'
-
-/** The session id `send` connects with: a session presence, so it never displaces a `listen`. */
-export const CLI_SESSION_ID = 'cli'
+import { CLI_SESSION_ID, isGroupTarget, type MeshLink } from '../link/mesh-link.js'
+import { resolvePeer } from '../peer/resolve.js'
 
 /** What `send --json` prints on success. */
 export interface SendJson {
   mesh: string
-  /** The recipient key (hex). */
+  /** The recipient key (hex), or the group target (`@name`, `*`). */
   to: string
   toName: string | null
   clientMessageId: string
   /** `delivered`: the recipient stored it; `queued`: the coordinator's store holds it for the recipient. */
   state: 'delivered' | 'queued'
+  /**
+   * How it went: `relay` (through the coordinator) or `p2p`; null when not known (through the daemon,
+   * whose IPC does not report the transport).
+   */
+  transport: 'relay' | 'p2p' | null
+  /** How this command reached the mesh. */
+  via: 'daemon' | 'direct'
+  /** Per recipient key: delivered, queued, … (one entry for a DM, one per member for a group). */
+  recipients: Record<string, string>
 }
 
-/** `agentmesh send <to> <text>`: one end-to-end encrypted DM, waited for until delivered or queued. */
+/** `agentmesh send <to> <text>`: one end-to-end encrypted message, waited for until delivered or queued. */
 export class SendCommand extends HomeCommand {
   static override paths = [['send']]
 
   static override usage = Command.Usage({
     category: 'Messages',
-    description: 'Send a direct message to a peer',
+    description: 'Send a message to a peer, a group or the whole mesh',
     details: `
-      Connects as this home's session \`${CLI_SESSION_ID}\` (a stable session key, attested by the member key;
-      it does not displace an \`agentmesh listen\` holding the member key), seals \`{text}\` to the recipient,
-      and waits for the outcome: with \`--wait queued\` (the default) until the coordinator stored it for
-      an offline recipient or the recipient acknowledged it; with \`--wait delivered\` until the recipient
-      acknowledged it. Prints \`delivered\` or \`queued\` and exits 0.
+      Seals \`{text}\` to the recipient and waits for the outcome, then prints it with the message id:
+      \`delivered (relay)\` (the recipient stored and acknowledged it), \`queued — recipient offline\` (the
+      coordinator stored it and delivers it when the recipient connects), or with \`--wait\` only once the
+      recipient acknowledged it. Exits 0.
 
-      \`<to>\` is a 64-hex key or a display name from \`agentmesh peers\`. A failure exits 1 with its code; on
-      \`--timeout\` (\`MESH_ERR_WAIT_TIMEOUT\`) the sealed message stays in this home's outbox and the next
-      \`send\` from it goes on delivering it.
+      \`<to>\` is a display name (\`agentmesh peer list\`), a 64-hex key, a unique key prefix (4 hex
+      characters or more), \`@group\` or \`*\` (every member). A name that matches nobody or several
+      members is refused with the candidates listed (exit 6); nothing is sent. \`#topic\` targets are not
+      supported by the runtime yet.
+
+      When the home's daemon runs, the message goes through it (its session \`${CLI_SESSION_ID}\`; the daemon
+      sends peer to peer when it can, and its IPC does not say which transport a message took); else this
+      command connects as the home's session \`${CLI_SESSION_ID}\` itself, through the relay. It says which
+      on stderr. On \`--timeout\` (\`MESH_ERR_WAIT_TIMEOUT\`) the message stays in the outbox and goes on.
     `,
     examples: [
       ['Send to alice by name', '$0 send --mesh team alice "hello"'],
-      [
-        'Wait until alice has it, up to a minute',
-        '$0 send --mesh team alice "ping" --wait delivered --timeout 60s',
-      ],
+      ['Wait until alice has it, up to a minute', '$0 send alice "ping" --wait --timeout 60s'],
+      ['Send to every member of the mesh', '$0 send "*" "standup in 5"'],
     ],
   })
 
   mesh = Option.String('--mesh', { description: "The mesh (default: the home's only one)" })
 
-  wait = Option.String('--wait', 'queued', {
-    description: 'queued (default): until the coordinator or the recipient has it; delivered: the recipient',
+  wait = Option.String('--wait', false, {
+    tolerateBoolean: true,
+    description: "Wait for the recipient's ack (default: until the coordinator or the recipient has it)",
   })
 
   timeout = Option.String('--timeout', '30s', { description: 'How long to wait in all (default 30s)' })
@@ -59,88 +70,112 @@ export class SendCommand extends HomeCommand {
   text = Option.Rest({ name: 'text', required: 1 })
 
   override async run(): Promise<number> {
-    if (this.wait !== 'queued' && this.wait !== 'delivered') {
-      throw new UsageError(`--wait is queued or delivered (got ${JSON.stringify(this.wait)})`)
+    const untilAck = this.#untilAck()
+    if (this.to.startsWith('#')) {
+      throw new UsageError(
+        `${this.to}: topics are not supported by the runtime yet; send to a peer, @group or *`,
+      )
     }
     const timeoutMs = parseDuration(this.timeout, '--timeout')
     const deadline = AbortSignal.timeout(timeoutMs)
     const mesh = await this.meshOrOnly(this.mesh)
-    // A one-shot send gains nothing from P2P: its first message goes through the relay anyway.
-    const opened = await this.connect(mesh, { role: { sessionId: CLI_SESSION_ID }, p2p: false, timeoutMs })
+    const link = await this.openLink(mesh, timeoutMs)
     try {
-      const { peer } = opened
-      const to = await resolveRecipient(peer, this.to, deadline)
-      const rows = new Map<string, OutboxRow>()
-      let wake = (): void => {}
-      peer.on('outbox', (row) => {
-        rows.set(row.id, row)
-        wake()
-      })
-      const sent = await peer.send(to.pk, { text: this.text.join(' ') }, { signal: deadline })
-      const row = await this.#outcome(sent.clientMessageId, rows, (w) => (wake = w), deadline, peer)
+      const text = this.text.join(' ')
+      let to: string
+      let toName: string | undefined
+      let id: string
+      if (isGroupTarget(this.to)) {
+        to = this.to
+        id = await link.sendGroup(this.to, text, deadline)
+      } else {
+        const resolved = resolvePeer(await link.peers({ offline: true, signal: deadline }), this.to)
+        to = resolved.pk
+        toName = resolved.displayName
+        id = await link.send(to, text, deadline)
+      }
+      const row = await this.#outcome(link, id, untilAck, deadline)
       const state = row.state === 'done' ? 'delivered' : 'queued'
+      // The direct path is relay-only (DirectLink); the daemon's IPC does not report the transport.
+      const transport = link.via === 'direct' ? 'relay' : null
       if (this.json) {
         this.printJson({
           mesh,
-          to: to.pk,
-          toName: to.displayName ?? null,
-          clientMessageId: sent.clientMessageId,
+          to,
+          toName: toName ?? null,
+          clientMessageId: id,
           state,
+          transport,
+          via: link.via,
+          recipients: row.recipients,
         } satisfies SendJson)
       } else {
-        this.context.stdout.write(
-          `${state} to ${to.displayName ?? to.pk.slice(0, 16) + '…'} (${sent.clientMessageId})\n`,
-        )
+        const who = toName ?? (isGroupTarget(to) ? to : to.slice(0, 16) + '…')
+        this.context.stdout.write(`${describeOutcome(row, state, transport)}: ${who}, id ${id}\n`)
       }
       return 0
     } finally {
-      await opened.close()
+      await link.close()
     }
   }
 
-  /** Waits until the row reaches the outcome `--wait` asks for; throws the row's failure or a timeout. */
-  async #outcome(
-    id: string,
-    rows: Map<string, OutboxRow>,
-    onWake: (wake: () => void) => void,
-    deadline: AbortSignal,
-    peer: { status(id: string): Promise<OutboxRow | undefined> },
-  ): Promise<OutboxRow> {
-    let row = rows.get(id) ?? (await peer.status(id))
-    for (;;) {
-      if (row !== undefined) {
-        const failed = failure(row)
-        if (failed !== undefined) throw failed
-        if (row.state === 'done') return row
-        if (row.state === 'accepted' && this.wait === 'queued') return row
-      }
-      if (deadline.aborted) {
-        const state = row?.state ?? 'pending'
-        throw new MeshError(
-          'MESH_ERR_WAIT_TIMEOUT',
-          `not ${this.wait === 'queued' ? 'queued or delivered' : 'delivered'} within ${this.timeout} ` +
-            `(outbox state ${state}${row?.lastError === undefined ? '' : `, last error ${row.lastError.code}`}); ` +
-            'it stays in the outbox and the next send from this home goes on with it',
-          {
-            details: {
-              clientMessageId: id,
-              state,
-              ...(row?.lastError !== undefined && { lastError: row.lastError }),
-            },
-          },
+  /** `--wait` (or `--wait=delivered`): until the recipient's ack; `--wait=queued` or none: queued is enough. */
+  #untilAck(): boolean {
+    const w = this.wait
+    if (w === false || w === 'queued') return false
+    if (w === true || w === 'delivered') {
+      const last = this.text.at(-1)
+      if (w === true && (last === 'delivered' || last === 'queued')) {
+        // The old `--wait delivered` form would now send "… delivered" as text: refuse instead.
+        throw new UsageError(
+          `--wait takes no value (write --wait, or --wait=${last}); to send a text ending in "${last}", put --wait before the peer`,
         )
       }
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          deadline.removeEventListener('abort', done)
-          resolve()
-        }
-        onWake(done)
-        deadline.addEventListener('abort', done, { once: true })
-      })
-      row = rows.get(id) ?? row
+      return true
     }
+    throw new UsageError(`--wait takes no value, or =queued or =delivered (got ${JSON.stringify(w)})`)
   }
+
+  /** Waits until the row reaches the outcome asked for; throws the row's failure or a timeout. */
+  async #outcome(
+    link: MeshLink,
+    id: string,
+    untilAck: boolean,
+    deadline: AbortSignal,
+  ): Promise<DeliveryJson> {
+    const reached = (row: DeliveryJson): boolean =>
+      failure(row) !== undefined || row.state === 'done' || (row.state === 'accepted' && !untilAck)
+    const row = await link.watch(id, reached, deadline)
+    const failed = row === undefined ? undefined : failure(row)
+    if (failed !== undefined) throw failed
+    if (row !== undefined && reached(row)) return row
+    const state = row?.state ?? 'pending'
+    throw new MeshError(
+      'MESH_ERR_WAIT_TIMEOUT',
+      `not ${untilAck ? 'delivered' : 'queued or delivered'} within ${this.timeout} ` +
+        `(outbox state ${state}${row?.lastError === undefined ? '' : `, last error ${row.lastError.code}`}); ` +
+        'it stays in the outbox and goes on being delivered',
+      {
+        details: {
+          clientMessageId: id,
+          state,
+          ...(row?.lastError !== undefined && { lastError: row.lastError }),
+        },
+      },
+    )
+  }
+}
+
+/** `delivered (relay)`, `queued — recipient offline`, or for a group the count of each. */
+function describeOutcome(row: DeliveryJson, state: 'delivered' | 'queued', transport: string | null): string {
+  const how = transport === null ? 'through the daemon; transport not reported' : transport
+  const states = Object.values(row.recipients)
+  if (isGroupTarget(row.to)) {
+    const delivered = states.filter((s) => s === 'delivered').length
+    const queued = states.filter((s) => s === 'queued').length
+    return `sent (${how}): ${delivered} delivered, ${queued} queued — recipient offline`
+  }
+  return state === 'delivered' ? `delivered (${how})` : 'queued — recipient offline'
 }
 
 /** What a recipient state other than delivered or queued means, as a code. */
@@ -152,7 +187,7 @@ const REFUSALS: Record<string, MeshErrorCode> = {
 }
 
 /** The row's failure: `dead` with its last error, or a recipient that refused it. */
-function failure(row: OutboxRow): MeshError | undefined {
+function failure(row: DeliveryJson): MeshError | undefined {
   if (row.state === 'dead' || row.state === 'aborted') {
     const code = row.lastError?.code ?? ''
     return new MeshError(
@@ -163,7 +198,7 @@ function failure(row: OutboxRow): MeshError | undefined {
       },
     )
   }
-  for (const [recipient, state] of Object.entries(row.recipients ?? {})) {
+  for (const [recipient, state] of Object.entries(row.recipients)) {
     const code = REFUSALS[state]
     if (code !== undefined) {
       return new MeshError(code, `the recipient's answer: ${state}`, {
