@@ -160,7 +160,9 @@ export class DaemonClient {
 
   /**
    * Like `request`, but a non-2xx answer throws its `MeshError`. `POST /v1/send` without an `id` gets
-   * one here, so that re-sending it after a lost answer is a replay, not a second message.
+   * one here (every send of an array body too), so that re-sending it after a lost answer is a replay,
+   * not a second message. An array's answer is `{results}`, one status per send: a 429 among them is
+   * the caller's to send again (`whenFull` waits only for a single send).
    */
   async call<T = unknown>(
     method: string,
@@ -169,10 +171,7 @@ export class DaemonClient {
     signal?: AbortSignal,
     o: { whenFull?: WhenFull } = {},
   ): Promise<T> {
-    const sent =
-      method === 'POST' && path === '/v1/send' && isObject(body) && body['id'] === undefined
-        ? { ...body, id: nextId() }
-        : body
+    const sent = method === 'POST' && path === '/v1/send' ? withIds(body) : body
     const res = await this.request<T>(method, path, {
       ...(sent !== undefined && { body: sent }),
       ...(signal !== undefined && { signal }),
@@ -337,10 +336,18 @@ export class DaemonClient {
   }
 }
 
-/** GET and HEAD, and `POST /v1/send` with an id (a repeat is answered from the outbox). */
+/** GET and HEAD, and `POST /v1/send` whose every send has an id (a repeat is answered from the outbox). */
 function idempotent(method: string, path: string, body: unknown): boolean {
   if (method === 'GET' || method === 'HEAD') return true
-  return method === 'POST' && path === '/v1/send' && isObject(body) && typeof body['id'] === 'string'
+  if (method !== 'POST' || path !== '/v1/send') return false
+  const hasId = (b: unknown): boolean => isObject(b) && typeof b['id'] === 'string'
+  return Array.isArray(body) ? body.length > 0 && body.every(hasId) : hasId(body)
+}
+
+/** A send body (or an array of them) with an id on every send that had none. */
+function withIds(body: unknown): unknown {
+  const one = (b: unknown): unknown => (isObject(b) && b['id'] === undefined ? { ...b, id: nextId() } : b)
+  return Array.isArray(body) ? body.map(one) : one(body)
 }
 
 /** For a 429 `MESH_ERR_OUTBOX_FULL`: how long to wait before sending again (its `retryAfterMs`). */

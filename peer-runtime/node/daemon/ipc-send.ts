@@ -52,6 +52,13 @@ export interface SendAnswer {
   outboxDepth: number
 }
 
+/** The most sends one `POST /v1/send` with an array body may carry. */
+export const MAX_SENDS_PER_REQUEST = 1_000
+
+/** One item of a batch send's answer: the status and body a single `POST /v1/send` would have had. */
+export type BatchItem =
+  ({ status: 202; replay: boolean } & SendAnswer) | { status: number; error: Record<string, unknown> }
+
 /** A send's outcome: `replay` is true for a repeat answered from the outbox. */
 export interface SendOutcome {
   answer: SendAnswer
@@ -91,6 +98,36 @@ export class IdempotentSender {
       if (existing !== undefined) return { answer: this.#check(existing, req, fingerprint), replay: true }
       return this.#fresh(req, fingerprint, id, signal)
     })
+  }
+
+  /**
+   * Many sends at once (`POST /v1/send` with an array): each is exactly the single send of its body,
+   * answered on its own (a refusal of one refuses nothing else); they start in the same turn, so the
+   * outbox stores them in one transaction.
+   */
+  async sendMany(
+    bodies: readonly unknown[],
+    answerError: (err: unknown) => { status: number; body: { error: Record<string, unknown> } },
+    signal?: AbortSignal,
+  ): Promise<BatchItem[]> {
+    if (bodies.length > MAX_SENDS_PER_REQUEST) {
+      throw new MeshError(
+        'MESH_ERR_PAYLOAD_TOO_LARGE',
+        `at most ${MAX_SENDS_PER_REQUEST} sends in one request (got ${bodies.length})`,
+        { details: { path: '', max: MAX_SENDS_PER_REQUEST } },
+      )
+    }
+    return Promise.all(
+      bodies.map((body) =>
+        this.send(body, signal).then(
+          ({ answer, replay }): BatchItem => ({ status: 202, replay, ...answer }),
+          (err: unknown): BatchItem => {
+            const { status, body: b } = answerError(err)
+            return { status, error: b.error }
+          },
+        ),
+      ),
+    )
   }
 
   /** Resolves at the end of this turn of the event loop, once for every send that arrived in it. */

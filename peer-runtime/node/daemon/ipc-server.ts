@@ -10,6 +10,7 @@
  *     POST   /v1/shutdown         admin    → 202, then the daemon closes
  *     POST   /v1/send             session  {to, payload | text, id?, channel?, meta?} → 202 SendAnswer
  *                                           (429 MESH_ERR_OUTBOX_FULL {retryAfterMs} at the outbox's limit)
+ *                                  [send, …] (≤ 1,000) → 200 {results: [{status, …answer | error}]}
  *     GET    /v1/inbox            session  ?after=<seq>&limit= → {messages, next}
  *     GET    /v1/peers            session  ?offline=true → {peers}
  *     GET    /v1/messages/:id     session  the outbox row's state and recipients
@@ -137,6 +138,11 @@ export async function startIpcServer(
   // ── session ──
   app.post('/v1/send', async (req, reply) => {
     const s = sessionOf(req)
+    if (Array.isArray(req.body)) {
+      // Many sends in one request, each answered as its own request would have been.
+      const results = await s.sender.sendMany(req.body, errorReply, AbortSignal.timeout(60_000))
+      return reply.code(200).send({ results })
+    }
     const { answer, replay } = await s.sender.send(req.body, AbortSignal.timeout(60_000))
     if (replay) void reply.header('idempotent-replay', 'true')
     return reply.code(202).send(answer)

@@ -10,7 +10,7 @@ import { daemonPaths, readAdminToken } from './files.js'
 const nextId = ulidFactory()
 const LIMIT = 5
 
-describe('the daemon at its outbox limit (in process, a real coordinator, real sockets)', () => {
+describe("the daemon's send route: batches and the outbox limit (in process, a real coordinator, real sockets)", () => {
   let world: DaemonWorld
   let daemon: Daemon
   let bob: MeshPeer
@@ -45,6 +45,54 @@ describe('the daemon at its outbox limit (in process, a real coordinator, real s
     await world?.close()
   })
 
+  it('takes an array of sends in one request, each answered as its own request would be', async () => {
+    const to = toHex(bob.identity.publicKey)
+    const c = new DaemonClient({ socketPath }, token)
+    clients.push(c)
+    const arrived: string[] = []
+    const onMessage = (m: { clientMessageId: string }): void => void arrived.push(m.clientMessageId)
+    bob.peer.on('message', onMessage)
+    try {
+      const [one, two] = [nextId(), nextId()]
+      const res = await c.request('POST', '/v1/send', {
+        body: [
+          { to, id: one, text: 'one' },
+          { to, id: two, text: 'two' },
+          { to: 'bob', text: 'not a key' },
+        ],
+      })
+      expect(res.status).toBe(200)
+      expect(res.body).toMatchObject({
+        results: [
+          { status: 202, id: one, replay: false },
+          { status: 202, id: two, replay: false },
+          { status: 400, error: { code: 'MESH_ERR_MALFORMED_KEY' } },
+        ],
+      })
+      // A repeat is a replay; the same id for another request a conflict; neither sends anything.
+      const again = await c.call<{ results: unknown[] }>('POST', '/v1/send', [
+        { to, id: one, text: 'one' },
+        { to, id: two, text: 'changed' },
+        { to, text: 'three' },
+      ])
+      expect(again.results).toMatchObject([
+        { status: 202, id: one, replay: true },
+        { status: 409, error: { code: 'MESH_ERR_IDEMPOTENCY_CONFLICT' } },
+        { status: 202, replay: false },
+      ])
+      const three = (again.results[2] as { id: string }).id
+      await eventually(() => [one, two, three].every((id) => arrived.includes(id)), {
+        timeoutMs: 15_000,
+        what: 'the batch at bob',
+      })
+      const peer = daemon.sessions().find((s) => s.registration.sessionId === 'full')!.presence.peer
+      await peer.settled(AbortSignal.timeout(15_000))
+      expect(arrived.filter((id) => [one, two, three].includes(id)).sort()).toEqual([one, two, three].sort())
+    } finally {
+      bob.peer.off('message', onMessage)
+    }
+  }, 60_000)
+
   it('answers 429 MESH_ERR_OUTBOX_FULL with retryAfterMs above maxOutboxDepth, stores nothing, and takes the send once the depth falls', async () => {
     const to = toHex(bob.identity.publicKey)
     const c = new DaemonClient({ socketPath }, token)
@@ -63,13 +111,24 @@ describe('the daemon at its outbox limit (in process, a real coordinator, real s
     // The coordinator goes away: sends stay in the outbox until it is at its limit.
     await world.stopCoordinator()
     const held: string[] = []
-    for (let i = 1; i <= LIMIT; i++) {
+    for (let i = 1; i < LIMIT; i++) {
       const id = nextId()
       const res = await c.request('POST', '/v1/send', { body: { to, id, text: `held ${i}` } })
       expect(res.status).toBe(202)
       expect(res.body).toMatchObject({ id, outboxDepth: i })
       held.push(id)
     }
+    // A batch that crosses the limit: its first send is taken, the second refused on its own.
+    const last = nextId()
+    const crossing = await c.call<{ results: unknown[] }>('POST', '/v1/send', [
+      { to, id: last, text: `held ${LIMIT}` },
+      { to, id: nextId(), text: 'past the limit' },
+    ])
+    expect(crossing.results).toMatchObject([
+      { status: 202, id: last, outboxDepth: LIMIT },
+      { status: 429, error: { code: 'MESH_ERR_OUTBOX_FULL' } },
+    ])
+    held.push(last)
     const over = nextId()
     const refused = await c.request('POST', '/v1/send', { body: { to, id: over, text: 'one too many' } })
     expect(refused.status).toBe(429)
