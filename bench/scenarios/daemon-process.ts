@@ -3,6 +3,8 @@
  * that runs the same-run baseline in the same process, direct `Peer.send` calls on the registered
  * session's peer (the same peer and the same durable outbox the IPC sends go through).
  */
+import { writeFile } from 'node:fs/promises'
+import { Session } from 'node:inspector/promises'
 import { initCrypto } from '../../protocol/index.js'
 import { startDaemon, type Daemon } from '../../peer-runtime/node/daemon/daemon.js'
 import { serveJobs } from '../processes/jobs.js'
@@ -24,6 +26,10 @@ function sessionPeer(sessionId: string) {
   if (s === undefined) throw new Error(`no session ${sessionId}`)
   return s.presence.peer
 }
+
+// A CPU profile of one measured window (`--cpu-prof` would take in every round, both sides, and idle time).
+const inspector = new Session()
+inspector.connect()
 
 serveJobs(
   { socket: daemon.socketPath, port: daemon.port, pid: process.pid } satisfies DaemonProcessReady,
@@ -51,6 +57,16 @@ serveJobs(
     settle: async (a: { sessionId: string }) => {
       await sessionPeer(a.sessionId).settled(AbortSignal.timeout(300_000))
       return true
+    },
+    profileStart: async () => {
+      await inspector.post('Profiler.enable')
+      await inspector.post('Profiler.start')
+      return {}
+    },
+    profileStop: async (path: string) => {
+      const { profile } = await inspector.post('Profiler.stop')
+      await writeFile(path, JSON.stringify(profile))
+      return { path }
     },
     connected: async (a: { sessionId: string }) => {
       await sessionPeer(a.sessionId).whenConnected(AbortSignal.timeout(30_000))

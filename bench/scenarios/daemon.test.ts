@@ -1,6 +1,7 @@
 /**
  * A smoke test of `npm run bench -- daemon --quick`: a coordinator process and a daemon process start, a
- * session registers, and every figure (IPC beside direct `Peer.send`) is printed as a JSON line. The rates
+ * session registers, and every figure (IPC beside direct `Peer.send`; two daemons end to end beside a raw
+ * `ws` relay) is printed as a JSON line. The rates
  * are not asserted: a timed test on a shared machine cannot hold one.
  */
 import { describe, expect, it } from 'vitest'
@@ -21,6 +22,7 @@ describe('bench daemon --quick', () => {
       'IPC send over daemon.sock, 16 in flight',
       'IPC send over 127.0.0.1, 16 in flight',
       'IPC send over daemon.sock, 1 in flight',
+      'durable DMs, daemon to daemon',
     ])
     for (const f of figures) {
       expect(f.value, f.name).toBeGreaterThan(0)

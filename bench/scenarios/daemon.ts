@@ -17,8 +17,11 @@ import { daemonPaths, readAdminToken } from '../../peer-runtime/node/daemon/file
 import { readMeshConfig } from '../../peer-runtime/node/home.js'
 import { createInvite, createMesh, joinMesh } from '../../peer-runtime/node/home-membership.js'
 import { median, report } from '../measure.js'
-import { Children } from '../processes/child.js'
-import { startMesh } from '../processes/mesh.js'
+import { Children, type ChildHandle } from '../processes/child.js'
+import type { AgentCollectResult, AgentSendResult } from '../processes/daemon-agent.js'
+import type { BurstResult } from '../processes/dm-peer.js'
+import { seedFor, startMesh, type BenchMesh } from '../processes/mesh.js'
+import type { RawRelayReady } from '../processes/raw-relay.js'
 import type { DaemonProcessReady } from './daemon-process.js'
 
 const SCENARIO = 'daemon'
@@ -109,6 +112,18 @@ export async function daemonScenario(opts: { quick: boolean }): Promise<void> {
     await ipcRound(socket, Math.min(300, count), 16)
     await directRound(Math.min(300, count), 16)
 
+    // AGENTMESH_BENCH_DAEMON_PROF=<dir>: a CPU profile of the daemon process over one IPC round and
+    // one direct round, each in its own file (ipc.cpuprofile, direct.cpuprofile).
+    const splitProf = process.env['AGENTMESH_BENCH_DAEMON_PROF']
+    if (splitProf !== undefined) {
+      await daemon.run('profileStart')
+      await ipcRound(socket, count, 16)
+      await daemon.run('profileStop', join(splitProf, 'ipc.cpuprofile'))
+      await daemon.run('profileStart')
+      await directRound(count, 16)
+      await daemon.run('profileStop', join(splitProf, 'direct.cpuprofile'))
+    }
+
     const rate = (ms: number): number => (count * 1000) / ms
     for (const v of VARIANTS) {
       const ours: Timing[] = []
@@ -140,10 +155,179 @@ export async function daemonScenario(opts: { quick: boolean }): Promise<void> {
         met: value >= 0.5 * baseline,
       })
     }
+    await daemon.stop()
+    await e2eFigure(children, m, root, opts.quick)
   } finally {
     for (const c of clients) c.close()
     await children.stopAll()
     await m.dispose()
     await rm(root, { recursive: true, force: true })
   }
+}
+
+/**
+ * Durable end-to-end DMs between two daemons on one coordinator: bob's agent sends through his
+ * daemon's IPC (`POST /v1/send`, 64 in flight) to alice's session, whose agent follows her daemon's
+ * `GET /v1/events`; each daemon, each agent and the coordinator is its own process. Rate = N ÷ (first
+ * send → last arrival at alice's agent); latency is send → arrival per DM. Baseline, alternating rounds
+ * of the same run: the relay figure's raw `ws` relay between two lean processes (dm-peer.ts), the same
+ * window and ~1 KiB sealed DMs, first send → last ack.
+ */
+async function e2eFigure(children: Children, m: BenchMesh, root: string, quick: boolean): Promise<void> {
+  const count = quick ? 300 : 3000
+  const rounds = quick ? 1 : 3
+  const window = 64
+  const started: ChildHandle[] = []
+  try {
+    const alice = join(root, 'e2e-alice')
+    const bob = join(root, 'e2e-bob')
+    await createMesh({
+      home: alice,
+      mesh: 'bench-e2e',
+      coordinatorUrl: m.url,
+      adminToken: BENCH_ADMIN_TOKEN,
+      displayName: 'alice',
+    })
+    const { token: invite } = await createInvite({
+      home: alice,
+      mesh: 'bench-e2e',
+      expiresAt: Date.now() + 3_600_000,
+    })
+    await joinMesh({ home: bob, token: invite, displayName: 'bob' })
+    const session = async (home: string, name: string) => {
+      const d = await children.start<DaemonProcessReady>(`daemon ${name}`, '../scenarios/daemon-process', {
+        env: { AGENTMESH_BENCH_DAEMON_HOME: home },
+      })
+      started.push(d)
+      const admin = new DaemonClient(
+        { socketPath: d.ready.socket },
+        await readAdminToken(daemonPaths(home).token),
+      )
+      try {
+        const s = await admin.call<RegisteredSession>('POST', '/v1/sessions', { sessionId: name })
+        await d.run('connected', { sessionId: name })
+        return { daemon: d, session: s, address: { socketPath: d.ready.socket } }
+      } finally {
+        admin.close()
+      }
+    }
+    const a = await session(alice, 'inbox')
+    const b = await session(bob, 'sender')
+    const reader = await children.start('agent alice', 'daemon-agent')
+    const writer = await children.start('agent bob', 'daemon-agent')
+    started.push(reader, writer)
+    await reader.run('follow', { address: a.address, token: a.session.token })
+
+    // The raw baseline's processes (relay.ts's online figure): two members' lean sockets and the raw relay.
+    const [rx, tx] = await m.join(2)
+    const relay = await children.start<RawRelayReady>('raw relay', 'raw-relay')
+    const receiver = await children.start('raw receiver', 'dm-peer')
+    const sender = await children.start('raw sender', 'dm-peer')
+    started.push(relay, receiver, sender)
+    await receiver.run('receiver', {
+      wsUrl: m.wsUrl,
+      mesh: m.mesh,
+      seed: seedFor(rx!),
+      rawUrl: relay.ready.url,
+    })
+    await sender.run('senders', {
+      wsUrl: m.wsUrl,
+      mesh: m.mesh,
+      seeds: [seedFor(tx!)],
+      rawUrl: relay.ready.url,
+    })
+
+    let tag = 0
+    const ours = async (n: number) => {
+      const burst = `e2e-${tag++}`
+      const sent = await writer.run<AgentSendResult>(
+        'send',
+        {
+          address: b.address,
+          token: b.session.token,
+          to: a.session.sessionPk,
+          count: n,
+          window,
+          bytes: 1024,
+          burst,
+        },
+        600_000,
+      )
+      const got = await reader.run<AgentCollectResult>(
+        'collect',
+        { burst, count: n, timeoutMs: 60_000 },
+        120_000,
+      )
+      const ms = got.lastArrivalAt - sent.firstSendAt
+      return { n, sent, got, rate: (got.received * 1000) / ms }
+    }
+    const raw = (n: number): Promise<BurstResult> =>
+      sender.run<BurstResult>('burst', {
+        via: 'raw',
+        recipients: [rx!.publicKey],
+        perConnection: n,
+        window,
+        size: '1KiB',
+      })
+
+    await ours(Math.min(200, count))
+    await raw(Math.min(2000, count))
+    const mine: Awaited<ReturnType<typeof ours>>[] = []
+    const base: BurstResult[] = []
+    for (let r = 0; r < rounds; r++) {
+      if (r % 2 === 0) {
+        mine.push(await ours(count))
+        base.push(await raw(count))
+      } else {
+        base.push(await raw(count))
+        mine.push(await ours(count))
+      }
+    }
+    const value = median(mine.map((x) => x.rate))
+    const latencies = mine.flatMap((x) => x.got.latenciesMs).sort((p, q) => p - q)
+    const received = mine.reduce((t, x) => t + x.got.received, 0)
+    const sentTotal = mine.reduce((t, x) => t + x.n, 0)
+    const delivered = (100 * received) / sentTotal
+    report({
+      scenario: SCENARIO,
+      name: 'durable DMs, daemon to daemon',
+      unit: 'DMs/s',
+      value,
+      baseline: {
+        name: `raw ws relay, two lean processes, ${window} in flight`,
+        value: median(base.map((x) => x.perSecond)),
+      },
+      deliveredPct: Math.round(delivered * 100) / 100,
+      duplicates: mine.reduce((t, x) => t + x.got.duplicates, 0),
+      p50Ms: round1(pick(latencies, 0.5)),
+      p99Ms: round1(pick(latencies, 0.99)),
+      maxMs: round1(latencies.at(-1) ?? 0),
+      acceptRate: Math.round(
+        median(mine.map((x) => (x.n * 1000) / (x.sent.lastAcceptAt - x.sent.firstSendAt))),
+      ),
+      statuses: mine.reduce<Record<string, number>>((t, x) => {
+        for (const [k, v] of Object.entries(x.sent.statuses)) t[k] = (t[k] ?? 0) + v
+        return t
+      }, {}),
+      messages: count,
+      rounds,
+      window,
+      payloadBytes: 1024,
+      limits: 'coordinator rate limits and queue quotas lifted (bench LOAD_LIMITS)',
+      goal: '≥ 5,000 DMs/s, 100% delivered',
+      met: value >= 5000 && received === sentTotal,
+    })
+  } finally {
+    await Promise.all(started.map((c) => c.stop()))
+  }
+}
+
+/** The value at quantile `q` of sorted `values`, by nearest rank. */
+function pick(values: number[], q: number): number {
+  if (values.length === 0) return 0
+  return values[Math.min(values.length - 1, Math.max(0, Math.ceil(q * values.length) - 1))]!
+}
+
+function round1(x: number): number {
+  return Math.round(x * 10) / 10
 }
