@@ -50,6 +50,7 @@ import { fromError, fromSendAck, p2pState } from './dispatch-result.js'
 import { Outbox, type DispatchResult, type EnqueueOptions } from './outbox.js'
 import { P2PManager, type P2PManagerInit } from './p2p/manager.js'
 import { acquireRateGate, type RateGateLease, type RateGateStats } from './rate-gate.js'
+import { coalescingStore } from './store/coalescing.js'
 import { StoreJanitor, type StoreJanitorOptions } from './store/janitor.js'
 import type { InboxAckStatus, OutboxRow, RuntimeStore } from './store/types.js'
 
@@ -228,6 +229,8 @@ export class Peer extends Emitter<PeerEvents> {
 
   constructor(o: PeerOptions) {
     super()
+    // One commit for a turn's outcomes and arrivals (store/coalescing.ts); a coalescing store is kept as is.
+    o = { ...o, store: coalescingStore(o.store) }
     this.#o = o
     this.mesh = o.mesh
     this.identity = o.identity
