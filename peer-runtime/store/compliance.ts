@@ -276,7 +276,7 @@ export function runtimeStoreCompliance(
       const setUp = async (s: RuntimeStore): Promise<void> => {
         await s.insertOutboxMany(
           [1, 2, 3, 4].map((n) =>
-            testOutboxRow(n, n === 4 ? { lastError: { code: 'MESH_ERR_X', message: 'x' } } : {}),
+            testOutboxRow(n, n === 4 ? { lastError: { code: 'MESH_ERR_INTERNAL', message: 'x' } } : {}),
           ),
         )
         await s.updateOutbox(testMessageId(3), { state: 'accepted', updatedAt: T0 + 5 })
