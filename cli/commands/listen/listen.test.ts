@@ -9,22 +9,7 @@ import {
   type AgentmeshProcess,
   type RunningCoordinator,
 } from '../../../test/support/coordinator-process.js'
-import { createCliMesh } from '../../../test/support/cli-mesh.js'
-
-/** Resolves once the child's stderr contains `text` `times` times; rejects if it exits first. */
-async function stderrSays(p: AgentmeshProcess, text: string, timeoutMs = 30_000, times = 1): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (p.stderr.split(text).length - 1 < times) {
-    if (p.child.exitCode !== null || p.child.signalCode !== null) {
-      throw new Error(
-        `exited before saying ${JSON.stringify(text)}\nstdout:\n${p.stdout}\nstderr:\n${p.stderr}`,
-      )
-    }
-    if (Date.now() > deadline)
-      throw new Error(`no ${JSON.stringify(text)} after ${timeoutMs} ms:\n${p.stderr}`)
-    await new Promise((resolve) => p.child.stderr?.once('data', resolve).once('close', resolve))
-  }
-}
+import { createCliMesh, stderrSays } from '../../../test/support/cli-mesh.js'
 
 /** Resolves once stdout holds `n` lines. */
 async function stdoutLines(p: AgentmeshProcess, n: number, timeoutMs = 30_000): Promise<string[]> {
