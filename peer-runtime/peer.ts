@@ -131,6 +131,11 @@ export interface SendReceipt {
   clientMessageId: string
   /** The outbox row's state when `send` resolved (usually `pending`). */
   state: OutboxRow['state']
+  /**
+   * The request fingerprint on the stored row (`SendOptions.fingerprint`): another request's when the id
+   * was already stored for it, so an idempotent caller tells a repeat from a conflict without a read.
+   */
+  fingerprint?: Uint8Array
 }
 
 export interface SendOptions {
@@ -424,7 +429,11 @@ export class Peer extends Emitter<PeerEvents> {
       },
       this.#room(o),
     )
-    return { clientMessageId, state: row.state }
+    return {
+      clientMessageId,
+      state: row.state,
+      ...(row.fingerprint !== undefined && { fingerprint: row.fingerprint }),
+    }
   }
 
   /**

@@ -4,13 +4,12 @@
  * outbox row with the sealed bytes, in the same write. A repeat of the id with the same fingerprint gets
  * the same answer and sends nothing; another fingerprint gets `MESH_ERR_IDEMPOTENCY_CONFLICT` (409) and
  * changes nothing. Sends of one session with one id run one at a time, so two concurrent repeats cannot
- * both seal; a repeat that still loses a race (the row came from elsewhere) is caught after the insert.
+ * both seal; a repeat that still loses a race (the row came from elsewhere) is caught after the insert,
+ * from the fingerprint the send's receipt reports for the stored row (no read back).
  *
  * Sends arriving in one turn of the event loop (requests read from several connections in one poll
- * phase) start together at its end (`setImmediate`), so the outbox stores them in one transaction and
- * claims them in one batch: a send costs a share of a commit, not a commit of its own. The row each
- * insert stored is taken from the peer's `outbox` event rather than read back; only an insert that
- * stored nothing (the id was taken meanwhile) reads the row to compare fingerprints.
+ * phase) reach the outbox in that turn, which stores them in one transaction at its end
+ * (`Outbox.enqueue`): a send costs a share of a commit, not a commit of its own.
  */
 import { bytesEqual, fromHex, toHex } from '../../../protocol/encoding.js'
 import { isDirectChannel, type DirectChannel } from '../../../protocol/envelope.js'
@@ -69,17 +68,9 @@ export interface SendOutcome {
 export class IdempotentSender {
   readonly #peer: Peer
   readonly #locks = new Map<string, Promise<unknown>>()
-  /** Ids whose insert is under way → the row the outbox reported stored (undefined until then). */
-  readonly #storing = new Map<string, OutboxRow | undefined>()
-  /** The end of the current turn, shared by every send that arrived in it. */
-  #turn: Promise<void> | undefined
 
   constructor(peer: Peer) {
     this.#peer = peer
-    // The outbox reports each row it inserted (and only those) before the insert's caller resumes.
-    peer.on('outbox', (row) => {
-      if (this.#storing.has(row.id) && this.#storing.get(row.id) === undefined) this.#storing.set(row.id, row)
-    })
   }
 
   async send(body: unknown, signal?: AbortSignal): Promise<SendOutcome> {
@@ -90,7 +81,6 @@ export class IdempotentSender {
       payload: req.payload,
       ...(req.meta !== undefined && { meta: req.meta }),
     })
-    await this.#endOfTurn()
     if (req.id === undefined) return this.#fresh(req, fingerprint, undefined, signal)
     const id = req.id
     return this.#serial(id, async () => {
@@ -130,49 +120,28 @@ export class IdempotentSender {
     )
   }
 
-  /** Resolves at the end of this turn of the event loop, once for every send that arrived in it. */
-  #endOfTurn(): Promise<void> {
-    return (this.#turn ??= new Promise<void>((resolve) =>
-      setImmediate(() => {
-        this.#turn = undefined
-        resolve()
-      }),
-    ))
-  }
-
   async #fresh(
     req: ParsedSend,
     fingerprint: Uint8Array,
     id: string | undefined,
     signal: AbortSignal | undefined,
   ): Promise<SendOutcome> {
-    if (id !== undefined) this.#storing.set(id, undefined)
-    let stored: OutboxRow | undefined
-    let sentId: string
-    try {
-      const receipt = await this.#peer.send(req.to, req.payload, {
-        channel: req.channel,
-        fingerprint,
-        ...(id !== undefined && { clientMessageId: id }),
-        ...(req.meta !== undefined && { meta: req.meta }),
-        ...(signal !== undefined && { signal }),
-      })
-      sentId = receipt.clientMessageId
-      stored = id === undefined ? undefined : this.#storing.get(id)
-    } finally {
-      if (id !== undefined) this.#storing.delete(id)
+    const receipt = await this.#peer.send(req.to, req.payload, {
+      channel: req.channel,
+      fingerprint,
+      ...(id !== undefined && { clientMessageId: id }),
+      ...(req.meta !== undefined && { meta: req.meta }),
+      ...(signal !== undefined && { signal }),
+    })
+    const stored = {
+      id: receipt.clientMessageId,
+      ...(receipt.fingerprint !== undefined && { fingerprint: receipt.fingerprint }),
     }
-    // A minted id cannot collide; a caller's id that the insert did not store was taken meanwhile.
-    if (id === undefined) return { answer: this.#answer(sentId, req, fingerprint), replay: false }
-    const row = stored ?? (await this.#peer.status(sentId))
-    if (row === undefined) {
-      throw new MeshError('MESH_ERR_INTERNAL', `the outbox lost message ${sentId}`)
-    }
-    return { answer: this.#check(row, req, fingerprint), replay: false }
+    return { answer: this.#check(stored, req, fingerprint), replay: false }
   }
 
   /** The answer for `row`, or a 409 when the row was stored for another request. */
-  #check(row: OutboxRow, req: ParsedSend, fingerprint: Uint8Array): SendAnswer {
+  #check(row: Pick<OutboxRow, 'id' | 'fingerprint'>, req: ParsedSend, fingerprint: Uint8Array): SendAnswer {
     if (row.fingerprint === undefined || !bytesEqual(row.fingerprint, fingerprint)) {
       throw new MeshError(
         'MESH_ERR_IDEMPOTENCY_CONFLICT',
