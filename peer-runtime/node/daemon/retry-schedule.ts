@@ -24,7 +24,10 @@ export class RetrySchedule {
   #timer: ClockTimer | undefined
   attempts = 0
   lastError: unknown
-  /** Unix ms of the next try, while one is scheduled. */
+  /**
+   * Unix ms of the next try, while one is scheduled or running (then it is in the past: status says
+   * `retrying in 0.0 s`, not that nothing is planned); cleared by `cancel()`.
+   */
   retryAt: number | undefined
 
   constructor(clock: Clock, timings: Partial<RetryTimings> = {}, random: () => number = Math.random) {
@@ -43,7 +46,6 @@ export class RetrySchedule {
     this.retryAt = this.#clock.now() + delay
     this.#timer = this.#clock.setTimeout(() => {
       this.#timer = undefined
-      this.retryAt = undefined
       fn()
     }, delay)
     return delay
