@@ -25,7 +25,6 @@ import { systemClock, type Clock, type ClockTimer } from '../protocol/clock.js'
 import { isDirectChannel } from '../protocol/envelope.js'
 import { MeshError, type MeshErrorCode } from '../protocol/errors.js'
 import { Emitter } from '../transports/emitter.js'
-import { endOfTurn } from './store/coalescing.js'
 import type {
   NewOutboxRow,
   OutboxPatch,
@@ -269,7 +268,7 @@ export class Outbox extends Emitter<OutboxEvents> {
   #put(row: NewOutboxRow): Promise<OutboxRow> {
     return new Promise((resolve, reject) => {
       this.#toInsert.push({ row, resolve, reject })
-      if (this.#toInsert.length === 1) endOfTurn(() => void this.#insertBatch())
+      if (this.#toInsert.length === 1) queueMicrotask(() => void this.#insertBatch())
     })
   }
 

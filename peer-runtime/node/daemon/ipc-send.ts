@@ -8,8 +8,9 @@
  * from the fingerprint the send's receipt reports for the stored row (no read back).
  *
  * Sends arriving in one turn of the event loop (requests read from several connections in one poll
- * phase) reach the outbox in that turn, which stores them in one transaction at its end
- * (`Outbox.enqueue`): a send costs a share of a commit, not a commit of its own.
+ * phase) start together at its end (`setImmediate`), so the outbox stores them in one transaction and
+ * claims them in one batch: a send costs a share of a commit, not a commit of its own. (The outbox
+ * itself groups only what reaches it in one microtask turn.)
  */
 import { bytesEqual, fromHex, toHex } from '../../../protocol/encoding.js'
 import { isDirectChannel, type DirectChannel } from '../../../protocol/envelope.js'
@@ -18,6 +19,7 @@ import { requestFingerprint } from '../../../protocol/fingerprint.js'
 import { isPlainObject } from '../../../protocol/schema.js'
 import { isUlid } from '../../../protocol/ulid.js'
 import type { Peer } from '../../peer.js'
+import { endOfTurn } from '../../store/coalescing.js'
 import type { OutboxRow } from '../../store/types.js'
 
 /** The body of `POST /v1/send`. */
@@ -68,6 +70,8 @@ export interface SendOutcome {
 export class IdempotentSender {
   readonly #peer: Peer
   readonly #locks = new Map<string, Promise<unknown>>()
+  /** The end of the current turn, shared by every send that arrived in it. */
+  #turn: Promise<void> | undefined
 
   constructor(peer: Peer) {
     this.#peer = peer
@@ -81,6 +85,7 @@ export class IdempotentSender {
       payload: req.payload,
       ...(req.meta !== undefined && { meta: req.meta }),
     })
+    await this.#endOfTurn()
     if (req.id === undefined) return this.#fresh(req, fingerprint, undefined, signal)
     const id = req.id
     return this.#serial(id, async () => {
@@ -118,6 +123,16 @@ export class IdempotentSender {
         ),
       ),
     )
+  }
+
+  /** Resolves at the end of this turn of the event loop, once for every send that arrived in it. */
+  #endOfTurn(): Promise<void> {
+    return (this.#turn ??= new Promise<void>((resolve) =>
+      endOfTurn(() => {
+        this.#turn = undefined
+        resolve()
+      }),
+    ))
   }
 
   async #fresh(
