@@ -252,6 +252,9 @@ export class Pusher {
     for (const row of rows) {
       if (!conn.open) return
       const stale = this.#pending.get(row.id)
+      // Claimed again while this connection still holds its push (a takeover let the claim go without
+      // forgetting the push): the peer has it already, so it is not pushed twice on one socket.
+      if (stale !== undefined && stale.conn === conn && stale.phase === 'stored') continue
       if (stale !== undefined) this.#untrack(row.id)
       this.#track(row.id, { conn, size: row.size, mesh: p.mesh, recipientHex: p.pkHex, phase: 'stored' })
       if (row.attempts > 1) this.#ctx.metrics.redeliveries.inc()

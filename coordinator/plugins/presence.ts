@@ -134,6 +134,10 @@ async function attach(ctx: CoordinatorContext, conn: Connection): Promise<boolea
       'select left_announced from presence where mesh = $1 and pk = $2 for update',
       [p.mesh, p.pk],
     )
+    // A connection replaced while it waited for this lock writes nothing: its successor (which waits for
+    // it to close before attaching) must be the presence the store names, or a claim takeover reading
+    // the store would release the successor's claims.
+    if (!conn.open) return { replaced: true as const }
     await tx.query(
       `insert into presence (mesh, pk, member_pk, role, session_id, instance_id, presence_id, node_id, connected,
          status, summary, display_name, capabilities, attestation_signed, attestation_sig, lease_until,
@@ -166,6 +170,7 @@ async function attach(ctx: CoordinatorContext, conn: Connection): Promise<boolea
     )
     return rows[0]
   })
+  if (previous !== undefined && 'replaced' in previous) return false
   const reattached = previous !== undefined && !previous.left_announced
   if (!reattached) {
     const rows = await ctx.store.query<PresenceRow>(
