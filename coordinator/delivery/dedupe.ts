@@ -93,6 +93,11 @@ export class Dedupe {
     }
   }
 
+  /** Remembers `outcome` as the answer to a retry of this id now (a receipt changed it; see OutcomeUpdates). */
+  remember(mesh: string, from: Uint8Array, clientMessageId: string, hash: Uint8Array, outcome: SendOutcome): void {
+    this.#recent.set(mesh, from, clientMessageId, hash, outcome)
+  }
+
   /** What this node remembers of `key`: a send in flight (awaited) or a recent outcome; undefined if nothing. */
   #fromMemory(
     key: string,

@@ -5,10 +5,11 @@
  * that outlives its lease makes the delivery claimable again. A delivery is never pushed to two open
  * connections, because one key has one live connection and a push needs that connection's claim.
  */
-import { ulidFactory, type ClockTimer, type FrameOf } from '../../protocol/index.js'
+import { toHex, ulidFactory, type ClockTimer, type FrameOf } from '../../protocol/index.js'
 import type { Connection } from '../connection.js'
 import type { CoordinatorContext } from '../context.js'
 import { StoredAcks } from './ack-batch.js'
+import type { OutcomeUpdates } from './outcome-updates.js'
 import type { QueueQuota } from './quota.js'
 
 export type AckStatus = FrameOf<'client_ack'>['status']
@@ -58,9 +59,12 @@ export class Pusher {
   #fastTimer: ClockTimer | undefined
   readonly nextId: () => string
 
-  constructor(ctx: CoordinatorContext, quota: QueueQuota) {
+  readonly #outcomes: OutcomeUpdates
+
+  constructor(ctx: CoordinatorContext, quota: QueueQuota, outcomes: OutcomeUpdates) {
     this.#ctx = ctx
     this.#quota = quota
+    this.#outcomes = outcomes
     this.#acks = new StoredAcks(ctx.store)
     this.nextId = ulidFactory(() => ctx.clock.now())
   }
@@ -192,17 +196,28 @@ export class Pusher {
     const row = await this.#acks.delete(deliveryId, p.mesh, p.pk)
     if (row === undefined) return
     this.#quota.released(p.mesh, p.pk, row.sender, row.size)
-    this.receipt(p.mesh, row.sender, row.client_message_id, p.pk, recipientState(status))
+    // Not awaited: the ack's own work is done; the receipt follows its dedupe update.
+    void this.receipt(p.mesh, row.sender, row.client_message_id, p.pk, recipientState(status))
   }
 
-  /** Sends a delivery_receipt to the sender's live connection, if it has one on this node. */
-  receipt(
+  /**
+   * A recipient's final state for a stored message: written into the message's dedupe row first (so a
+   * sender that misses the receipt learns it by sending again: `duplicate` answers the outcome now), then
+   * sent as a delivery_receipt to the sender's live connection, if it has one on this node. A store that
+   * cannot take the update does not hold the receipt back; that sender then learns it no other way.
+   */
+  async receipt(
     mesh: string,
     sender: Uint8Array,
     clientMessageId: string,
     recipient: Uint8Array,
     status: RecipientState,
-  ): void {
+  ): Promise<void> {
+    try {
+      await this.#outcomes.record(mesh, sender, clientMessageId, toHex(recipient), status)
+    } catch (err) {
+      this.#ctx.log[this.#ctx.closing ? 'debug' : 'warn']({ err }, 'recording a receipt in dedupe failed')
+    }
     const to = this.#ctx.connections.get(mesh, sender)
     to?.send({ t: 'delivery_receipt', clientMessageId, recipient, status })
   }

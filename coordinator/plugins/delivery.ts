@@ -8,6 +8,7 @@ import fp from 'fastify-plugin'
 import type { CoordinatorContext } from '../context.js'
 import { Committer } from '../delivery/committer.js'
 import { Dedupe } from '../delivery/dedupe.js'
+import { OutcomeUpdates } from '../delivery/outcome-updates.js'
 import { Pusher } from '../delivery/pusher.js'
 import { QueueQuota } from '../delivery/quota.js'
 import { RateLimiter } from '../delivery/rate-limit.js'
@@ -36,10 +37,11 @@ export const deliveryPlugin = fp(
     const ctx = app.mesh
     const l = ctx.limits
     const quota = new QueueQuota(l, ctx.clock)
+    const dedupe = new Dedupe(ctx.store, l.fastPathDedupeEntries, ctx.metrics.dedupeChecks)
     const services: DeliveryServices = {
-      pusher: new Pusher(ctx, quota),
+      pusher: new Pusher(ctx, quota, new OutcomeUpdates(ctx.store, dedupe)),
       committer: new Committer(ctx.store, l.commitBatchRows),
-      dedupe: new Dedupe(ctx.store, l.fastPathDedupeEntries, ctx.metrics.dedupeChecks),
+      dedupe,
       rate: new RateLimiter(ctx.clock, l.rate),
       quota,
       waker: new Waker(ctx.store, (err) => ctx.log.warn({ err }, 'wake notify failed')),
@@ -100,10 +102,10 @@ async function expire(ctx: CoordinatorContext, d: DeliveryServices): Promise<voi
      returning mesh, recipient, sender, client_message_id, size`,
     [now],
   )
-  for (const row of gone) {
-    d.quota.released(row.mesh, row.recipient, row.sender, row.size)
-    d.pusher.receipt(row.mesh, row.sender, row.client_message_id, row.recipient, 'expired')
-  }
+  for (const row of gone) d.quota.released(row.mesh, row.recipient, row.sender, row.size)
+  await Promise.all(
+    gone.map((row) => d.pusher.receipt(row.mesh, row.sender, row.client_message_id, row.recipient, 'expired')),
+  )
   await ctx.store.query(
     'delete from dedupe where (mesh, sender, client_message_id) in (select mesh, sender, client_message_id from dedupe where expires_at <= $1 limit 1000)',
     [now],

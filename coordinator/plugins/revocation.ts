@@ -42,10 +42,12 @@ export const revocationPlugin = fp(
            returning sender, recipient, client_message_id, size`,
           [state.id, key],
         )
-        for (const d of dropped) {
-          ctx.delivery.quota.released(state.id, d.recipient, d.sender, d.size)
-          ctx.delivery.pusher.receipt(state.id, d.sender, d.client_message_id, d.recipient, 'dropped_revoked')
-        }
+        for (const d of dropped) ctx.delivery.quota.released(state.id, d.recipient, d.sender, d.size)
+        await Promise.all(
+          dropped.map((d) =>
+            ctx.delivery.pusher.receipt(state.id, d.sender, d.client_message_id, d.recipient, 'dropped_revoked'),
+          ),
+        )
       }
       ctx.log.info({ mesh: state.id, pk: hex.slice(0, 16), keys: keys.length }, 'revoked')
     }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
-import { openEnvelope } from '../../protocol/index.js'
+import { openEnvelope, sealDirect } from '../../protocol/index.js'
 import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
+import { eventually } from '../../test/support/eventually.js'
 import { storeLegs } from '../store/testing.js'
 
 async function storedDeliveries(world: World): Promise<number> {
@@ -75,6 +76,57 @@ describe.each(storeLegs())('direct messages (%s)', (driver) => {
     await world.coordinator.sweep()
     expect(b.frames('push')).toHaveLength(1)
     expect(await storedDeliveries(world)).toBe(0)
+  })
+
+  it('a sender away when its receipt was due learns the outcome by sending again (duplicate says delivered)', async () => {
+    const world = await start()
+    const s1 = world.session(await world.member())
+    const s2 = world.session(await world.member())
+    const a = await world.connectSession(s1)
+    await (await world.connectSession(s2)).close()
+    const env = world.dm(s1.identity, s2.identity, { n: 1 })
+    const expired = sealDirect({
+      mesh: world.mesh,
+      channel: 'dm',
+      from: s1.identity,
+      to: s2.identity.publicKey,
+      clientMessageId: '01M9EXP1RES00000000000000A',
+      meta: { expiresAt: world.clock.now() + 1_000 },
+      payload: { n: 2 },
+    })
+    expect(await a.sendEnvelope(env)).toMatchObject({ state: 'queued', recipientOnline: false })
+    expect(await a.sendEnvelope(expired)).toMatchObject({ state: 'queued', recipientOnline: false })
+    await a.close()
+
+    // The second copy expires unread; the first is acked while its sender is gone: no receipt reaches it.
+    await world.clock.advance(2_000)
+    await world.coordinator.sweep()
+    const b = await world.connectSession(s2)
+    await b.waitFor('push')
+    await eventually(async () => (await storedDeliveries(world)) === 0, { what: 'the copy acked' })
+
+    const hex = Buffer.from(s2.identity.publicKey).toString('hex')
+    const back = await world.connectSession(s1)
+    // Sent again, each answers what became of it, from memory and (on a fresh node) from the store.
+    expect(await back.sendEnvelope(env)).toMatchObject({
+      duplicate: true,
+      state: 'delivered',
+      recipients: { [hex]: 'delivered' },
+    })
+    expect(await back.sendEnvelope(expired)).toMatchObject({
+      duplicate: true,
+      state: 'queued',
+      recipients: { [hex]: 'expired' },
+    })
+    expect(back.frames('delivery_receipt')).toEqual([])
+    // The store says so too: another node, or this one after a restart, answers the same.
+    const rows = await world.store.query<{ client_message_id: string; state: string }>(
+      'select client_message_id, state from dedupe order by client_message_id',
+    )
+    expect(Object.fromEntries(rows.map((r) => [r.client_message_id, r.state]))).toEqual({
+      [expired.clientMessageId]: 'queued',
+      [env.clientMessageId]: 'delivered',
+    })
   })
 
   it('a DM to a member key goes to that member’s control-plane presence, or waits for it', async () => {
