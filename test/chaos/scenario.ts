@@ -4,6 +4,9 @@
  * `listen` (still running `holdMs` after the last fault, exits 0 on SIGINT). Every process is killed
  * at the end, pass or fail.
  */
+import { writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { PgCluster } from '../support/pg-cluster.js'
 import { instantiate, type Template } from './template.js'
@@ -182,6 +185,21 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       outboxBoundMs: boundMs,
       outboxMet: outboxMs <= boundMs,
     }
+    if (o.log !== undefined) {
+      // Where the recovery time went: arrivals per second after the last fault, of each figure's ids.
+      const perSecond = (ids: Iterable<string>): string => {
+        const bins: number[] = []
+        for (const id of ids) {
+          const at = arrivedAt.get(id)
+          if (at === undefined) continue
+          const bin = Math.max(0, Math.floor((at - lastFaultEndedAt) / 1000))
+          bins[bin] = (bins[bin] ?? 0) + 1
+        }
+        return Array.from(bins, (n) => n ?? 0).join(' ')
+      }
+      step(`outbox ids arriving per second after the last fault: ${perSecond(outboxIds)}`)
+      step(`accepted ids arriving per second after the last fault: ${perSecond(acceptedAtEnd)}`)
+    }
     if (!recovery.acceptedMet)
       problems.push(
         `recovery: ${acceptedAtEnd.size} accepted messages took ${fmt(acceptedMs)} after the last fault (goal ${fmt(ACCEPTED_GOAL_MS)})`,
@@ -231,8 +249,11 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
     for (const p of [world.coordinator, world.daemon, ...world.listens]) {
       if (p !== undefined && !p.running && !killedByUs.has(p.pid)) {
         const exit = await p.exited
+        // The whole kept stderr goes to a file: the first lines of a crash say what it was.
+        const file = join(tmpdir(), `agentmesh-chaos-${o.seed}-${p.name.replace(/\W+/g, '_')}-${p.pid}.log`)
+        await writeFile(file, p.stderr).catch(() => undefined)
         problems.push(
-          `${p.name} exited by itself (code ${exit.code}, signal ${exit.signal}): ${tail(p.stderr)}`,
+          `${p.name} exited by itself (code ${exit.code}, signal ${exit.signal}): ${tail(p.stderr)} (stderr in ${file})`,
         )
       }
     }
