@@ -21,14 +21,14 @@ function takes(gate: RateGate, clock: ManualClock, n: number, bytes = 100): { pa
 }
 
 describe('paceFor', () => {
-  it('paces under the announced bucket: 90 % of the rates, a burst a tenth or 100 ms short, never below one', () => {
+  it('paces under the announced bucket: 97 % of the rates, a burst a tenth or 100 ms short, never below one', () => {
     expect(
       paceFor({ messageBurst: 200, messagesPerSecond: 100, byteBurst: 1000, bytesPerSecond: 1000 }),
     ).toEqual({
       messageBurst: 180,
-      messagesPerSecond: 90,
+      messagesPerSecond: 97,
       byteBurst: 900,
-      bytesPerSecond: 900,
+      bytesPerSecond: 970,
     })
     expect(
       paceFor({ messageBurst: 1, messagesPerSecond: 1, byteBurst: 5, bytesPerSecond: 5 }).messageBurst,
@@ -50,21 +50,21 @@ describe('RateGate', () => {
     expect(gate.stats).toMatchObject({ passed: 1000, waited: 0, queued: 0 })
   })
 
-  it('passes the margined burst at once, then one message per 1/(0.9 rate), in order', async () => {
+  it('passes the margined burst at once, then one message per 1/(0.97 rate), in order', async () => {
     const clock = new ManualClock(T0)
     const gate = new RateGate({ clock })
     gate.configure(BUCKET)
     const { passedAt } = takes(gate, clock, 20)
     await clock.advance(0)
     expect(passedAt).toHaveLength(8) // burst 10, 100 ms of 20/s short
-    // 18 messages a second: the 9th passes after 1/18 s (56 ms), the 20th after 12/18 s.
-    await clock.advance(55)
+    // 19.4 messages a second: the 9th passes after 1/19.4 s (52 ms), the 20th after 12/19.4 s.
+    await clock.advance(51)
     expect(passedAt).toHaveLength(8)
     await clock.advance(1)
     expect(passedAt).toHaveLength(9)
     await clock.advance(1_000)
     expect(passedAt).toHaveLength(20)
-    expect(passedAt.at(-1)! - T0).toBeLessThanOrEqual(Math.ceil((12 / 18) * 1000) + 1)
+    expect(passedAt.at(-1)! - T0).toBeLessThanOrEqual(Math.ceil((12 / 19.4) * 1000) + 1)
     expect([...passedAt].sort((a, b) => a - b)).toEqual(passedAt)
     expect(gate.stats).toMatchObject({ passed: 20, waited: 12, queued: 0 })
     expect(gate.stats.waitedMs).toBeGreaterThan(0)

@@ -23,7 +23,7 @@ import { MeshError } from '../protocol/errors.js'
 import type { RateBucket } from '../protocol/frames.js'
 
 /** The share of the announced steady rates the gate paces at. */
-export const RATE_MARGIN = 0.9
+export const RATE_MARGIN = 0.97
 
 /** What a gate has done since it was made (shared by every user of a shared gate). */
 export interface RateGateStats {
