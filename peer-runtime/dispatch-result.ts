@@ -1,7 +1,8 @@
 /**
  * What one transport attempt means for its outbox row (DESIGN.md §5): a receiver's ack is `done`, the
  * coordinator's `queued` is `accepted`, refusals are retried with or without using an attempt, and the
- * rest is `dead` with its code, as `RETRY_CLASS` in protocol/errors.ts says.
+ * rest is `dead` with its code, as `RETRY_CLASS` in protocol/errors.ts says. A `done` or `accepted`
+ * result names the transport that answered (`via`), which the row keeps.
  */
 import { isMeshError, RETRY_CLASS } from '../protocol/errors.js'
 import type { FrameOf } from '../protocol/frames.js'
@@ -13,10 +14,16 @@ export function p2pState(status: InboxAckStatus): 'delivered' | 'undecryptable' 
   return status === 'ok' || status === 'duplicate' ? 'delivered' : status
 }
 
+/** The coordinator's answer: it pushed the message live (`done`) or stored it (`accepted`); either way `relay`. */
 export function fromSendAck(ack: FrameOf<'send_ack'>, target: string): DispatchResult {
   const recipients = ack.recipients ?? { [target]: ack.state === 'delivered' ? 'delivered' : 'queued' }
-  if (ack.state === 'delivered') return { kind: 'done', recipients }
-  return { kind: 'accepted', recipients }
+  if (ack.state === 'delivered') return { kind: 'done', recipients, via: 'relay' }
+  return { kind: 'accepted', recipients, via: 'relay' }
+}
+
+/** A receiver's ack over the P2P data channel: `done`, `p2p`. */
+export function fromP2PAck(status: InboxAckStatus, target: string): DispatchResult {
+  return { kind: 'done', recipients: { [target]: p2pState(status) }, via: 'p2p' }
 }
 
 export function fromError(err: unknown): DispatchResult {

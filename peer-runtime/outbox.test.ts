@@ -169,6 +169,38 @@ describe('Outbox', () => {
     expect(f.calls).toHaveLength(2)
   })
 
+  it('records the transport that answered on the row (via); a receipt that finishes a row says relay', async () => {
+    const f = await setup((row) => {
+      if (row.id === testMessageId(1)) return { kind: 'done', recipients: { [B]: 'delivered' }, via: 'p2p' }
+      if (row.id === testMessageId(2))
+        return { kind: 'accepted', recipients: { [B]: 'queued' }, via: 'relay' }
+      return { kind: 'retry', counted: false, error: DISCONNECTED }
+    })
+    await f.outbox.enqueue(f.row(1))
+    await f.outbox.enqueue(f.row(2))
+    await f.outbox.idle(signal())
+    expect(await f.outbox.status(testMessageId(1))).toMatchObject({ state: 'done', via: 'p2p' })
+    expect(await f.outbox.status(testMessageId(2))).toMatchObject({ state: 'accepted', via: 'relay' })
+    // The coordinator's receipt finishes the queued row: still the relay's.
+    expect(await f.outbox.receipt(testMessageId(2), B, 'delivered')).toMatchObject({
+      state: 'done',
+      via: 'relay',
+    })
+
+    // A direct row waiting for the link has no transport yet; a receipt (its send_ack was lost) names one.
+    const waiting = waitFor(events(f.outbox), 'state', {
+      signal: signal(),
+      filter: (r) => r.id === testMessageId(3) && r.state === 'pending' && r.lastError !== undefined,
+    })
+    await f.outbox.enqueue(f.row(3))
+    const [retried] = await waiting
+    expect(retried.via).toBeUndefined()
+    expect(await f.outbox.receipt(testMessageId(3), B, 'delivered')).toMatchObject({
+      state: 'done',
+      via: 'relay',
+    })
+  })
+
   it('a receipt that arrives while the dispatch is in flight is kept by its result', async () => {
     let release: (result: DispatchResult) => void = () => {}
     const f = await setup(() => new Promise<DispatchResult>((resolve) => (release = resolve)))

@@ -29,17 +29,22 @@ import type {
   NewOutboxRow,
   OutboxPatch,
   OutboxRow,
+  OutboxVia,
   RecipientState,
   RowError,
   RuntimeStore,
 } from './store/types.js'
 
-/** What one dispatch of a row came to. */
+/**
+ * What one dispatch of a row came to. `via` on `done` and `accepted` is the transport that answered
+ * (`p2p` for a P2P ack, `relay` for the coordinator's `send_ack`), stored on the row as `OutboxRow.via`;
+ * absent, the row keeps the one it had.
+ */
 export type DispatchResult =
   /** A receiver acked (a P2P ack, `send_ack{delivered}`). */
-  | { kind: 'done'; recipients?: Record<string, RecipientState> }
+  | { kind: 'done'; recipients?: Record<string, RecipientState>; via?: OutboxVia }
   /** The coordinator answered `queued` (or partly queued): no more retransmission; receipts may follow. */
-  | { kind: 'accepted'; recipients?: Record<string, RecipientState> }
+  | { kind: 'accepted'; recipients?: Record<string, RecipientState>; via?: OutboxVia }
   /**
    * Try again later. `counted: true` for a retryable coordinator refusal (counts toward `maxAttempts`);
    * `counted: false` while disconnected, or after `MESH_ERR_RATE_LIMITED` (waits without an attempt).
@@ -374,8 +379,9 @@ export class Outbox extends Emitter<OutboxEvents> {
   /**
    * Records a recipient's outcome (a `delivery_receipt`, a late ack). An `accepted` row whose every known
    * recipient is final becomes `done`, and so does a waiting direct (`dm`, `rpc`, `stream`) row. A final
-   * outcome is never replaced by `queued`. Resolves with the row after the change, or undefined when the
-   * row is unknown.
+   * outcome is never replaced by `queued`. A row a receipt finishes was carried by the coordinator (it
+   * sends the receipts): its `via` is `relay`. Resolves with the row after the change, or undefined when
+   * the row is unknown.
    */
   async receipt(id: string, recipientHex: string, status: RecipientState): Promise<OutboxRow | undefined> {
     return this.#locked(id, async () => {
@@ -402,6 +408,7 @@ export class Outbox extends Emitter<OutboxEvents> {
       if (finished) {
         patch.state = 'done'
         patch.lastError = null
+        patch.via = 'relay'
       }
       const updated = await this.#store.updateOutbox(id, patch, [row.state])
       if (updated === undefined) return undefined
@@ -586,6 +593,7 @@ export class Outbox extends Emitter<OutboxEvents> {
       const state = result.kind === 'done' || allFinal(recipients) ? 'done' : 'accepted'
       patch = { state, lastError: null, updatedAt: now }
       if (Object.keys(recipients).length > 0) patch.recipients = recipients
+      if (result.via !== undefined) patch.via = result.via
     } else if (result.kind === 'dead') {
       patch = { state: 'dead', lastError: result.error, updatedAt: now }
     } else {

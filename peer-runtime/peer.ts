@@ -46,10 +46,11 @@ import { Inbox, type InboundMessage } from './inbox.js'
 import { MeshView } from './mesh-view.js'
 import { MeshViewSaver } from './mesh-view-saver.js'
 import { AttestationRefresher } from './attestation-refresh.js'
-import { fromError, fromSendAck, p2pState } from './dispatch-result.js'
+import { fromError, fromP2PAck, fromSendAck } from './dispatch-result.js'
 import { Outbox, type DispatchResult, type EnqueueOptions } from './outbox.js'
 import { P2PManager, type P2PManagerInit } from './p2p/manager.js'
 import { acquireRateGate, type RateGateLease, type RateGateStats } from './rate-gate.js'
+import { recheckAccepted } from './receipt-recheck.js'
 import { coalescingStore } from './store/coalescing.js'
 import { StoreJanitor, type StoreJanitorOptions } from './store/janitor.js'
 import type { InboxAckStatus, OutboxRow, RuntimeStore } from './store/types.js'
@@ -625,6 +626,25 @@ export class Peer extends Emitter<PeerEvents> {
       .then(() => this.listPeers({ includeOffline: true, includeDaemons: true }).then(() => undefined))
       .catch(() => undefined)
     this.#outbox.wake()
+    void this.#recheck()
+  }
+
+  /** After a hello: the `accepted` rows are sent again, for the receipts given while this peer was away. */
+  async #recheck(): Promise<void> {
+    const signal = this.#closing.signal
+    try {
+      await recheckAccepted(
+        {
+          accepted: () => this.#o.store.listOutbox(['accepted'], Number.MAX_SAFE_INTEGER),
+          send: (envelope, signal) => this.#connection.request({ t: 'send', envelope }, { signal }),
+          receipt: (id, hex, state) => this.#outbox.receipt(id, hex, state),
+          ready: () => this.#connection.ready,
+        },
+        signal,
+      )
+    } catch (err) {
+      if (!signal.aborted) this.emit('error', err)
+    }
   }
 
   /**
@@ -816,9 +836,9 @@ export class Peer extends Emitter<PeerEvents> {
     try {
       // Group and broadcast copies are made by the coordinator: always the relay.
       if (this.#p2p !== undefined && pk !== null && !fanOut) {
+        // `via` says which transport answered: a session demoted mid-send settles with the relay's ack.
         const delivery = await this.#p2p.deliver(pk, row.id, row.envelope, signal)
-        if (delivery.via === 'p2p')
-          return { kind: 'done', recipients: { [row.target]: p2pState(delivery.status) } }
+        if (delivery.via === 'p2p') return fromP2PAck(delivery.status, row.target)
         return fromSendAck(delivery.ack, row.target)
       }
       if (!this.#connection.ready) {

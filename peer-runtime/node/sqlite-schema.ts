@@ -83,8 +83,16 @@ CREATE INDEX rpc_answers_expiry ON rpc_answers (expires_at);
 CREATE INDEX outbox_finished ON outbox (updated_at) WHERE state IN ('done', 'aborted', 'dead');
 `
 
+/**
+ * Schema 3: an outbox row records the transport that took it to `accepted` or `done` (`OutboxRow.via`:
+ * `p2p` or `relay`). NULL on the rows a schema-2 build left, finished or not: nothing tells which it was.
+ */
+export const SCHEMA_V3 = `
+ALTER TABLE outbox ADD COLUMN via TEXT;
+`
+
 /** The migrations in order: `MIGRATIONS[i]` takes a file from version `i` to `i + 1`. */
-export const MIGRATIONS: readonly string[] = [SCHEMA_V1, SCHEMA_V2]
+export const MIGRATIONS: readonly string[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3]
 
 /** The schema version this build writes and reads (`PRAGMA user_version`). */
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length

@@ -15,7 +15,7 @@ import {
   testOutboxRow,
 } from '../store/compliance.js'
 import { coalescingStore } from '../store/coalescing.js'
-import { SCHEMA_V1 } from './sqlite-schema.js'
+import { SCHEMA_V1, SCHEMA_V2 } from './sqlite-schema.js'
 import { openSqliteStoreAt, SQLITE_SCHEMA_VERSION, sqliteStore } from './sqlite-store.js'
 import type { RuntimeStore } from '../store/types.js'
 
@@ -95,6 +95,32 @@ function schemaOneFile(): string {
   )
   inbox.run({ ...testInboxRow(12), consumedAt: T0 + 99 })
   inbox.run({ ...testInboxRow(11), consumedAt: null })
+  db.close()
+  return path
+}
+
+/**
+ * A file as a schema-2 build left it: the schema-1 file's rows, migrated to 2 as that build did, plus an
+ * `accepted` row (queued at the coordinator, a receipt still to come) and a `done` one, without `via`.
+ */
+function schemaTwoFile(): string {
+  const path = schemaOneFile()
+  const db = new Database(path)
+  db.exec(SCHEMA_V2)
+  db.pragma('user_version = 2')
+  const outbox = db.prepare(
+    `INSERT INTO outbox (id, mesh, from_pk, target, channel, envelope, state, attempts, created_at,
+       updated_at, next_attempt_at, last_error, recipients, fingerprint, session_id, requeued_as)
+     VALUES (?, 'mesh-test', ?, ?, 'dm', ?, ?, 0, ?, ?, ?, NULL, ?, NULL, NULL, NULL)`,
+  )
+  for (const [n, state, recipient] of [
+    [5, 'accepted', 'queued'],
+    [6, 'done', 'delivered'],
+  ] as const) {
+    const r = testOutboxRow(n)
+    const recipients = JSON.stringify({ [r.target]: recipient })
+    outbox.run(r.id, r.from, r.target, r.envelope, state, r.createdAt, T0 + 70, r.createdAt, recipients)
+  }
   db.close()
   return path
 }
@@ -363,11 +389,11 @@ describe('sqlite store', () => {
     expect(isMeshError(err, 'MESH_ERR_SCHEMA_TOO_NEW')).toBe(true)
   })
 
-  it('migrates a schema-1 file to schema 2 with its pending outbox and unconsumed inbox intact', async () => {
+  it('migrates a schema-1 file to the current schema with its pending outbox and unconsumed inbox intact', async () => {
     const path = schemaOneFile()
     const store = sqliteStore({ path })
     const db = new Database(path, { readonly: true })
-    expect(db.pragma('user_version', { simple: true })).toBe(2)
+    expect(db.pragma('user_version', { simple: true })).toBe(SQLITE_SCHEMA_VERSION)
     db.close()
     // The pending rows are due in their order; the inflight one comes back at recovery.
     expect((await store.dueOutbox(T0 + 1_000, 10)).map((r) => r.id)).toEqual([
@@ -395,12 +421,47 @@ describe('sqlite store', () => {
     await store.close()
   })
 
-  it('gives a migrated schema-1 file the same schema as a new file', async () => {
-    const migrated = schemaOneFile()
-    await sqliteStore({ path: migrated }).close()
+  it('gives a migrated schema-1 or schema-2 file the same schema as a new file', async () => {
     const fresh = freshPath()
     await sqliteStore({ path: fresh }).close()
-    expect(schemaOf(migrated)).toEqual(schemaOf(fresh))
+    for (const migrated of [schemaOneFile(), schemaTwoFile()]) {
+      await sqliteStore({ path: migrated }).close()
+      expect(schemaOf(migrated)).toEqual(schemaOf(fresh))
+    }
+  })
+
+  it('migrates a schema-2 file to 3: its rows read as before, with no via, and a later answer records one', async () => {
+    const path = schemaTwoFile()
+    const store = sqliteStore({ path })
+    const db = new Database(path, { readonly: true })
+    expect(db.pragma('user_version', { simple: true })).toBe(3)
+    db.close()
+    const bob = testOutboxRow(5).target
+    // Nothing says which transport finished the old rows: they have none, rather than a guess.
+    expect(await store.getOutbox(testMessageId(6))).toEqual({
+      ...testOutboxRow(6),
+      state: 'done',
+      attempts: 0,
+      updatedAt: T0 + 70,
+      nextAttemptAt: T0 + 6,
+      recipients: { [bob]: 'delivered' },
+    })
+    expect((await store.listOutbox(['pending', 'accepted'], 10)).map((r) => [r.id, r.via])).toEqual([
+      [testMessageId(1), undefined],
+      [testMessageId(2), undefined],
+      [testMessageId(5), undefined],
+    ])
+    // The accepted row's receipt comes after the upgrade: `relay`, as the outbox records it.
+    const done = await store.updateOutbox(
+      testMessageId(5),
+      { state: 'done', via: 'relay', recipients: { [bob]: 'delivered' }, updatedAt: T0 + 80 },
+      ['accepted'],
+    )
+    expect(done).toMatchObject({ state: 'done', via: 'relay' })
+    await store.close()
+    const again = sqliteStore({ path })
+    expect((await again.getOutbox(testMessageId(5)))?.via).toBe('relay')
+    await again.close()
   })
 
   it('migrates in one transaction: a migration that fails leaves the file at schema 1, whole', async () => {

@@ -44,6 +44,7 @@ import type {
   OutboxPatch,
   OutboxRow,
   OutboxState,
+  OutboxVia,
   RecipientState,
   RowError,
   RpcAnswerRow,
@@ -80,6 +81,7 @@ interface OutboxRecord {
   fingerprint: Buffer | null
   session_id: string | null
   requeued_as: string | null
+  via: string | null
 }
 
 interface InboxRecord {
@@ -122,6 +124,7 @@ function toOutboxRow(r: OutboxRecord): OutboxRow {
   if (r.fingerprint !== null) row.fingerprint = bytes(r.fingerprint)
   if (r.session_id !== null) row.sessionId = r.session_id
   if (r.requeued_as !== null) row.requeuedAs = r.requeued_as
+  if (r.via !== null) row.via = r.via as OutboxVia
   return row
 }
 
@@ -502,6 +505,7 @@ class SqliteStore implements SqliteRuntimeStore {
       setError: patch.lastError === undefined ? 0 : 1,
       lastError: patch.lastError == null ? null : JSON.stringify(patch.lastError),
       recipients: patch.recipients === undefined ? null : JSON.stringify(patch.recipients),
+      via: patch.via ?? null,
       updatedAt: patch.updatedAt,
     }) as OutboxRecord | undefined
     return record === undefined ? undefined : toOutboxRow(record)
@@ -546,6 +550,7 @@ function prepare(db: Database.Database) {
          next_attempt_at = coalesce(@nextAttemptAt, next_attempt_at),
          last_error = CASE WHEN @setError THEN @lastError ELSE last_error END,
          recipients = coalesce(@recipients, recipients),
+         via = coalesce(@via, via),
          updated_at = @updatedAt
        WHERE id = @id AND instr(@expect, ',' || state || ',') > 0
        RETURNING *`,

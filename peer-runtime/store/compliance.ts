@@ -1,8 +1,9 @@
 /**
  * The one suite every `RuntimeStore` driver passes (CONVENTIONS §2): outbox inserts idempotent by id,
- * compare-and-set updates (one at a time and in batches), the due order, `claimDue`, `nextDue`, recovery of `inflight` rows, requeue
- * only from `dead`, pruning (whole and in chunks); the saved mesh view; rpc answers; inbox dedupe by `(mesh, recipient, from, clientMessageId)`, reader scoping,
- * consumption; and `MESH_ERR_STORE_CLOSED` after `close()`.
+ * compare-and-set updates (one at a time and in batches), the transport a row records (`via`), the due
+ * order, `claimDue`, `nextDue`, recovery of `inflight` rows, requeue only from `dead`, pruning (whole and
+ * in chunks); the saved mesh view; rpc answers; inbox dedupe by `(mesh, recipient, from,
+ * clientMessageId)`, reader scoping, consumption; and `MESH_ERR_STORE_CLOSED` after `close()`.
  *
  * A driver's test is a few lines: `runtimeStoreCompliance('memory', async () => memoryStore(), { runner:
  * { describe, it } })`. The runner is injected because shipped folders may not import devDependencies
@@ -320,6 +321,66 @@ export function runtimeStoreCompliance(
         await twin.close()
       }
       checkEqual(await store.updateOutboxMany([]), [], 'an empty batch')
+    })
+
+    test('keeps the transport that carried a row (via): set by a patch, kept by later ones, one at a time and in batches', async (store) => {
+      const bob = toHex(testKey(2))
+      await store.insertOutboxMany([1, 2, 3].map((n) => testOutboxRow(n)))
+      check((await store.getOutbox(testMessageId(1)))?.via === undefined, 'a new row has a via')
+      const accepted = await store.updateOutbox(
+        testMessageId(1),
+        { state: 'accepted', via: 'relay', recipients: { [bob]: 'queued' }, updatedAt: T0 + 10 },
+        ['pending'],
+      )
+      checkEqual(accepted?.via, 'relay', 'the via an update returned')
+      // A receipt's patch names no transport: the row keeps the one that carried it.
+      await store.updateOutbox(
+        testMessageId(1),
+        { state: 'done', recipients: { [bob]: 'delivered' }, updatedAt: T0 + 20 },
+        ['accepted'],
+      )
+      checkEqual(
+        await store.getOutbox(testMessageId(1)),
+        {
+          ...expectedNew(testOutboxRow(1)),
+          state: 'done',
+          via: 'relay',
+          recipients: { [bob]: 'delivered' },
+          updatedAt: T0 + 20,
+        },
+        'the row after a patch without via',
+      )
+
+      const results = await store.updateOutboxMany([
+        { id: testMessageId(2), patch: { state: 'inflight', updatedAt: T0 + 30 }, expect: ['pending'] },
+        {
+          id: testMessageId(2),
+          patch: { state: 'done', via: 'p2p', updatedAt: T0 + 31 },
+          expect: ['inflight'],
+        },
+        { id: testMessageId(2), patch: { lastError: null, updatedAt: T0 + 32 } },
+        // A change whose state does not match writes no via either.
+        { id: testMessageId(1), patch: { via: 'p2p', updatedAt: T0 + 33 }, expect: ['pending'] },
+      ])
+      checkEqual(
+        results.map((row) => row?.via),
+        [undefined, 'p2p', 'p2p', undefined],
+        'the vias the batch resolved with',
+      )
+      checkEqual(
+        (await store.listOutbox(['done'], 10)).map((row) => [row.id, row.via]),
+        [
+          [testMessageId(1), 'relay'],
+          [testMessageId(2), 'p2p'],
+        ],
+        'the vias of the done rows',
+      )
+      // A requeued row is a new message: nothing carried it yet.
+      await store.updateOutbox(testMessageId(3), { state: 'dead', via: 'relay', updatedAt: T0 + 40 })
+      const fresh = await store.requeueDead(testMessageId(3), testOutboxRow(4), T0 + 50)
+      check(fresh !== undefined && fresh.via === undefined, 'the requeued row came back with a via')
+      check((await store.getOutbox(testMessageId(4)))?.via === undefined, 'the stored requeued row has a via')
+      checkEqual((await store.getOutbox(testMessageId(3)))?.via, 'relay', 'the aborted row lost its via')
     })
 
     test('lists due rows by next attempt, then age, then id, and nextDue is the earliest', async (store) => {

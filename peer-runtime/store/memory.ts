@@ -325,6 +325,7 @@ class MemoryStore implements RuntimeStore {
     if (patch.lastError === null) delete row.lastError
     else if (patch.lastError !== undefined) row.lastError = { ...patch.lastError }
     if (patch.recipients !== undefined) row.recipients = { ...patch.recipients }
+    if (patch.via !== undefined) row.via = patch.via
     row.updatedAt = patch.updatedAt
     if (row.state === 'pending') this.#addPending(row)
     return cloneOutbox(row)

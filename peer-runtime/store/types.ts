@@ -30,6 +30,16 @@ export type RecipientState = (typeof RECIPIENT_STATES)[number]
 /** How a receiver acknowledged a delivery. */
 export type InboxAckStatus = (typeof ACK_STATUSES)[number]
 
+/**
+ * The transport that took an outbox row to its state, as the sender knows it; the names are those of
+ * `InboxRow.via` on the receiving side (a sender never sends by webhook: the coordinator does).
+ * - `p2p`: the P2P data channel carried it and the recipient acked over it (`done`).
+ * - `relay`: the coordinator did: it pushed it live and the recipient acked (`send_ack{delivered}`,
+ *   `done`), or it stored it for an offline recipient (`accepted`, shown as queued) and pushed it when
+ *   the recipient came (the `delivery_receipt` makes it `done`, still `relay`). Every group row is `relay`.
+ */
+export type OutboxVia = 'p2p' | 'relay'
+
 /** Why a row failed, as a wire error code and message. */
 export interface RowError {
   code: string
@@ -65,12 +75,18 @@ export interface OutboxRow {
   sessionId?: string
   /** Set on an `aborted` row: the id it was requeued as. */
   requeuedAs?: string
+  /**
+   * How it got to `accepted` or `done` (`OutboxVia`): set by the transport's answer, kept by a later
+   * receipt. Absent while nothing carried it yet (`pending`, `inflight`, `dead` by refusal), and on rows
+   * an older build finished (schema 2 had no such column).
+   */
+  via?: OutboxVia
 }
 
-/** What `insertOutbox` takes: a new row is `pending` with no attempts. */
+/** What `insertOutbox` takes: a new row is `pending` with no attempts, and nothing carried it yet. */
 export type NewOutboxRow = Omit<
   OutboxRow,
-  'state' | 'attempts' | 'updatedAt' | 'nextAttemptAt' | 'requeuedAs'
+  'state' | 'attempts' | 'updatedAt' | 'nextAttemptAt' | 'requeuedAs' | 'via'
 > & {
   nextAttemptAt?: number
 }
@@ -82,6 +98,8 @@ export interface OutboxPatch {
   nextAttemptAt?: number
   lastError?: RowError | null
   recipients?: Record<string, RecipientState>
+  /** The transport that answered (absent: the row keeps the one it had). */
+  via?: OutboxVia
   updatedAt: number
 }
 
@@ -104,7 +122,7 @@ export interface InboxRow {
   channel: Channel
   /** The coordinator's `deliveryId`, or `p2p:<clientMessageId>` for a P2P delivery. */
   deliveryId?: string
-  /** How it came: `p2p`, `relay`, `webhook`. */
+  /** How it came: `p2p`, `relay`, `webhook` (the sender's row names its side alike: `OutboxVia`). */
   via: string
   /** The encoded envelope as received (sealed: opening it again needs the recipient's key). */
   envelope: Uint8Array

@@ -65,6 +65,8 @@ describe('a P2P transfer survives the receiver being killed (kill -9)', () => {
       (r) => r?.state === 'accepted',
     )
     expect(accepted.length).toBeGreaterThan(0)
+    // Sent on the session, resent by relay when it was demoted: the row names the relay that took it.
+    expect(accepted.every((r) => r?.via === 'relay')).toBe(true)
 
     const second = peerProcess(bobStart)
     children.push(second)
@@ -77,6 +79,12 @@ describe('a P2P transfer survives the receiver being killed (kill -9)', () => {
       )
       .toBe(true)
     await second.stop()
+    // Done by a receipt, the queued rows stay `relay`; the ones bob acked on the session say `p2p`.
+    const done = await Promise.all(ids.map((id) => alice.status(id)))
+    const queuedIds = new Set(accepted.map((r) => r!.id))
+    expect(done.filter((r) => queuedIds.has(r!.id)).every((r) => r?.via === 'relay')).toBe(true)
+    expect(done.some((r) => r?.via === 'p2p')).toBe(true)
+    expect(done.every((r) => r?.via === 'p2p' || r?.via === 'relay')).toBe(true)
 
     const store = sqliteStore({ path: storePath })
     try {

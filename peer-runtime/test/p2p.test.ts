@@ -15,10 +15,11 @@ describe('Peer P2P-first (webrtc between two peers on loopback)', () => {
     const bob = await sessionPeer(world, await world.member('bob'), { p2p: true, store: 'memory' })
     await Promise.all([alice.whenConnected(), bob.whenConnected()])
 
-    await alice.send(bob.identity.publicKey, { n: 0 })
+    const zero = await alice.send(bob.identity.publicKey, { n: 0 })
     const [first] = await nextMessages(bob, 1)
     expect(first).toMatchObject({ payload: { n: 0 }, via: 'relay' })
     await alice.settled(AbortSignal.timeout(10_000))
+    expect(await alice.status(zero.clientMessageId)).toMatchObject({ state: 'done', via: 'relay' })
     await expect.poll(() => alice.p2pWarm(bob.identity.publicKey), { timeout: 10_000 }).toBe(true)
 
     const ids: string[] = []
@@ -35,6 +36,10 @@ describe('Peer P2P-first (webrtc between two peers on loopback)', () => {
     const bobHex = toHex(bob.identity.publicKey)
     const rows = await Promise.all(ids.map((id) => alice.status(id)))
     expect(rows.every((r) => r?.state === 'done' && r.recipients?.[bobHex] === 'delivered')).toBe(true)
+    // Each row names the transport bob says it came by (no demotion, so none was carried twice).
+    const cameBy = new Map(rest.map((m) => [m.clientMessageId, m.via]))
+    expect(rows.map((r) => [r?.id, r?.via])).toEqual(rows.map((r) => [r?.id, cameBy.get(r!.id)]))
+    expect(rows.filter((r) => r?.via === 'p2p').length).toBeGreaterThan(150)
 
     // Replies ride the session bob accepted.
     await bob.send(alice.identity.publicKey, { reply: true })

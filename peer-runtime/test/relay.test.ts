@@ -33,6 +33,8 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     const row = await alice.status(sent.clientMessageId)
     expect(row?.state).toBe('done')
     expect(row?.recipients).toEqual({ [toHex(bob.identity.publicKey)]: 'delivered' })
+    // No P2P here: the coordinator pushed it live, and the row says so.
+    expect(row?.via).toBe('relay')
   })
 
   it("a first relay send of an id the peer drew skips the coordinator's store lookup; a caller's own id does not", async () => {
@@ -74,6 +76,7 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     await expect
       .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
       .toBe('accepted')
+    expect((await alice.status(sent.clientMessageId))?.via).toBe('relay')
 
     const bob = await sessionPeer(world, bobMember, { sessionId: 'bob-1', identity: bobKey })
     const [got] = await nextMessages(bob, 1)
@@ -81,6 +84,8 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     await expect
       .poll(async () => (await alice.status(sent.clientMessageId))?.state, { timeout: 5_000 })
       .toBe('done')
+    // The receipt finished it; the coordinator carried it all the way.
+    expect((await alice.status(sent.clientMessageId))?.via).toBe('relay')
   })
 
   it("a DM to a member key that never connected is queued, and reaches the member's daemon when it comes", async () => {
@@ -127,6 +132,7 @@ describe.each(storeLegs())('Peer over the relay (%s)', (driver) => {
     await expect
       .poll(async () => (await a.status(sent.clientMessageId))?.state, { timeout: 5_000 })
       .toBe('done')
+    expect((await a.status(sent.clientMessageId))?.via).toBe('relay')
     expect(await rejectionCode(a.sendGroup('@nobody', 'x'))).toBe('MESH_ERR_UNKNOWN_GROUP')
   })
 

@@ -6,7 +6,7 @@ import { toHex } from '../../../protocol/encoding.js'
 import { ERROR_CODES, isMeshError, type MeshErrorCode } from '../../../protocol/errors.js'
 import type { KnownPeer } from '../../directory.js'
 import { toMessage, type InboundMessage } from '../../inbox.js'
-import type { InboxRow, OutboxRow } from '../../store/types.js'
+import type { InboxRow, OutboxRow, OutboxVia } from '../../store/types.js'
 
 /** A message as `GET /v1/inbox` and the SSE `message` event give it. */
 export interface MessageJson {
@@ -61,6 +61,12 @@ export interface DeliveryJson {
   recipients: Record<string, string>
   attempts: number
   lastError?: { code: string; message: string }
+  /**
+   * The transport that took it to `accepted` or `done` (`OutboxRow.via`): `p2p` (the data channel, acked
+   * by the recipient) or `relay` (the coordinator: pushed live, or stored and pushed later). Absent while
+   * nothing carried it yet, and on a row an older build finished.
+   */
+  via?: OutboxVia
   createdAt: number
   updatedAt: number
 }
@@ -75,6 +81,7 @@ export function deliveryJson(row: OutboxRow): DeliveryJson {
     recipients: row.recipients ?? {},
     attempts: row.attempts,
     ...(row.lastError !== undefined && { lastError: row.lastError }),
+    ...(row.via !== undefined && { via: row.via }),
     createdAt: row.createdAt,
     updatedAt: row.updatedAt,
   }
