@@ -155,6 +155,18 @@ export class Pusher {
     if (late !== undefined) {
       this.#untrack(deliveryId)
       await this.#settleStored(deliveryId, late, entry.conn)
+    } else if (!entry.conn.open) {
+      // The connection went while its push was being stored: it gave its claims back before this row
+      // existed, so the row would sit out the whole claim lease. Give it back now, and let the key's
+      // current connection (a reconnect that came meanwhile) have it.
+      this.#untrack(deliveryId)
+      const p = entry.conn.presence!
+      await this.#ctx.store.query(
+        'update delivery set claim_owner = null, claim_until = null where id = $1 and claim_owner = $2',
+        [deliveryId, p.presenceId],
+      )
+      const current = this.#ctx.connections.get(p.mesh, p.pk)
+      if (current !== undefined && current.open) void this.drain(current)
     }
     return late
   }

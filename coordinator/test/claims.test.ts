@@ -1,8 +1,9 @@
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, onTestFinished } from 'vitest'
+import { openEnvelope } from '../../protocol/index.js'
 import { worldsPerTest, type World } from '../../test/support/coordinator-world.js'
 import { eventually } from '../../test/support/eventually.js'
 import type { MeshClient } from '../../test/support/mesh-client.js'
-import { storeLegs } from '../store/testing.js'
+import { openTestStore, storeLegs } from '../store/testing.js'
 
 async function queueFor(world: World, n: number) {
   const s1 = world.session(await world.member())
@@ -35,6 +36,51 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
     b.send({ t: 'client_ack', deliveryId: again.deliveryId, status: 'ok' })
     await clock.advance(60_000)
     expect(b.frames('push')).toHaveLength(2)
+  })
+
+  it('a fast push whose connection goes while it is being stored reaches the next connection at once', async () => {
+    // The store holds the commit of the timed-out push until the recipient's connection has gone.
+    const base = await openTestStore(driver)
+    let hold: Promise<void> | undefined
+    const store = new Proxy(base, {
+      get(target, prop, receiver) {
+        if (prop === 'transaction') {
+          return async (fn: Parameters<typeof base.transaction>[0]) => {
+            // One transaction only: the first one after `hold` is armed (the push's commit).
+            const wait = hold
+            hold = undefined
+            if (wait !== undefined) await wait
+            return target.transaction(fn)
+          }
+        }
+        const v: unknown = Reflect.get(target, prop, receiver)
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+      },
+    })
+    const world = await start({ store })
+    onTestFinished(() => base.close())
+    await world.createMesh(world.mesh, world.owner, 'owner')
+    const s1 = world.session(await world.member())
+    const s2 = world.session(await world.member())
+    const a = await world.connectSession(s1)
+    const b = await world.connectSession(s2, { autoAck: false })
+    const env = world.dm(s1.identity, s2.identity)
+    let release!: () => void
+    const held = new Promise<void>((r) => (release = r))
+    const ack = a.sendEnvelope(env)
+    await b.waitFor('push')
+    hold = held
+    await world.clock.advance(500) // the fast push times out: the coordinator stores it, claimed by b
+    await eventually(() => hold === undefined, { what: 'the commit held' })
+    await b.close()
+    await eventually(async () => world.leased(s2.identity.publicKey), { what: 'b seen gone' })
+    // The key is back before the row is: its hello finds no claim to take over.
+    const again = await world.connectSession(s2)
+    release()
+    expect(await ack).toMatchObject({ state: 'queued' })
+    // No clock movement: only giving the claim back at once lets the reconnect have it.
+    await again.waitFor('push', undefined, { timeoutMs: 5_000 })
+    expect(openEnvelope(again.pushes()[0]!.envelope!, s2.identity)).toMatchObject({ ok: true })
   })
 
   it('closing a connection releases its claims at once for the reattached one', async () => {
