@@ -199,6 +199,17 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       }
       step(`outbox ids arriving per second after the last fault: ${perSecond(outboxIds)}`)
       step(`accepted ids arriving per second after the last fault: ${perSecond(acceptedAtEnd)}`)
+      // The stragglers: the last outbox ids to arrive, with what bob's outbox says of them now.
+      const late = [...outboxIds]
+        .map((id) => ({ id, at: arrivedAt.get(id) ?? Infinity }))
+        .sort((a, b) => b.at - a.at)
+        .slice(0, 3)
+      for (const { id, at } of late) {
+        const res = await world.session!.request<Record<string, unknown>>('GET', `/v1/messages/${id}`, {
+          signal: AbortSignal.timeout(5_000),
+        }).catch((err: unknown) => ({ status: 0, body: { error: String(err) } }))
+        step(`  straggler ${id} at +${fmt(at - lastFaultEndedAt)}: ${JSON.stringify(res.body)}`)
+      }
     }
     if (!recovery.acceptedMet)
       problems.push(
