@@ -22,6 +22,8 @@ export const EXIT = {
   STORE_LOCKED: 5,
   /** A peer name (or key prefix) that matches no verified peer, or several members (`MESH_ERR_UNKNOWN_KEY`). */
   NO_SUCH_PEER: 6,
+  /** `doctor`: at least one check failed (each says what to do). */
+  DOCTOR_FAILED: 7,
   /** This key or its member was revoked (close 4002, `MESH_ERR_REVOKED`). */
   REVOKED: 20,
   /** An admin kicked this presence (close 4001). */

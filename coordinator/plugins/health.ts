@@ -1,5 +1,7 @@
 /**
- * `GET /health` (is the store reachable: 200 or 503) and `GET /metrics` (Prometheus text).
+ * `GET /health` (is the store reachable: 200 or 503; `time` is the coordinator's clock in Unix ms, the one
+ * that judges attestations, so `agentmesh doctor` can measure a peer's skew) and `GET /metrics`
+ * (Prometheus text).
  */
 import fp from 'fastify-plugin'
 import type { CoordinatorContext } from '../context.js'
@@ -42,6 +44,7 @@ export const healthPlugin = fp(
         nodeId: ctx.nodeId,
         connections: ctx.connections.size,
         closing: ctx.closing,
+        time: ctx.clock.now(),
       })
     })
 
