@@ -4,7 +4,7 @@ import { DaemonDownCommand } from './commands/daemon/down.js'
 import { DaemonInstallCommand } from './commands/daemon/install.js'
 import { DaemonStatusCommand } from './commands/daemon/status.js'
 import { DaemonUpCommand } from './commands/daemon/up.js'
-import { DoctorCommand } from './commands/doctor/doctor.js'
+import { DemoCommand } from './commands/demo/demo.js'
 import { EXIT } from './commands/exit-codes.js'
 import { InviteCreateCommand } from './commands/invite/create.js'
 import { JoinCommand } from './commands/join/join.js'
@@ -41,7 +41,7 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   cli.register(DaemonDownCommand)
   cli.register(DaemonStatusCommand)
   cli.register(DaemonInstallCommand)
-  cli.register(DoctorCommand)
+  cli.register(DemoCommand)
   return cli
 }
 
