@@ -5,6 +5,7 @@ import { DaemonInstallCommand } from './commands/daemon/install.js'
 import { DaemonStatusCommand } from './commands/daemon/status.js'
 import { DaemonUpCommand } from './commands/daemon/up.js'
 import { DemoCommand } from './commands/demo/demo.js'
+import { DoctorCommand } from './commands/doctor/doctor.js'
 import { EXIT } from './commands/exit-codes.js'
 import { InviteCreateCommand } from './commands/invite/create.js'
 import { JoinCommand } from './commands/join/join.js'
@@ -42,6 +43,7 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   cli.register(DaemonStatusCommand)
   cli.register(DaemonInstallCommand)
   cli.register(DemoCommand)
+  cli.register(DoctorCommand)
   return cli
 }
 
