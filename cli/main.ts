@@ -7,6 +7,7 @@ import { DaemonUpCommand } from './commands/daemon/up.js'
 import { DemoCommand } from './commands/demo/demo.js'
 import { DoctorCommand } from './commands/doctor/doctor.js'
 import { EXIT } from './commands/exit-codes.js'
+import { FileSendCommand } from './commands/file/send.js'
 import { InviteCreateCommand } from './commands/invite/create.js'
 import { JoinCommand } from './commands/join/join.js'
 import { ListenCommand } from './commands/listen/listen.js'
@@ -36,6 +37,7 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   cli.register(WhoamiCommand)
   cli.register(PeerListCommand)
   cli.register(SendCommand)
+  cli.register(FileSendCommand)
   cli.register(MsgStatusCommand)
   cli.register(ListenCommand)
   cli.register(DaemonUpCommand)

@@ -10,10 +10,12 @@ import { runningDaemonPid } from '../../../peer-runtime/node/daemon/files.js'
 import type { MessageJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
 import type { RegisteredSession } from '../../../peer-runtime/node/daemon/types.js'
 import { makePrivateDir, meshDir } from '../../../peer-runtime/node/home.js'
+import { receiveFiles } from '../../../peer-runtime/node/file-receiver.js'
 import { openMeshPeer } from '../../../peer-runtime/node/home-peer.js'
 import type { Peer } from '../../../peer-runtime/peer.js'
 import { connectDaemon } from '../daemon/connect.js'
 import { parseDuration, parsePositiveInt } from '../duration.js'
+import { fileReceiveNotes } from '../file/receive-notes.js'
 import { HomeCommand } from '../home-command.js'
 import { LongRunning } from '../long-running.js'
 
@@ -110,6 +112,8 @@ export class ListenCommand extends HomeCommand {
     try {
       const { peer } = opened
       run.watch(peer)
+      // Files streamed to the member (`agentmesh file send`) are saved under the home, said on stderr.
+      receiveFiles(peer, { home: this.home, onEvent: fileReceiveNotes(this.context.stderr) })
       const who = opened.config.displayName === undefined ? '' : ` as ${opened.config.displayName}`
       let announced = false
       peer.on('connected', () => {
@@ -220,6 +224,8 @@ export class ListenCommand extends HomeCommand {
           }
           if (ev.event !== 'message') continue
           const m = ev.data as MessageJson
+          // The daemon's events carry every inbox row; file chunks (`stream`) and `rpc` are the daemon's.
+          if (m.channel === 'stream' || m.channel === 'rpc') continue
           const name = await names.of(m.from)
           this.#print(m, name)
           after = m.seq

@@ -23,6 +23,7 @@ import { MeshError } from '../../../protocol/errors.js'
 import { LOCAL_ID_RE, MESH_ID_RE } from '../../../protocol/ids.js'
 import { Emitter } from '../../../transports/emitter.js'
 import type { RuntimeStore } from '../../store/types.js'
+import { logFileEvents, receiveFiles } from '../file-receiver.js'
 import { errnoCode, readMeshConfig } from '../home.js'
 import {
   daemonPaths,
@@ -405,6 +406,7 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
         },
       }),
     }
+    receiveFiles(control.peer, { home: this.#o.home, onEvent: logFileEvents(this.#log, { mesh }) })
     try {
       await control.peer.start()
     } catch (err) {
@@ -506,6 +508,10 @@ export class Daemon extends Emitter<DaemonEvents> implements IpcHost {
         },
       }),
     }
+    receiveFiles(presence.peer, {
+      home: this.#o.home,
+      onEvent: logFileEvents(this.#log, { mesh: mesh.config.mesh, sessionId: registration.sessionId }),
+    })
     try {
       await presence.peer.start()
     } catch (err) {
