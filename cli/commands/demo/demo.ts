@@ -43,7 +43,8 @@ export class DemoCommand extends Command {
       \`offline\` \`{message: {…, state: "queued"}}\`, \`drained\` \`{message, receipt}\`, and last
       \`summary\` \`{steps, p2p, messagesVia: {p2p, relay}, chunksVia, cleanedUp, root}\`. A \`message\` is
       \`{from, to, text, clientMessageId, via: "p2p" | "relay"}\`. A failed step prints
-      \`{step, ok: false, ms, error: {code, message}}\` and is the last line.
+      \`{step, ok: false, ms, error: {code, message}}\` and is the last line (\`step: "cleanup"\` when
+      closing or removing something failed after every step passed).
     `,
     examples: [
       ['Run the demo', '$0 demo'],
