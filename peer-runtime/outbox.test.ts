@@ -574,6 +574,34 @@ describe('Outbox', () => {
     }
   })
 
+  it('rows a previous run left backing off through an outage go at the first wake(), not at their stored backoff', async () => {
+    const store = memoryStore()
+    const clock = new ManualClock(T0)
+    // The previous run: each try failed for want of the link, and its backoff grew to the 30 s cap.
+    const before = new Outbox({
+      store,
+      clock,
+      random: () => 0.9999,
+      dispatch: async () => ({ kind: 'retry', counted: false, error: DISCONNECTED }),
+    })
+    await before.start()
+    const waiting = await before.enqueue(testOutboxRow(1, { createdAt: T0 }))
+    for (let i = 0; i < 8; i++) await clock.advance(30_000)
+    await before.stop()
+    const row = await store.getOutbox(waiting.id)
+    expect(row).toMatchObject({ state: 'pending', lastError: { code: 'MESH_ERR_DISCONNECTED' } })
+    expect(row!.nextAttemptAt).toBeGreaterThan(clock.now())
+
+    // The next run (a restarted daemon, its clock at T0: the row is due minutes from now): its hello's
+    // wake() sends the row at once, with no clock movement.
+    const f = await setup(() => ({ kind: 'done' }), { store })
+    f.outbox.wake()
+    await eventually(async () => (await f.outbox.status(waiting.id))?.state === 'done', {
+      what: 'the row sent at the wake',
+    })
+    expect(f.calls).toHaveLength(1)
+  })
+
   it('a settle the store refuses is retried after a full-jitter backoff until stored, not left inflight', async () => {
     const clock = new ManualClock(T0)
     const inner = memoryStore()

@@ -245,6 +245,17 @@ export class Outbox extends Emitter<OutboxEvents> {
     await this.#store.recoverInflight(this.#clock.now())
     // Counted once: from here on the counter follows the transitions this outbox makes.
     const stored = await this.#store.listOutbox(['pending', 'inflight'], Number.MAX_SAFE_INTEGER)
+    // Rows that a previous run left waiting out a backoff grown through an outage wait for the link, as
+    // they did there: the first hello frees them (`wake`), instead of the backoff (up to 30 s) it stored.
+    for (const row of stored) {
+      const code = row.lastError?.code
+      if (
+        row.state === 'pending' &&
+        code !== undefined &&
+        (code === 'MESH_ERR_DISCONNECTED' || OUTAGE_CODES.has(code))
+      )
+        this.#waitingLink.add(row.id)
+    }
     this.#depth = 0
     this.#add(stored.length + this.#toInsert.length + this.#insertingRows)
     this.#running = true
