@@ -8,13 +8,17 @@ import { DemoCommand } from './commands/demo/demo.js'
 import { DoctorCommand } from './commands/doctor/doctor.js'
 import { EXIT } from './commands/exit-codes.js'
 import { FileSendCommand } from './commands/file/send.js'
+import { InboxCommand } from './commands/inbox/inbox.js'
 import { InviteCreateCommand } from './commands/invite/create.js'
 import { JoinCommand } from './commands/join/join.js'
 import { ListenCommand } from './commands/listen/listen.js'
 import { MeshCreateCommand } from './commands/mesh/create.js'
 import { MeshListCommand } from './commands/mesh/list.js'
 import { MsgStatusCommand } from './commands/msg/status.js'
+import { OutboxListCommand } from './commands/outbox/list.js'
+import { OutboxRequeueCommand } from './commands/outbox/requeue.js'
 import { PeerListCommand } from './commands/peer/list.js'
+import { RpcCommand } from './commands/rpc/rpc.js'
 import { SendCommand } from './commands/send/send.js'
 import { WhoamiCommand } from './commands/whoami/whoami.js'
 import { version } from './version.js'
@@ -40,6 +44,10 @@ export function buildCli({ colors = wantsColors() }: { colors?: boolean } = {}):
   cli.register(FileSendCommand)
   cli.register(MsgStatusCommand)
   cli.register(ListenCommand)
+  cli.register(InboxCommand)
+  cli.register(OutboxListCommand)
+  cli.register(OutboxRequeueCommand)
+  cli.register(RpcCommand)
   cli.register(DaemonUpCommand)
   cli.register(DaemonDownCommand)
   cli.register(DaemonStatusCommand)

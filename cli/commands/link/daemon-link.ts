@@ -2,13 +2,15 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { initCrypto } from '../../../protocol/crypto.js'
 import { isMeshError, MeshError } from '../../../protocol/errors.js'
-import type { DaemonClient } from '../../../peer-runtime/node/daemon/client.js'
-import type { DeliveryJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
+import type { DaemonClient, FollowOptions, IpcEvent } from '../../../peer-runtime/node/daemon/client.js'
+import type { DeliveryJson, MessageJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
+import type { OutboxRowJson } from '../../../peer-runtime/node/daemon/ipc-outbox.js'
+import type { RpcAnswerJson } from '../../../peer-runtime/node/daemon/ipc-rpc.js'
 import type { SendAnswer } from '../../../peer-runtime/node/daemon/ipc-send.js'
 import type { RegisteredSession } from '../../../peer-runtime/node/daemon/types.js'
 import { meshDir, writePrivateFile } from '../../../peer-runtime/node/home.js'
 import type { PeerEntry } from '../peer/resolve.js'
-import { CLI_SESSION_ID, type MeshLink } from './mesh-link.js'
+import { CLI_SESSION_ID, type MeshLink, type RpcRequest } from './mesh-link.js'
 
 /**
  * The path through the home's daemon, as its session `cli`: registered once, its token kept in the
@@ -113,6 +115,55 @@ export class DaemonLink implements MeshLink {
       stop.abort()
     }
     return row
+  }
+
+  async rpc(r: RpcRequest, signal: AbortSignal): Promise<RpcAnswerJson> {
+    return await this.#call<RpcAnswerJson>(
+      'POST',
+      '/v1/rpc',
+      {
+        to: r.to,
+        params: r.params,
+        timeoutMs: r.timeoutMs,
+        ...(r.method !== undefined && { method: r.method }),
+      },
+      signal,
+    )
+  }
+
+  /** The messages of the session `cli` and of its member after inbox position `after` (`GET /v1/inbox`). */
+  async inbox(after: number, limit: number, signal: AbortSignal): Promise<MessageJson[]> {
+    const { messages } = await this.#call<{ messages: MessageJson[] }>(
+      'GET',
+      `/v1/inbox?after=${after}&limit=${limit}`,
+      undefined,
+      signal,
+    )
+    return messages
+  }
+
+  /** The rows of the session `cli`'s outbox in `states` (`GET /v1/outbox`), the newest `limit`. */
+  async outbox(states: readonly string[], limit: number, signal: AbortSignal): Promise<OutboxRowJson[]> {
+    const { rows } = await this.#call<{ rows: OutboxRowJson[] }>(
+      'GET',
+      `/v1/outbox?state=${states.join(',')}&limit=${limit}`,
+      undefined,
+      signal,
+    )
+    return rows
+  }
+
+  /**
+   * The session's events across daemon restarts (`DaemonClient.follow`). It throws on a token the daemon
+   * no longer knows (401), which `open()` again registers afresh.
+   */
+  events(o: FollowOptions): AsyncGenerator<IpcEvent> {
+    return this.#sessionClient().follow(o)
+  }
+
+  /** Registers the session `cli` afresh (its token stopped working: 401), as `#call` does by itself. */
+  renew(): Promise<void> {
+    return this.#register()
   }
 
   async close(): Promise<void> {

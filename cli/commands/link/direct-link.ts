@@ -1,8 +1,15 @@
+import { fromHex } from '../../../protocol/encoding.js'
+import { MeshError } from '../../../protocol/errors.js'
+import { ulidFactory } from '../../../protocol/ulid.js'
 import { deliveryJson, type DeliveryJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
+import type { RpcAnswerJson } from '../../../peer-runtime/node/daemon/ipc-rpc.js'
 import type { MeshPeer } from '../../../peer-runtime/node/home-peer.js'
+import { rpcEndpoint, RpcRemoteError } from '../../../peer-runtime/rpc.js'
 import type { OutboxRow } from '../../../peer-runtime/store/types.js'
 import { knownPeerEntry, type PeerEntry } from '../peer/resolve.js'
-import type { MeshLink } from './mesh-link.js'
+import type { MeshLink, RpcRequest } from './mesh-link.js'
+
+const nextRpcId = ulidFactory()
 
 /**
  * The path without a daemon: this process's own `Peer` of the session `cli`, connected (and relay-only:
@@ -66,6 +73,29 @@ export class DirectLink implements MeshLink {
       if (seen !== undefined) row = deliveryJson(seen)
     }
     return row
+  }
+
+  async rpc(r: RpcRequest, signal: AbortSignal): Promise<RpcAnswerJson> {
+    const to = fromHex(r.to)
+    if (to === null || to.length !== 32) {
+      throw new MeshError('MESH_ERR_MALFORMED_KEY', 'a callee is a 32-byte key (64 hex characters)')
+    }
+    const id = nextRpcId()
+    try {
+      const result = await rpcEndpoint(this.#opened.peer).call(to, r.params, {
+        id,
+        timeoutMs: r.timeoutMs,
+        signal,
+        ...(r.method !== undefined && { method: r.method }),
+      })
+      return { id, result: result ?? null }
+    } catch (err) {
+      if (!(err instanceof RpcRemoteError)) throw err
+      // As the daemon's POST /v1/rpc reports it: the callee's code, marked remote.
+      throw new MeshError(err.code, err.message, {
+        details: { ...err.details, remote: true, remoteCode: err.remoteCode, id },
+      })
+    }
   }
 
   close(): Promise<void> {

@@ -5,10 +5,20 @@
  * which path it took.
  */
 import type { DeliveryJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
+import type { RpcAnswerJson } from '../../../peer-runtime/node/daemon/ipc-rpc.js'
 import type { PeerEntry } from '../peer/resolve.js'
 
 /** The session id one-shot commands use, on either path: a session presence never displaces a `listen`. */
 export const CLI_SESSION_ID = 'cli'
+
+/** An rpc request as `rpc` makes it (the same fields as the daemon's `POST /v1/rpc`). */
+export interface RpcRequest {
+  /** The callee's key (hex). */
+  to: string
+  method?: string
+  params: unknown
+  timeoutMs: number
+}
 
 /** One path to the mesh; `close()` it in a `finally`. */
 export interface MeshLink {
@@ -32,6 +42,11 @@ export interface MeshLink {
     until: (row: DeliveryJson) => boolean,
     signal: AbortSignal,
   ): Promise<DeliveryJson | undefined>
+  /**
+   * Calls `r.method` on `r.to` (peer-runtime/rpc.ts) and resolves with its answer; rejects with the
+   * callee's error (its code, `details.remote: true`) or `MESH_ERR_RPC_TIMEOUT`.
+   */
+  rpc(r: RpcRequest, signal: AbortSignal): Promise<RpcAnswerJson>
   close(): Promise<void>
 }
 

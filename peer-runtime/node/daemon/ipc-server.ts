@@ -14,6 +14,8 @@
  *     GET    /v1/inbox            session  ?after=<seq>&limit= → {messages, next}
  *     GET    /v1/peers            session  ?offline=true → {peers}
  *     GET    /v1/messages/:id     session  the outbox row's state and recipients
+ *     GET    /v1/outbox           session  ?state=pending,dead&limit= → {rows} (ipc-outbox.ts)
+ *     POST   /v1/rpc              session  {to, method?, params?, timeoutMs?, id?} → {id, result} (ipc-rpc.ts)
  *     GET    /v1/events           session  server-sent events (ipc-events.ts)
  *
  * The TCP listener also refuses a `Host` other than loopback (DNS rebinding) and any request with an
@@ -26,6 +28,8 @@ import { MeshError } from '../../../protocol/errors.js'
 import { serveEvents, type EventStream } from './ipc-events.js'
 import { deliveryJson, errorReply, peerJson, rowMessageJson } from './ipc-json.js'
 import { errorFields } from './log.js'
+import { listOutboxRows, parseOutboxStates } from './ipc-outbox.js'
+import { rpcCall } from './ipc-rpc.js'
 import type { Caller, DaemonSession, IpcHost } from './types.js'
 
 /** The running listeners. */
@@ -178,6 +182,27 @@ export async function startIpcServer(
       })
     }
     return deliveryJson(row)
+  })
+  app.get<{ Querystring: { state?: string; limit?: string; session?: string } }>(
+    '/v1/outbox',
+    async (req) => {
+      const s = sessionOf(req)
+      const states = parseOutboxStates(req.query.state)
+      const limit = Math.min(cursor(req.query.limit, 'limit') ?? 100, 10_000)
+      return { rows: await listOutboxRows(s.presence.store, states, limit) }
+    },
+  )
+  app.post('/v1/rpc', async (req, reply) => {
+    const s = sessionOf(req)
+    // The caller hanging up ends the wait (the request stays sent; an answer that comes later is kept
+    // by the endpoint for a call repeated with the same id).
+    const gone = new AbortController()
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) {
+        gone.abort(new MeshError('MESH_ERR_TRANSPORT_CLOSED', 'the caller hung up'))
+      }
+    })
+    return await rpcCall(s.presence.peer, req.body, gone.signal)
   })
   app.get<{ Querystring: { after?: string; session?: string } }>('/v1/events', async (req, reply) => {
     const s = sessionOf(req)
