@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, utimes, writeFile } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { encode } from '../../protocol/codec.js'
@@ -11,7 +11,7 @@ import type { Peer } from '../peer.js'
 import { rpcEndpoint } from '../rpc.js'
 import { openStream, type StreamSource } from '../stream.js'
 import { encodeFileHeader, FILE_MAGIC, FILE_OFFER_METHOD, FILE_RECEIPT_METHOD } from './file-header.js'
-import { receiveFiles, type FileEvent } from './file-receiver.js'
+import { partsDir, receiveFiles, STALE_PART_MS, sweepStaleParts, type FileEvent } from './file-receiver.js'
 import { sendFile } from './file-sender.js'
 
 /** Every file under `dir` (relative paths), hidden temp files included. */
@@ -233,4 +233,22 @@ describe('files over a Peer (file-header.ts framing, receiveFiles, sendFile)', (
     })
     expect(performance.now() - began).toBeLessThan(10_000)
   }, 30_000)
+})
+
+describe('temp files a crashed receiver left', () => {
+  afterEach(closePeers)
+
+  it("are swept once 10 min old; a live transfer's file is left alone", async () => {
+    const home = tempDir('agentmesh-files-')
+    const dir = partsDir(home, 'team')
+    await mkdir(dir, { recursive: true })
+    await writeFile(join(dir, 'old.part'), 'x')
+    await writeFile(join(dir, 'live.part'), 'x')
+    await writeFile(join(dir, 'notes.txt'), 'x')
+    const old = (Date.now() - STALE_PART_MS - 60_000) / 1000
+    await utimes(join(dir, 'old.part'), old, old)
+    await utimes(join(dir, 'notes.txt'), old, old)
+    expect(await sweepStaleParts(dir, Date.now())).toBe(1)
+    expect((await readdir(dir)).sort()).toEqual(['live.part', 'notes.txt'])
+  })
 })

@@ -4,16 +4,18 @@
  * `<from>` is the sender's display name when the mesh vouches for one that is a safe folder name, else
  * the first 16 hex characters of its key.
  *
- * - The bytes go to a temp file (`.<streamId>.part`, 0600) hashed as they come; only when the size
- *   and the SHA-256 match the header is it linked to its name, which never replaces a file: a taken name
- *   gets `-1`, `-2` … before its extension. A mismatch, a refused name or an aborted stream leaves no file.
+ * - The bytes go to a temp file (`files/<mesh>/.partial/<random>.part`, 0600) hashed as they come;
+ *   only when the size and the SHA-256 match the header is it linked to its name, which never replaces
+ *   a file: a taken name gets `-1`, `-2` … before its extension. A mismatch, a refused name or an
+ *   aborted stream leaves no file.
  * - The sender offers the file first (`FILE_OFFER_METHOD`, rpc: a refused name is refused there) and
  *   asks for the verdict afterwards (`FILE_RECEIPT_METHOD`): the saved name, or the error's code.
+ * - A temp file a crash left behind is deleted by the next receiver of the home once it is 10 min old.
  * - This claims every stream of the peer: the stream layer carries no kind, and a stream that does not
  *   start with the file magic is cancelled (`MESH_ERR_STREAM_PROTOCOL`, `details.reason: 'not_a_file'`).
  */
-import { createHash } from 'node:crypto'
-import { link, mkdir, open, unlink, type FileHandle } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { link, mkdir, open, readdir, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { extname, join } from 'node:path'
 import { toHex } from '../../protocol/encoding.js'
 import { isMeshError, MeshError } from '../../protocol/errors.js'
@@ -65,6 +67,8 @@ type Verdict = { ok: FileReceipt } | { error: MeshError }
 /** Saves every file streamed to `peer` (see the module comment); returns a function that stops it. */
 export function receiveFiles(peer: Peer, o: ReceiveFilesOptions): () => void {
   const receiver = new FileReceiver(peer, o)
+  // What a crash (kill -9) mid-transfer left behind; never a live transfer's file (see sweepStaleParts).
+  void sweepStaleParts(partsDir(o.home, peer.mesh), Date.now()).catch(() => undefined)
   const stopStreams = onStream(peer, (stream) => receiver.take(stream))
   const rpc = rpcEndpoint(peer)
   const stopOffers = rpc.handle(FILE_OFFER_METHOD, (params) => offered(params))
@@ -206,7 +210,10 @@ class FileReceiver {
             }
             dir = senderFolder(this.#o.home, this.#peer.mesh, from, fromName)
             await mkdir(dir, { recursive: true, mode: 0o700 })
-            tmp = join(dir, `.${stream.streamId}.part`)
+            const parts = partsDir(this.#o.home, this.#peer.mesh)
+            await mkdir(parts, { recursive: true, mode: 0o700 })
+            // A name of our own: the streamId is the sender's text, not a safe path component.
+            tmp = join(parts, `${randomBytes(16).toString('hex')}.part`)
             file = await open(tmp, 'wx', 0o600)
             started(info)
           }
@@ -286,6 +293,43 @@ class FileReceiver {
       // A display that throws must not fail the transfer.
     }
   }
+}
+
+/** A temp file untouched this long belongs to no live transfer (their idle timeout is 2 min). */
+export const STALE_PART_MS = 10 * 60_000
+
+/**
+ * Where files being received are written (`<home>/files/<mesh>/.partial/`), beside the sender folders
+ * (on the same file system, so the finished file is linked, not copied; no sender folder starts with a
+ * dot, so none is this one).
+ */
+export function partsDir(home: string, mesh: string): string {
+  return join(home, 'files', mesh, '.partial')
+}
+
+/**
+ * Deletes the temp files in `dir` (a `partsDir`) that were not written for `STALE_PART_MS`: left by a
+ * receiver that died mid-transfer. Returns how many it deleted.
+ */
+export async function sweepStaleParts(dir: string, now: number): Promise<number> {
+  let names: string[]
+  try {
+    names = await readdir(dir)
+  } catch {
+    return 0
+  }
+  let deleted = 0
+  for (const name of names) {
+    if (!name.endsWith('.part')) continue
+    const path = join(dir, name)
+    const info = await stat(path).catch(() => undefined)
+    if (info === undefined || now - info.mtimeMs < STALE_PART_MS) continue
+    await unlink(path).then(
+      () => deleted++,
+      () => undefined,
+    )
+  }
+  return deleted
 }
 
 /**

@@ -78,15 +78,26 @@ export async function sendFile(
   }
   o.onProgress?.(size, size)
   const receiptTimeoutMs = o.receiptTimeoutMs ?? 30_000
-  const receipt = (await rpcEndpoint(peer).call(
-    to,
-    { streamId: out.streamId },
-    {
-      method: FILE_RECEIPT_METHOD,
-      timeoutMs: receiptTimeoutMs,
-      ...(o.signal !== undefined && { signal: o.signal }),
-    },
-  )) as FileReceipt
+  let receipt: FileReceipt
+  try {
+    receipt = (await rpcEndpoint(peer).call(
+      to,
+      { streamId: out.streamId },
+      {
+        method: FILE_RECEIPT_METHOD,
+        timeoutMs: receiptTimeoutMs,
+        ...(o.signal !== undefined && { signal: o.signal }),
+      },
+    )) as FileReceipt
+  } catch (err) {
+    if (!isMeshError(err) || err.code !== 'MESH_ERR_RPC_TIMEOUT') throw err
+    throw new MeshError(
+      'MESH_ERR_RPC_TIMEOUT',
+      `the receiver read the whole file but did not confirm it within ${receiptTimeoutMs} ms ` +
+        '(it may have saved it, or stopped before)',
+      { details: { ...err.details, streamId: out.streamId }, cause: err },
+    )
+  }
   if (receipt?.sha256 !== toHex(sha256) || receipt.size !== size) {
     throw new MeshError('MESH_ERR_STREAM_PROTOCOL', "the receiver's receipt does not match the file sent", {
       details: { reason: 'receipt', streamId: out.streamId },
