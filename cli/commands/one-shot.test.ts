@@ -10,6 +10,21 @@ import { EXIT } from './exit-codes.js'
 const HEX64 = /^[0-9a-f]{64}$/
 const ULID = /^[0-9A-HJKMNP-TV-Z]{26}$/
 
+/**
+ * Until the daemon's control plane of mesh team is connected: its `mesh team: connected` note, or its log
+ * line when the connection came before `daemon up` listened for it (then the note never comes).
+ */
+async function daemonConnected(daemon: AgentmeshProcess): Promise<void> {
+  const connected = /mesh team: connected|"mesh":"team","role":"control-plane","msg":"connected"/
+  const deadline = Date.now() + 30_000
+  while (!connected.test(daemon.stderr)) {
+    if (daemon.child.exitCode !== null || Date.now() > deadline) {
+      throw new Error(`the daemon did not say it connected:\n${daemon.stderr}`)
+    }
+    await new Promise((resolve) => daemon.child.stderr?.once('data', resolve).once('close', resolve))
+  }
+}
+
 // whoami, peer list and send with the real binary in temp homes against a real coordinator on port 0:
 // carol sends; alice listens; two homes share the name "bob". First without a daemon on carol's home
 // (the command connects itself), then with one (it goes through the daemon's IPC).
@@ -148,11 +163,17 @@ describe('one-shot commands (the real binary): whoami, peer list, send', () => {
       const queued = await carol(['send', 'alice', 'while', 'you', 'were', 'out'])
       expect(queued.code, queued.stderr).toBe(0)
       expect(queued.stdout).toMatch(/^queued — recipient offline: alice, id [0-9A-Z]{26}\n$/)
-      const alice = await listening()
+      const queuedJson = await carol(['send', 'alice', 'and', 'this', '--json'])
+      expect(JSON.parse(queuedJson.stdout)).toMatchObject({ state: 'queued', transport: 'relay' })
+      const alice = spawn(['listen', '--count', '2', '--home', home('alice')])
       expect(await alice.exited).toEqual({ code: 0, signal: null })
-      expect(alice.stdout).toBe('carol: while you were out\n')
+      expect(alice.stdout).toBe('carol: while you were out\ncarol: and this\n')
 
-      const alice2 = await listening()
+      const alice2 = spawn(['listen', '--count', '2', '--home', home('alice')])
+      await stderrSays(alice2, 'listening on mesh team')
+      const human = await carol(['send', 'alice', 'hi', '--wait'])
+      expect(human.code, human.stderr).toBe(0)
+      expect(human.stdout).toMatch(/^delivered \(relay\): alice, id [0-9A-Z]{26}\n$/)
       const sent = await carol(['send', 'alice', 'hello', '--wait', '--json'])
       expect(sent.code, sent.stderr).toBe(0)
       expect(JSON.parse(sent.stdout)).toEqual({
@@ -198,12 +219,13 @@ describe('one-shot commands (the real binary): whoami, peer list, send', () => {
         state: 'accepted',
         recipients: { [to]: 'queued' },
         attempts: expect.any(Number),
+        transport: 'relay',
         createdAt: expect.any(Number),
         updatedAt: expect.any(Number),
         via: 'direct',
       })
       const text = await carol(['msg', 'status', id])
-      expect(text.stdout).toMatch(new RegExp(`^${id} queued — recipient offline \\(accepted\\)`))
+      expect(text.stdout).toMatch(new RegExp(`^${id} queued — recipient offline \\(accepted\\) via relay, `))
       expect(text.stdout).toContain(`  ${to}  queued\n`)
       const unknown = await carol(['msg', 'status', '01JD3XK5Q6M8Z7Y2W9V4T1S0RP', '--json'])
       expect(unknown.code).toBe(EXIT.ERROR)
@@ -232,7 +254,7 @@ describe('one-shot commands (the real binary): whoami, peer list, send', () => {
     beforeAll(async () => {
       daemon = spawnAgentmesh(['daemon', 'up', '--json', '--no-p2p', '--home', home('carol')])
       await daemon.waitForJson((l) => typeof l['socket'] === 'string', 30_000)
-      await stderrSays(daemon, 'mesh team: connected')
+      await daemonConnected(daemon)
     }, 60_000)
     afterAll(async () => {
       await daemon?.stop('SIGTERM')
@@ -256,7 +278,7 @@ describe('one-shot commands (the real binary): whoami, peer list, send', () => {
       expect(members.find((p) => p['displayName'] === 'carol')).toMatchObject({ mine: true, online: true })
     })
 
-    it('send: the same names, outcomes and shape through the daemon (transport not reported)', async () => {
+    it('send: the same names, outcomes and shape through the daemon; the transport is the relay (--no-p2p)', async () => {
       const ambiguous = await carol(['send', 'bob', 'hi'])
       expect(ambiguous.code, ambiguous.stderr).toBe(EXIT.NO_SUCH_PEER)
       for (const b of ['bob', 'bob-2']) expect(ambiguous.stderr).toContain(m.joined[b]!['memberPk'] as string)
@@ -269,27 +291,77 @@ describe('one-shot commands (the real binary): whoami, peer list, send', () => {
       expect(await alice.exited).toEqual({ code: 0, signal: null })
       expect(alice.stdout).toBe('carol: via the daemon\n')
 
-      const alice2 = await listening()
+      const alice2 = spawn(['listen', '--count', '2', '--home', home('alice')])
+      await stderrSays(alice2, 'listening on mesh team')
+      const human = await carol(['send', 'alice', 'hi', '--wait'])
+      expect(human.code, human.stderr).toBe(0)
+      expect(human.stdout).toMatch(/^delivered \(relay\): alice, id [0-9A-Z]{26}\n$/)
       const sent = await carol(['send', 'alice', 'hello', '--wait', '--json'])
       expect(sent.code, sent.stderr).toBe(0)
       expect(JSON.parse(sent.stdout)).toMatchObject({
         toName: 'alice',
         state: 'delivered',
-        transport: null,
+        transport: 'relay',
         via: 'daemon',
       })
       expect(await alice2.exited).toEqual({ code: 0, signal: null })
       const text = await carol(['send', 'alice', 'offline again', '--json'])
       const { clientMessageId: id } = JSON.parse(text.stdout) as { clientMessageId: string }
-      expect(JSON.parse(text.stdout)).toMatchObject({ state: 'queued', via: 'daemon' })
+      expect(JSON.parse(text.stdout)).toMatchObject({ state: 'queued', transport: 'relay', via: 'daemon' })
       const status = await carol(['msg', 'status', id, '--json'])
       expect(status.code, status.stderr).toBe(0)
       expect(status.stderr).toContain('through the daemon')
-      expect(JSON.parse(status.stdout)).toMatchObject({ id, state: 'accepted', via: 'daemon' })
+      expect(JSON.parse(status.stdout)).toMatchObject({
+        id,
+        state: 'accepted',
+        transport: 'relay',
+        via: 'daemon',
+      })
 
       const group = await carol(['send', '*', 'hi all'])
       expect(group.code).toBe(EXIT.ERROR)
       expect(group.stderr).toMatch(/^error: MESH_ERR_DAEMON_RUNNING: /m)
+    })
+  })
+
+  // The daemon's P2P (node-datachannel on loopback, no STUN/TURN) to alice's `listen`, which has P2P too.
+  describe("through carol's daemon with P2P", () => {
+    let daemon: AgentmeshProcess
+    beforeAll(async () => {
+      daemon = spawnAgentmesh(['daemon', 'up', '--json', '--home', home('carol')])
+      await daemon.waitForJson((l) => typeof l['socket'] === 'string', 30_000)
+      await daemonConnected(daemon)
+    }, 60_000)
+    afterAll(async () => {
+      await daemon?.stop('SIGTERM')
+    })
+
+    it('send: the first message goes by relay while a P2P session comes up, then delivered (p2p); msg status says so', async () => {
+      const alice = spawn(['listen', '--home', home('alice')])
+      await stderrSays(alice, 'listening on mesh team')
+      const first = await carol(['send', 'alice', 'first', '--wait'])
+      expect(first.code, first.stderr).toBe(0)
+      expect(first.stdout).toMatch(/^delivered \(relay\): alice, id [0-9A-Z]{26}\n$/)
+      // The first send started the handshake in the background; a send once it is up goes peer to peer.
+      let sent: { transport: string; clientMessageId: string } | undefined
+      for (let i = 0; i < 20 && sent?.transport !== 'p2p'; i++) {
+        const r = await carol(['send', 'alice', `try ${i}`, '--wait', '--json'])
+        expect(r.code, r.stderr).toBe(0)
+        sent = JSON.parse(r.stdout) as typeof sent
+      }
+      expect(sent).toMatchObject({ state: 'delivered', transport: 'p2p', via: 'daemon' })
+      const human = await carol(['send', 'alice', 'over the data channel', '--wait'])
+      expect(human.code, human.stderr).toBe(0)
+      const id = /^delivered \(p2p\): alice, id ([0-9A-Z]{26})\n$/.exec(human.stdout)?.[1]
+      expect(id, human.stdout).toBeDefined()
+      const status = await carol(['msg', 'status', id!, '--json'])
+      expect(JSON.parse(status.stdout)).toMatchObject({ id, state: 'done', transport: 'p2p', via: 'daemon' })
+      expect((await carol(['msg', 'status', id!])).stdout).toMatch(
+        new RegExp(`^${id} delivered \\(done\\) via p2p, `),
+      )
+      expect(await alice.stop('SIGINT')).toEqual({ code: 0, signal: null })
+      expect(alice.stdout).toContain('carol: first\n')
+      expect(alice.stdout).toContain('carol: over the data channel\n')
     })
   })
 })

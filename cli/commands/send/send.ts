@@ -1,6 +1,7 @@
 import { Command, Option, UsageError } from 'clipanion'
 import { isMeshErrorCode, MeshError, type MeshErrorCode } from '../../../protocol/errors.js'
 import type { DeliveryJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
+import type { OutboxVia } from '../../../peer-runtime/store/types.js'
 import { parseDuration } from '../duration.js'
 import { HomeCommand } from '../home-command.js'
 import { CLI_SESSION_ID, isGroupTarget, type MeshLink } from '../link/mesh-link.js'
@@ -16,10 +17,11 @@ export interface SendJson {
   /** `delivered`: the recipient stored it; `queued`: the coordinator's store holds it for the recipient. */
   state: 'delivered' | 'queued'
   /**
-   * How it went: `relay` (through the coordinator) or `p2p`; null when not known (through the daemon,
-   * whose IPC does not report the transport).
+   * The transport that got it there, as the outbox row records it (`OutboxRow.via`): `p2p` (the P2P data
+   * channel, acked by the recipient) or `relay` (the coordinator pushed it, or holds it: always so when
+   * `queued`, and for a group). Null only for a row that does not record it.
    */
-  transport: 'relay' | 'p2p' | null
+  transport: OutboxVia | null
   /** How this command reached the mesh. */
   via: 'daemon' | 'direct'
   /** Per recipient key: delivered, queued, … (one entry for a DM, one per member for a group). */
@@ -35,9 +37,10 @@ export class SendCommand extends HomeCommand {
     description: 'Send a message to a peer, a group or the whole mesh',
     details: `
       Seals \`{text}\` to the recipient and waits for the outcome, then prints it with the message id:
-      \`delivered (relay)\` (the recipient stored and acknowledged it), \`queued — recipient offline\` (the
+      \`delivered (p2p)\` (the recipient stored and acknowledged it over a peer-to-peer data channel),
+      \`delivered (relay)\` (the same, through the coordinator), \`queued — recipient offline\` (the
       coordinator stored it and delivers it when the recipient connects), or with \`--wait\` only once the
-      recipient acknowledged it. Exits 0.
+      recipient acknowledged it. \`--json\` says the same in \`state\` and \`transport\`. Exits 0.
 
       \`<to>\` is a display name (\`agentmesh peer list\`), a 64-hex key, a unique key prefix (4 hex
       characters or more), \`@group\` or \`*\` (every member). A name that matches nobody or several
@@ -45,9 +48,9 @@ export class SendCommand extends HomeCommand {
       supported by the runtime yet.
 
       When the home's daemon runs, the message goes through it (its session \`${CLI_SESSION_ID}\`; the daemon
-      sends peer to peer when it can, and its IPC does not say which transport a message took); else this
-      command connects as the home's session \`${CLI_SESSION_ID}\` itself, through the relay. It says which
-      on stderr. On \`--timeout\` (\`MESH_ERR_WAIT_TIMEOUT\`) the message stays in the outbox and goes on.
+      sends peer to peer once a session to the recipient is up, so a first message goes by relay); else
+      this command connects as the home's session \`${CLI_SESSION_ID}\` itself, through the relay. It says
+      which on stderr. On \`--timeout\` (\`MESH_ERR_WAIT_TIMEOUT\`) the message stays in the outbox and goes on.
     `,
     examples: [
       ['Send to alice by name', '$0 send --mesh team alice "hello"'],
@@ -96,8 +99,7 @@ export class SendCommand extends HomeCommand {
       }
       const row = await this.#outcome(link, id, untilAck, deadline)
       const state = row.state === 'done' ? 'delivered' : 'queued'
-      // The direct path is relay-only (DirectLink); the daemon's IPC does not report the transport.
-      const transport = link.via === 'direct' ? 'relay' : null
+      const transport = row.via ?? null
       if (this.json) {
         this.printJson({
           mesh,
@@ -166,16 +168,16 @@ export class SendCommand extends HomeCommand {
   }
 }
 
-/** `delivered (relay)`, `queued — recipient offline`, or for a group the count of each. */
+/** `delivered (p2p)`, `delivered (relay)`, `queued — recipient offline`, or for a group the count of each. */
 function describeOutcome(row: DeliveryJson, state: 'delivered' | 'queued', transport: string | null): string {
-  const how = transport === null ? 'through the daemon; transport not reported' : transport
+  const how = transport === null ? '' : ` (${transport})`
   const states = Object.values(row.recipients)
   if (isGroupTarget(row.to)) {
     const delivered = states.filter((s) => s === 'delivered').length
     const queued = states.filter((s) => s === 'queued').length
-    return `sent (${how}): ${delivered} delivered, ${queued} queued — recipient offline`
+    return `sent${how}: ${delivered} delivered, ${queued} queued — recipient offline`
   }
-  return state === 'delivered' ? `delivered (${how})` : 'queued — recipient offline'
+  return state === 'delivered' ? `delivered${how}` : 'queued — recipient offline'
 }
 
 /** What a recipient state other than delivered or queued means, as a code. */
