@@ -52,9 +52,10 @@ export class InboxCommand extends HomeCommand {
       \`--unread\` it prints the newest \`--limit\` messages (default 50), read or not, and changes nothing;
       with it, the oldest \`--limit\` unread ones, which are read from then on (run it again for the next).
 
-      \`--follow\` then keeps printing messages as they arrive (with \`--json\` one message per line), until
-      SIGINT or SIGTERM (exit 0). It rides out outages as \`listen\` does, and says so on stderr; with
-      \`--unread\` it moves the read cursor as it prints.
+      \`--follow\` prints the same first (every unread message with \`--unread\`; \`--limit\` bounds only the
+      messages before the live ones), then each message as it arrives (with \`--json\` one message per
+      line), until SIGINT or SIGTERM (exit 0). It rides out outages of the coordinator and of the daemon
+      as \`listen\` does, and says so on stderr; with \`--unread\` it moves the read cursor as it prints.
 
       When the home's daemon runs, it reads through it (its session \`${CLI_SESSION_ID}\`, which sees the
       member's messages). Otherwise it reads the member's store on disk (messages the coordinator still
