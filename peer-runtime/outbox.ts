@@ -376,12 +376,16 @@ export class Outbox extends Emitter<OutboxEvents> {
     }
     const freeing = (async () => {
       const now = this.#clock.now()
-      for (const id of ids) {
-        const row = await this.#locked(id, () =>
-          this.#store.updateOutbox(id, { nextAttemptAt: now, updatedAt: now }, ['pending']),
-        )
-        if (row !== undefined) this.emit('state', row)
-      }
+      // All at once, so the store commits them together (one after the other was a commit each, about a
+      // second for a thousand rows waiting out an outage).
+      const rows = await Promise.all(
+        ids.map((id) =>
+          this.#locked(id, () =>
+            this.#store.updateOutbox(id, { nextAttemptAt: now, updatedAt: now }, ['pending']),
+          ),
+        ),
+      )
+      for (const row of rows) if (row !== undefined) this.emit('state', row)
       this.#kick()
     })()
     freeing.catch((err: unknown) => this.#fail(err))
