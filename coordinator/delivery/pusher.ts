@@ -215,7 +215,8 @@ export class Pusher {
   /**
    * A recipient's final state for a stored message: written into the message's dedupe row first (so a
    * sender that misses the receipt learns it by sending again: `duplicate` answers the outcome now), then
-   * sent as a delivery_receipt to the sender's live connection, if it has one on this node. A store that
+   * sent as a delivery_receipt to the sender's live connection: on this node, or handed to the node that
+   * holds it (the waker's NOTIFY). A store that
    * cannot take the update does not hold the receipt back; that sender then learns it no other way.
    */
   async receipt(
@@ -231,7 +232,17 @@ export class Pusher {
       this.#ctx.log[this.#ctx.closing ? 'debug' : 'warn']({ err }, 'recording a receipt in dedupe failed')
     }
     const to = this.#ctx.connections.get(mesh, sender)
-    to?.send({ t: 'delivery_receipt', clientMessageId, recipient, status })
+    if (to !== undefined) to.send({ t: 'delivery_receipt', clientMessageId, recipient, status })
+    else {
+      // The sender may be connected to another node of this store: it gets the receipt from there.
+      this.#ctx.delivery.waker.receipt({
+        mesh,
+        senderHex: toHex(sender),
+        clientMessageId,
+        recipientHex: toHex(recipient),
+        status,
+      })
+    }
   }
 
   /** Pushes what the store holds for the connection's key, as far as its push window allows. */

@@ -5,6 +5,7 @@
  * and sweeps expired claims and expired messages.
  */
 import fp from 'fastify-plugin'
+import { fromHex, RECIPIENT_STATES, type FrameOf } from '../../protocol/index.js'
 import type { CoordinatorContext } from '../context.js'
 import { Committer } from '../delivery/committer.js'
 import { Dedupe } from '../delivery/dedupe.js'
@@ -51,6 +52,14 @@ export const deliveryPlugin = fp(
       const conn = ctx.connections.get(mesh, hex)
       if (conn !== undefined) void services.pusher.drain(conn)
     })
+    const unlistenReceipts = await Waker.listenReceipts(ctx.store, (r) => {
+      const status = r.status as FrameOf<'delivery_receipt'>['status']
+      const recipient = fromHex(r.recipientHex)
+      if (!(RECIPIENT_STATES as readonly string[]).includes(status) || recipient?.length !== 32) return
+      ctx.connections
+        .get(r.mesh, r.senderHex)
+        ?.send({ t: 'delivery_receipt', clientMessageId: r.clientMessageId, recipient, status })
+    })
     const { pusher } = services
 
     ctx.on('client_ack', async (conn, frame) => {
@@ -81,6 +90,7 @@ export const deliveryPlugin = fp(
     ctx.sweeps.push(() => sweeper.runNow())
     app.addHook('onClose', async () => {
       await unlisten()
+      await unlistenReceipts()
       await sweeper.stop()
       await services.committer.drain()
     })
@@ -104,7 +114,9 @@ async function expire(ctx: CoordinatorContext, d: DeliveryServices): Promise<voi
   )
   for (const row of gone) d.quota.released(row.mesh, row.recipient, row.sender, row.size)
   await Promise.all(
-    gone.map((row) => d.pusher.receipt(row.mesh, row.sender, row.client_message_id, row.recipient, 'expired')),
+    gone.map((row) =>
+      d.pusher.receipt(row.mesh, row.sender, row.client_message_id, row.recipient, 'expired'),
+    ),
   )
   await ctx.store.query(
     'delete from dedupe where (mesh, sender, client_message_id) in (select mesh, sender, client_message_id from dedupe where expires_at <= $1 limit 1000)',

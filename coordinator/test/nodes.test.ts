@@ -23,4 +23,22 @@ describe.each(storeLegs())('two coordinator nodes on one store (%s)', (driver) =
       what: 'the ack on node B to settle the row queued by node A',
     })
   })
+
+  it('a receipt for a sender on another node reaches it there', async () => {
+    const a = await start()
+    const b = await start(sameMesh(a))
+    const senderKey = a.session(await a.member())
+    const recipientKey = a.session(await a.member())
+    const sender = await a.connectSession(senderKey)
+    await (await a.connectSession(recipientKey)).close()
+    const env = a.dm(senderKey.identity, recipientKey.identity, 'receipt across nodes')
+    expect(await sender.sendEnvelope(env)).toMatchObject({ state: 'queued', recipientOnline: false })
+    // The recipient comes back on node B and acks there; the sender's socket is on node A.
+    const recipient = await b.connectSession(recipientKey)
+    await recipient.waitFor('push')
+    const receipt = await sender.waitFor('delivery_receipt', undefined, { timeoutMs: 5_000 })
+    expect(receipt).toMatchObject({ clientMessageId: env.clientMessageId, status: 'delivered' })
+    expect(receipt.recipient).toEqual(recipientKey.identity.publicKey)
+    expect(sender.frames('delivery_receipt')).toHaveLength(1)
+  })
 })
