@@ -146,6 +146,7 @@ async function followDaemon(o: FollowInit, pid: number, run: LongRunning, printe
   const coordinator = new CoordinatorNotes(o.note)
   let announced = false
   let failures = 0
+  let unauthorized = 0
   while (!run.signal.aborted) {
     let link: DaemonLink | undefined
     try {
@@ -172,6 +173,7 @@ async function followDaemon(o: FollowInit, pid: number, run: LongRunning, printe
       })) {
         if (ev.event === 'ready') {
           failures = 0
+          unauthorized = 0
           run.reconnected('')
           if (!announced) {
             announced = true
@@ -184,11 +186,14 @@ async function followDaemon(o: FollowInit, pid: number, run: LongRunning, printe
     } catch (err) {
       if (run.signal.aborted) break
       if (isMeshError(err) && err.details?.['status'] === 401 && link !== undefined) {
-        // The daemon no longer knows the token (its registry was reset): register the session again.
-        await link.renew().catch(() => undefined)
-        continue
-      }
-      if (isMeshError(err) && (err.details?.['stopped'] === true || (err.permanent && !gone(err)))) {
+        // Another command registered the session anew (`outbox requeue` does, around its requeue): the
+        // token file names the new token, read on the next round. Registering it ourselves only when
+        // that keeps failing (the daemon lost the registry), so as not to take it from under them.
+        if (++unauthorized >= 3) {
+          unauthorized = 0
+          await link.renew().catch(() => undefined)
+        }
+      } else if (isMeshError(err) && (err.details?.['stopped'] === true || (err.permanent && !gone(err)))) {
         run.fail(err)
         break
       }

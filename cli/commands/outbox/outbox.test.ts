@@ -211,7 +211,7 @@ describe('outbox list | requeue (the real binary)', () => {
       await daemon?.stop('SIGTERM')
     })
 
-    it('list goes through the daemon: its queued row, and the requeued row it sent (refused again)', async () => {
+    it('list and requeue go through the daemon: its queued row, a requeued row it sends at once', async () => {
       const sent = await carol(['send', 'alice', 'via the daemon', '--json'])
       expect(sent.code, sent.stderr).toBe(0)
       const { clientMessageId: id } = JSON.parse(sent.stdout) as { clientMessageId: string }
@@ -232,12 +232,36 @@ describe('outbox list | requeue (the real binary)', () => {
         expect.objectContaining({ lastError: expect.objectContaining({ code: 'MESH_ERR_REVOKED' }) }),
       ])
 
-      const refused = await carol(['outbox', 'requeue', '--dead', '--json'])
-      expect(refused.code).toBe(EXIT.ERROR)
-      expect(JSON.parse(refused.stdout)).toMatchObject({ error: { code: 'MESH_ERR_DAEMON_RUNNING' } })
-      expect(refused.stderr).toMatch(
-        /^error: MESH_ERR_DAEMON_RUNNING: the daemon \(pid \d+\) holds this home's outbox/m,
+      // Requeued through the daemon: its session `cli` closed, the row requeued on disk, the session open
+      // again, which sends it at once (and dave is still revoked: dead again, under the new id).
+      const requeued = await carol(['outbox', 'requeue', '--dead', '--json'])
+      expect(requeued.code, requeued.stderr).toBe(0)
+      expect(requeued.stderr).toContain(
+        `agentmesh: through the daemon (pid ${daemon.child.pid}): closing its session cli`,
       )
+      const out = JSON.parse(requeued.stdout) as {
+        via: string
+        requeued: { id: string; requeuedAs: string }[]
+      }
+      expect(out).toMatchObject({
+        via: 'daemon',
+        requeued: [{ id: dead[0]!.id, state: 'pending' }],
+        skipped: [],
+      })
+      const fresh = out.requeued[0]!.requeuedAs
+      let again: Row | undefined
+      for (let i = 0; i < 50 && again?.state !== 'dead'; i++) {
+        again = (await listed(['--state', 'all'])).rows.find((x) => x.id === fresh)
+        if (again?.state !== 'dead') await new Promise((resolve) => setTimeout(resolve, 200))
+      }
+      expect(again).toMatchObject({ state: 'dead', lastError: { code: 'MESH_ERR_REVOKED' } })
+      expect((await listed(['--state', 'aborted'])).rows.find((x) => x.id === dead[0]!.id)).toMatchObject({
+        requeuedAs: fresh,
+      })
+      // The session is back: a send through the daemon still works.
+      const after = await carol(['send', 'alice', 'after the requeue'])
+      expect(after.code, after.stderr).toBe(0)
+      expect(after.stdout).toMatch(/^queued — recipient offline: alice, id /)
     }, 60_000)
   })
 })
