@@ -8,6 +8,11 @@
  * `details.remote: true`; no answer within `timeoutMs` (default 30 s, at most 10 min) is
  * `MESH_ERR_RPC_TIMEOUT` (503). A request is sent once: the HTTP request is not re-sent on a lost answer
  * unless it carries its `id` (a ULID), which the endpoint takes as the same call.
+ *
+ * The session's `Peer` gets the runtime's rpc endpoint on the first call, and an endpoint also answers
+ * requests to its key: with no handler registered, `MESH_ERR_RPC_NO_HANDLER`. A session that serves rpc
+ * itself over the IPC (reading `rpc` requests from its events, answering with `POST /v1/send`) must not
+ * call this route, or its callers may get that answer first.
  */
 import { fromHex } from '../../../protocol/encoding.js'
 import { MeshError } from '../../../protocol/errors.js'
