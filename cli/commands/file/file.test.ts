@@ -37,6 +37,44 @@ async function randomFile(path: string, bytes: number): Promise<string> {
   return hash.digest('hex')
 }
 
+/** Resolves once the child's stdout contains `text`; rejects if it exits first or after `timeoutMs`. */
+async function stdoutSays(p: AgentmeshProcess, text: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!p.stdout.includes(text)) {
+    if (p.child.exitCode !== null) throw new Error(`exited before printing ${text}:\n${p.stderr}`)
+    if (Date.now() > deadline)
+      throw new Error(`no ${JSON.stringify(text)} after ${timeoutMs} ms:\n${p.stdout}`)
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()))
+      p.child.stdout?.once('data', () => {
+        clearTimeout(timer)
+        resolve(undefined)
+      })
+    })
+  }
+}
+
+/**
+ * Until the daemon's control plane of mesh team is connected: its `mesh team: connected` note, or its log
+ * line when the connection came before `daemon up` listened for it (then the note never comes).
+ */
+async function daemonConnected(daemon: AgentmeshProcess): Promise<void> {
+  const connected = /mesh team: connected|"mesh":"team","role":"control-plane","msg":"connected"/
+  const deadline = Date.now() + 30_000
+  while (!connected.test(daemon.stderr)) {
+    if (daemon.child.exitCode !== null || Date.now() > deadline) {
+      throw new Error(`the daemon did not say it connected:\n${daemon.stderr}`)
+    }
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 1_000)
+      daemon.child.stderr?.once('data', () => {
+        clearTimeout(timer)
+        resolve(undefined)
+      })
+    })
+  }
+}
+
 /** `agentmesh file send` end to end: the real binary, a real coordinator, temp homes. */
 describe('agentmesh file send (the real binary)', () => {
   let root: string
@@ -131,15 +169,22 @@ describe('agentmesh file send (the real binary)', () => {
     )
   }, 120_000)
 
-  it("the home's daemon receives too, and its log says so", async () => {
+  it("the home's daemon receives too, its log says so, and a `listen` through it prints no chunk", async () => {
     const daemon = spawn(['daemon', 'up', '--json', '--home', home('carol')])
     await daemon.waitForJson((l) => typeof l['socket'] === 'string', 30_000)
-    await stderrSays(daemon, 'mesh team: connected')
+    await daemonConnected(daemon)
+    const listen = spawn(['listen', '--home', home('carol')])
+    await stderrSays(listen, 'listening on mesh team through the daemon')
     const sent = await send('carol')
     expect(sent.json).toMatchObject({ toName: 'carol', savedAs: 'blob.bin', sha256: blobSha })
     expect(await receivedAt('carol', 'blob.bin')).toBe(blobSha)
     await stderrSays(daemon, '"msg":"file received"')
     expect(daemon.stderr).toContain('"msg":"file transfer progress"')
+    // The daemon's events carry the chunks too: `listen` skips them and prints the next message only.
+    const dm = await runAgentmesh(['send', 'carol', 'after the file', '--home', home('bob')])
+    expect(dm.code, dm.stderr).toBe(0)
+    await stdoutSays(listen, 'after the file')
+    expect(listen.stdout).toBe('bob: after the file\n')
     console.log(
       `file send 20 MiB to a daemon: ${(sent.json.ms / 1000).toFixed(1)} s (${sent.json.transport})`,
     )
