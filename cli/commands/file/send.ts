@@ -120,16 +120,29 @@ export class FileSendCommand extends HomeCommand {
       }
       const progress = new Progress(this.context.stderr, name, info.size)
       this.note(`sending ${name} (${formatBytes(info.size)}) to ${who}`)
+      // ^C aborts the stream (the receiver drops its temp file at once) instead of leaving it to time out.
+      const interrupt = new AbortController()
+      const onSignal = (): void =>
+        interrupt.abort(new MeshError('MESH_ERR_SHUTTING_DOWN', 'interrupted: the transfer was aborted'))
+      process.once('SIGINT', onSignal)
+      process.once('SIGTERM', onSignal)
       let sent
       try {
         sent = await sendFile(peer, fromHex(target.pk)!, path, {
           name,
+          signal: interrupt.signal,
           idleTimeoutMs: timeoutMs,
           offerTimeoutMs: Math.min(timeoutMs, 15_000),
           receiptTimeoutMs: timeoutMs,
           onProgress: (bytes) => progress.update(bytes),
         })
+      } catch (err) {
+        // The stream_abort is in the outbox: give it a moment to reach the receiver before closing.
+        if (interrupt.signal.aborted) await peer.settled(AbortSignal.timeout(3_000)).catch(() => undefined)
+        throw err
       } finally {
+        process.off('SIGINT', onSignal)
+        process.off('SIGTERM', onSignal)
         progress.done()
       }
       const chunks = sent.receipt.via
