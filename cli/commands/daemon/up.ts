@@ -96,6 +96,8 @@ export class DaemonUpCommand extends HomeCommand {
       m.control.peer.on('stopped', (err) =>
         this.note(`${label}stopped${err === undefined ? '' : ` (${err.code}: ${err.message})`}`),
       )
+      // A mesh can be connected before it is watched (the daemon starts its meshes first): say so now.
+      if (m.control.peer.connected) this.note(`${label}connected`)
     }
     const opened = (m: DaemonMesh): void => {
       watch(m)
