@@ -138,6 +138,7 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
       world,
       [...ackedSoFar].filter((id) => !printedIds.has(id)),
     )
+    const atFault = new Map([...states.keys()].map((id) => [id, rawStates.get(id)]))
     for (const [id, s] of states) {
       if (s !== undefined && (s.state === 'accepted' || s.state === 'done')) acceptedAtEnd.add(id)
       else pendingAtEnd.push(id)
@@ -209,6 +210,7 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
           signal: AbortSignal.timeout(5_000),
         }).catch((err: unknown) => ({ status: 0, body: { error: String(err) } }))
         step(`  straggler ${id} at +${fmt(at - lastFaultEndedAt)}: ${JSON.stringify(res.body)}`)
+        step(`    when the last fault ended: ${JSON.stringify(atFault.get(id))}`)
       }
     }
     if (!recovery.acceptedMet)
@@ -389,6 +391,9 @@ async function applyFault(
 }
 
 /** `GET /v1/messages/:id` of each id (undefined for a 404), 32 at a time; retried while the daemon is down. */
+/** The last `/v1/messages/:id` body read of each id, whole (a verbose run shows the stragglers'). */
+const rawStates = new Map<string, unknown>()
+
 async function statesOf(world: ChaosWorld, ids: string[]): Promise<Map<string, FinalState | undefined>> {
   const out = new Map<string, FinalState | undefined>()
   let next = 0
@@ -401,7 +406,10 @@ async function statesOf(world: ChaosWorld, ids: string[]): Promise<Map<string, F
             signal: AbortSignal.timeout(10_000),
             redial: false,
           })
-          if (res.status === 200) out.set(id, { state: res.body.state, recipients: res.body.recipients })
+          if (res.status === 200) {
+            out.set(id, { state: res.body.state, recipients: res.body.recipients })
+            rawStates.set(id, res.body)
+          }
           else if (res.status === 404) out.set(id, undefined)
           else throw new Error(`HTTP ${res.status}`)
           break
