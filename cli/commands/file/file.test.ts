@@ -13,6 +13,7 @@ import {
   type RunningCoordinator,
 } from '../../../test/support/coordinator-process.js'
 import { createCliMesh, stderrSays } from '../../../test/support/cli-mesh.js'
+import { connectDaemon } from '../daemon/connect.js'
 import type { FileSendJson } from './send.js'
 
 const MiB = 1024 * 1024
@@ -185,6 +186,23 @@ describe('agentmesh file send (the real binary)', () => {
     expect(dm.code, dm.stderr).toBe(0)
     await stdoutSays(listen, 'after the file')
     expect(listen.stdout).toBe('bob: after the file\n')
+    // Nor does the daemon's IPC hand the chunks out: its inbox lists the DM only, and moves past them.
+    const daemonIpc = await connectDaemon(home('carol'))
+    try {
+      const admin = daemonIpc!.client
+      const { token } = await admin.call<{ token: string }>('POST', '/v1/sessions', {
+        mesh: 'team',
+        sessionId: 'probe',
+      })
+      const inbox = await admin.as(token).call<{ messages: { channel: string }[]; next: number }>(
+        'GET',
+        '/v1/inbox?limit=1000',
+      )
+      expect(inbox.messages.map((m) => m.channel)).toEqual(['dm'])
+      expect(inbox.next).toBeGreaterThan(300) // past the file's 342 chunks
+    } finally {
+      daemonIpc?.client.close()
+    }
     console.log(
       `file send 20 MiB to a daemon: ${(sent.json.ms / 1000).toFixed(1)} s (${sent.json.transport})`,
     )

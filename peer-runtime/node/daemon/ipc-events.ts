@@ -21,7 +21,7 @@ import type { InboundMessage } from '../../inbox.js'
 import type { OutboxRow } from '../../store/types.js'
 import type { MeshError } from '../../../protocol/errors.js'
 import { inboxHead } from './inbox-head.js'
-import { deliveryJson, messageJson, rowMessageJson, type MessageJson } from './ipc-json.js'
+import { deliveryJson, isIpcChannel, messageJson, rowMessageJson, type MessageJson } from './ipc-json.js'
 import { linkEventJson } from './status-json.js'
 import type { DaemonSession, IpcHost } from './types.js'
 
@@ -58,6 +58,10 @@ export async function serveEvents(
   const sendMessage = (m: MessageJson): void => {
     if (m.seq <= lastSeq) return
     lastSeq = m.seq
+    // rpc and stream rows are the runtime's own: the daemon's presences answer rpc themselves (file
+    // offers, receipts) and read streams (files); a chunk is 60 KiB, as hex JSON it would swamp every
+    // follower. Their ids still move the cursor.
+    if (!isIpcChannel(m.channel)) return
     write(`event: message\nid: ${m.seq}\ndata: ${JSON.stringify(m)}\n\n`)
   }
   const live = (fn: () => void): void => {

@@ -160,3 +160,8 @@ export function jsonSafe(value: unknown): unknown {
   }
   return value
 }
+
+/** Whether inbox rows of `channel` reach IPC clients: messages, not the runtime's own rpc and stream rows. */
+export function isIpcChannel(channel: string): boolean {
+  return channel !== 'rpc' && channel !== 'stream'
+}

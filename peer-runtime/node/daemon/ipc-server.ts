@@ -26,7 +26,7 @@ import { createServer, type IncomingMessage, type Server } from 'node:http'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { MeshError } from '../../../protocol/errors.js'
 import { serveEvents, type EventStream } from './ipc-events.js'
-import { deliveryJson, errorReply, peerJson, rowMessageJson } from './ipc-json.js'
+import { deliveryJson, errorReply, isIpcChannel, peerJson, rowMessageJson } from './ipc-json.js'
 import { errorFields } from './log.js'
 import { listOutboxRows, parseOutboxStates } from './ipc-outbox.js'
 import { rpcCall } from './ipc-rpc.js'
@@ -161,8 +161,11 @@ export async function startIpcServer(
       afterSeq: after,
       limit,
     })
-    const messages = rows.map((r) => rowMessageJson(r, s.mesh.config.memberPk))
-    return { messages, next: messages.at(-1)?.seq ?? after }
+    // rpc and stream rows are left out (see ipc-events.ts); `next` still moves past them.
+    const messages = rows
+      .filter((r) => isIpcChannel(r.channel))
+      .map((r) => rowMessageJson(r, s.mesh.config.memberPk))
+    return { messages, next: rows.at(-1)?.seq ?? after }
   })
   app.get<{ Querystring: { offline?: string; session?: string } }>('/v1/peers', async (req) => {
     const s = sessionOf(req)
