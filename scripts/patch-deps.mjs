@@ -36,7 +36,8 @@ function postgresDir() {
   }
   // Its `exports` hide package.json: walk up from the entry point to the folder that holds it.
   for (let dir = dirname(entry); dir !== dirname(dir); dir = dirname(dir)) {
-    if (existsSync(join(dir, 'cjs/src/connection.js')) && existsSync(join(dir, 'src/connection.js'))) return dir
+    if (existsSync(join(dir, 'cjs/src/connection.js')) && existsSync(join(dir, 'src/connection.js')))
+      return dir
   }
   return undefined
 }

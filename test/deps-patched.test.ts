@@ -13,7 +13,7 @@ describe('dependency patches', () => {
     const dir = dirname(dirname(dirname(entry)))
     for (const file of ['src/connection.js', 'cjs/src/connection.js']) {
       const text = await readFile(join(dir, file), 'utf8')
-      const body = /function nextWrite\(fn\) \{([\s\S]*?)\n  \}/.exec(text)?.[1] ?? ''
+      const body = /function nextWrite\(fn\) \{([\s\S]*?)\n {2}\}/.exec(text)?.[1] ?? ''
       expect(body, file).toContain('if (socket === null)')
       expect(body.indexOf('socket === null'), file).toBeLessThan(body.indexOf('socket.write'))
     }

@@ -94,7 +94,13 @@ export class Dedupe {
   }
 
   /** Remembers `outcome` as the answer to a retry of this id now (a receipt changed it; see OutcomeUpdates). */
-  remember(mesh: string, from: Uint8Array, clientMessageId: string, hash: Uint8Array, outcome: SendOutcome): void {
+  remember(
+    mesh: string,
+    from: Uint8Array,
+    clientMessageId: string,
+    hash: Uint8Array,
+    outcome: SendOutcome,
+  ): void {
     this.#recent.set(mesh, from, clientMessageId, hash, outcome)
   }
 

@@ -120,7 +120,8 @@ export class OutcomeUpdates {
           for (const w of chunk) {
             const row = byKey.get(`${w.mesh}|${toHex(w.sender)}|${w.clientMessageId}`)
             if (row === undefined) continue
-            const prior = row.recipients === null ? undefined : (decode(row.recipients) as Record<string, RecipientState>)
+            const prior =
+              row.recipients === null ? undefined : (decode(row.recipients) as Record<string, RecipientState>)
             out.push({ row, outcome: outcomeWith({ state: row.state, recipients: prior }, w.states) })
           }
           if (out.length > 0) {

@@ -45,7 +45,13 @@ export const revocationPlugin = fp(
         for (const d of dropped) ctx.delivery.quota.released(state.id, d.recipient, d.sender, d.size)
         await Promise.all(
           dropped.map((d) =>
-            ctx.delivery.pusher.receipt(state.id, d.sender, d.client_message_id, d.recipient, 'dropped_revoked'),
+            ctx.delivery.pusher.receipt(
+              state.id,
+              d.sender,
+              d.client_message_id,
+              d.recipient,
+              'dropped_revoked',
+            ),
           ),
         )
       }

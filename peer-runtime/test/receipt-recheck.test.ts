@@ -19,15 +19,22 @@ describe.each(storeLegs())('receipts a sender was away for (%s)', (driver) => {
     const path = join(tempDir(), 'alice.db')
     const bob = await sessionPeer(world, bobMember, { identity: bobKey, sessionId: 'bob' })
     const first = sqliteStore({ path })
-    const alice = await sessionPeer(world, aliceMember, { identity: aliceKey, sessionId: 'alice', store: first })
+    const alice = await sessionPeer(world, aliceMember, {
+      identity: aliceKey,
+      sessionId: 'alice',
+      store: first,
+    })
     await Promise.all([alice.whenConnected(), bob.whenConnected()])
     await alice.listPeers({ includeOffline: true })
     await bob.close()
 
     const ids: string[] = []
-    for (let i = 0; i < 3; i++) ids.push((await alice.send(bobKey.publicKey, { text: `out ${i}` })).clientMessageId)
+    for (let i = 0; i < 3; i++)
+      ids.push((await alice.send(bobKey.publicKey, { text: `out ${i}` })).clientMessageId)
     await expect
-      .poll(async () => Promise.all(ids.map(async (id) => (await alice.status(id))?.state)), { timeout: 10_000 })
+      .poll(async () => Promise.all(ids.map(async (id) => (await alice.status(id))?.state)), {
+        timeout: 10_000,
+      })
       .toEqual(['accepted', 'accepted', 'accepted'])
     // Alice goes away; bob comes back, reads and acks: the receipts find no alice to go to.
     await alice.close()
@@ -42,9 +49,15 @@ describe.each(storeLegs())('receipts a sender was away for (%s)', (driver) => {
     // Alice, restarted on her store, learns it by sending again after her hello.
     const second = sqliteStore({ path })
     onTestFinished(() => second.close())
-    const back = await sessionPeer(world, aliceMember, { identity: aliceKey, sessionId: 'alice', store: second })
+    const back = await sessionPeer(world, aliceMember, {
+      identity: aliceKey,
+      sessionId: 'alice',
+      store: second,
+    })
     await expect
-      .poll(async () => Promise.all(ids.map(async (id) => (await back.status(id))?.state)), { timeout: 10_000 })
+      .poll(async () => Promise.all(ids.map(async (id) => (await back.status(id))?.state)), {
+        timeout: 10_000,
+      })
       .toEqual(['done', 'done', 'done'])
     for (const id of ids) {
       expect((await back.status(id))?.recipients).toEqual({ [toHex(bobKey.publicKey)]: 'delivered' })

@@ -206,9 +206,11 @@ export async function runSchedule(o: RunOptions): Promise<RunResult> {
         .sort((a, b) => b.at - a.at)
         .slice(0, 3)
       for (const { id, at } of late) {
-        const res = await world.session!.request<Record<string, unknown>>('GET', `/v1/messages/${id}`, {
-          signal: AbortSignal.timeout(5_000),
-        }).catch((err: unknown) => ({ status: 0, body: { error: String(err) } }))
+        const res = await world
+          .session!.request<Record<string, unknown>>('GET', `/v1/messages/${id}`, {
+            signal: AbortSignal.timeout(5_000),
+          })
+          .catch((err: unknown) => ({ status: 0, body: { error: String(err) } }))
         step(`  straggler ${id} at +${fmt(at - lastFaultEndedAt)}: ${JSON.stringify(res.body)}`)
         step(`    when the last fault ended: ${JSON.stringify(atFault.get(id))}`)
       }
@@ -409,8 +411,7 @@ async function statesOf(world: ChaosWorld, ids: string[]): Promise<Map<string, F
           if (res.status === 200) {
             out.set(id, { state: res.body.state, recipients: res.body.recipients })
             rawStates.set(id, res.body)
-          }
-          else if (res.status === 404) out.set(id, undefined)
+          } else if (res.status === 404) out.set(id, undefined)
           else throw new Error(`HTTP ${res.status}`)
           break
         } catch (err) {

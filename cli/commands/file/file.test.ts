@@ -194,10 +194,9 @@ describe('agentmesh file send (the real binary)', () => {
         mesh: 'team',
         sessionId: 'probe',
       })
-      const inbox = await admin.as(token).call<{ messages: { channel: string }[]; next: number }>(
-        'GET',
-        '/v1/inbox?limit=1000',
-      )
+      const inbox = await admin
+        .as(token)
+        .call<{ messages: { channel: string }[]; next: number }>('GET', '/v1/inbox?limit=1000')
       expect(inbox.messages.map((m) => m.channel)).toEqual(['dm'])
       expect(inbox.next).toBeGreaterThan(300) // past the file's 342 chunks
     } finally {
