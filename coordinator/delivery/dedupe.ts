@@ -4,21 +4,14 @@
  * `MESH_ERR_IDEMPOTENCY_CONFLICT`. Three places answer, in order: sends still in flight on this node,
  * the in-memory window of fast-path ids (never stored), and the store's `dedupe` table.
  */
-import { bytesEqual, decode, MeshError, type FrameOf } from '../../protocol/index.js'
+import { bytesEqual, decode, MeshError } from '../../protocol/index.js'
 import type { Tally } from '../metrics.js'
 import type { Sql } from '../store/types.js'
 import { DedupeLookups } from './lookup-batch.js'
+import type { RecipientState, SendOutcome } from './outcome.js'
 import { RecentOutcomes } from './recent-outcomes.js'
 
-/** The outcome a send_ack reported. */
-export interface SendOutcome {
-  state: 'delivered' | 'queued' | 'partial'
-  recipientOnline?: boolean
-  recipients?: Record<string, RecipientState>
-}
-
-/** A recipient's state as the sender sees it. */
-export type RecipientState = FrameOf<'delivery_receipt'>['status']
+export type { RecipientState, SendOutcome } from './outcome.js'
 
 /** The in-memory name of a message; `fromHex` is the sender's key in hex (the caller has it already). */
 export function dedupeKey(mesh: string, fromHex: string, clientMessageId: string): string {

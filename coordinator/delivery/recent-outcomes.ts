@@ -14,7 +14,7 @@
  * longer or non-ASCII id) are kept in a small Map beside it, under the same oldest-first rule.
  */
 import { bytesEqual } from '../../protocol/index.js'
-import type { SendOutcome } from './dedupe.js'
+import type { SendOutcome } from './outcome.js'
 
 const ENTRY = 88
 const KEY_BYTES = 64 // from (32) + mesh number (4) + id length (1) + id (26) + pad (1)
