@@ -4,26 +4,11 @@ import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { startWorld, type World } from '../../test/support/coordinator-world.js'
 import { buildOnce, spawnAgentmesh, type AgentmeshProcess } from '../../test/support/coordinator-process.js'
-import { am, createCliMesh, stderrSays, type CliMesh } from '../../test/support/cli-mesh.js'
+import { am, createCliMesh, daemonConnected, stderrSays, type CliMesh } from '../../test/support/cli-mesh.js'
 import { EXIT } from './exit-codes.js'
 
 const HEX64 = /^[0-9a-f]{64}$/
 const ULID = /^[0-9A-HJKMNP-TV-Z]{26}$/
-
-/**
- * Until the daemon's control plane of mesh team is connected: its `mesh team: connected` note, or its log
- * line when the connection came before `daemon up` listened for it (then the note never comes).
- */
-async function daemonConnected(daemon: AgentmeshProcess): Promise<void> {
-  const connected = /mesh team: connected|"mesh":"team","role":"control-plane","msg":"connected"/
-  const deadline = Date.now() + 30_000
-  while (!connected.test(daemon.stderr)) {
-    if (daemon.child.exitCode !== null || Date.now() > deadline) {
-      throw new Error(`the daemon did not say it connected:\n${daemon.stderr}`)
-    }
-    await new Promise((resolve) => daemon.child.stderr?.once('data', resolve).once('close', resolve))
-  }
-}
 
 // whoami, peer list and send with the real binary in temp homes against a real coordinator on port 0:
 // carol sends; alice listens; two homes share the name "bob". First without a daemon on carol's home

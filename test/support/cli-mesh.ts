@@ -119,3 +119,26 @@ export async function stderrSays(
     await new Promise((resolve) => p.child.stderr?.once('data', resolve).once('close', resolve))
   }
 }
+
+/**
+ * Until the daemon's control plane of `mesh` is connected: its `mesh <m>: connected` note, or its JSON log
+ * line; throws when it exits first or 30 s pass. Reads stderr as it comes, and at least every second.
+ */
+export async function daemonConnected(daemon: AgentmeshProcess, mesh = 'team'): Promise<void> {
+  const connected = new RegExp(
+    `mesh ${mesh}: connected|"mesh":"${mesh}","role":"control-plane","msg":"connected"`,
+  )
+  const deadline = Date.now() + 30_000
+  while (!connected.test(daemon.stderr)) {
+    if (daemon.child.exitCode !== null || Date.now() > deadline) {
+      throw new Error(`the daemon did not say it connected:\n${daemon.stderr}`)
+    }
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 1_000)
+      daemon.child.stderr?.once('data', () => {
+        clearTimeout(timer)
+        resolve(undefined)
+      })
+    })
+  }
+}

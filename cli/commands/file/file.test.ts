@@ -12,7 +12,7 @@ import {
   type AgentmeshProcess,
   type RunningCoordinator,
 } from '../../../test/support/coordinator-process.js'
-import { createCliMesh, stderrSays } from '../../../test/support/cli-mesh.js'
+import { createCliMesh, daemonConnected, stderrSays } from '../../../test/support/cli-mesh.js'
 import { connectDaemon } from '../daemon/connect.js'
 import type { FileSendJson } from './send.js'
 
@@ -48,27 +48,6 @@ async function stdoutSays(p: AgentmeshProcess, text: string, timeoutMs = 30_000)
     await new Promise((resolve) => {
       const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()))
       p.child.stdout?.once('data', () => {
-        clearTimeout(timer)
-        resolve(undefined)
-      })
-    })
-  }
-}
-
-/**
- * Until the daemon's control plane of mesh team is connected: its `mesh team: connected` note, or its log
- * line when the connection came before `daemon up` listened for it (then the note never comes).
- */
-async function daemonConnected(daemon: AgentmeshProcess): Promise<void> {
-  const connected = /mesh team: connected|"mesh":"team","role":"control-plane","msg":"connected"/
-  const deadline = Date.now() + 30_000
-  while (!connected.test(daemon.stderr)) {
-    if (daemon.child.exitCode !== null || Date.now() > deadline) {
-      throw new Error(`the daemon did not say it connected:\n${daemon.stderr}`)
-    }
-    await new Promise((resolve) => {
-      const timer = setTimeout(resolve, 1_000)
-      daemon.child.stderr?.once('data', () => {
         clearTimeout(timer)
         resolve(undefined)
       })

@@ -44,17 +44,18 @@ export function inboxJson(m: MessageJson, fromName: string | undefined, cursor: 
   }
 }
 
+/** What a message says, for people: its `text`, else its payload as JSON, else why it did not open. */
+export function messageBody(m: { status: string; payload: unknown }): string {
+  const p = m.payload as { text?: unknown } | null
+  if (m.status !== 'ok' && m.status !== 'duplicate') return `[${m.status}: the message did not open]`
+  return typeof p?.text === 'string' ? p.text : JSON.stringify(m.payload)
+}
+
 /** `2026-12-07 23:59:01  carol: hello  (relay, 01JD…)`: one line for people. */
 export function inboxLine(m: InboxJson): string {
   const time = new Date(m.receivedAt).toISOString().replace('T', ' ').slice(0, 19)
   const name = m.fromName ?? m.from.slice(0, 16) + '…'
-  const p = m.payload as { text?: unknown } | null
-  const body =
-    m.status !== 'ok' && m.status !== 'duplicate'
-      ? `[${m.status}: the message did not open]`
-      : typeof p?.text === 'string'
-        ? p.text
-        : JSON.stringify(m.payload)
+  const body = messageBody(m)
   const how = [
     m.channel === 'dm' ? undefined : m.channel,
     m.via,

@@ -16,6 +16,7 @@ import type { Peer } from '../../../peer-runtime/peer.js'
 import { connectDaemon } from '../daemon/connect.js'
 import { parseDuration, parsePositiveInt } from '../duration.js'
 import { fileReceiveNotes } from '../file/receive-notes.js'
+import { messageBody } from '../inbox/inbox-json.js'
 import { HomeCommand } from '../home-command.js'
 import { LongRunning } from '../long-running.js'
 
@@ -275,13 +276,7 @@ export class ListenCommand extends HomeCommand {
       return
     }
     const name = fromName ?? m.from.slice(0, 16)
-    const p = m.payload as { text?: unknown } | null
-    const body =
-      m.status !== 'ok' && m.status !== 'duplicate'
-        ? `[${m.status}: the message did not open]`
-        : typeof p?.text === 'string'
-          ? p.text
-          : JSON.stringify(m.payload)
+    const body = messageBody(m)
     this.context.stdout.write(`${name}: ${body}${m.e2e ? '' : ' (not end-to-end encrypted)'}\n`)
   }
 }
