@@ -104,6 +104,12 @@ export class Connection {
     return this.#ws.bufferedAmount
   }
 
+  /**
+   * True once `hello_ack` went out. A peer drops every frame before it (its connection is still saying
+   * hello), so nothing is pushed to a connection until then.
+   */
+  helloAcked = false
+
   /** Marks the hello accepted. */
   accept(presence: PresenceIdentity): void {
     this.presence = presence

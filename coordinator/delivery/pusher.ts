@@ -89,6 +89,9 @@ export class Pusher {
     mesh: string,
     recipientHex: string,
   ): Promise<AckStatus | 'closed' | 'timeout'> {
+    // Before its hello_ack the peer would drop the push, and it would wait out ackWaitMs and then the
+    // claim lease: it is stored instead, and the drain after the hello_ack pushes it.
+    if (!conn.helloAcked) return Promise.resolve('closed')
     return new Promise((resolve) => {
       const entry: Pending = {
         conn,
@@ -273,6 +276,7 @@ export class Pusher {
   }
 
   async #drainOnce(conn: Connection, flag: { again: boolean }): Promise<void> {
+    if (!conn.helloAcked) return // the drain after its hello_ack (the ready hook) pushes
     const p = conn.presence!
     const l = this.#ctx.limits
     const room = l.pushWindow - conn.inFlight

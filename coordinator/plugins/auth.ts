@@ -154,6 +154,7 @@ async function hello(
       ...announcedRate(ctx.limits.rate),
     },
   })
+  conn.helloAcked = true
   ctx.log.info(
     { mesh: presence.mesh, pk: presence.pkHex.slice(0, 16), role: presence.role, reattached },
     'presence attached',

@@ -83,6 +83,48 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
     expect(openEnvelope(again.pushes()[0]!.envelope!, s2.identity)).toMatchObject({ ok: true })
   })
 
+  it('a DM sent while its recipient is still saying hello is pushed after the hello_ack, at once', async () => {
+    // The store holds the recipient's attach (after the coordinator registered its connection, before the
+    // hello_ack) while the DM comes in.
+    const base = await openTestStore(driver)
+    let hold: Promise<void> | undefined
+    const store = new Proxy(base, {
+      get(target, prop, receiver) {
+        if (prop === 'transaction') {
+          return async (fn: Parameters<typeof base.transaction>[0]) => {
+            const wait = hold
+            hold = undefined
+            if (wait !== undefined) await wait
+            return target.transaction(fn)
+          }
+        }
+        const v: unknown = Reflect.get(target, prop, receiver)
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+      },
+    })
+    const world = await start({ store })
+    onTestFinished(() => base.close())
+    await world.createMesh(world.mesh, world.owner, 'owner')
+    const s1 = world.session(await world.member())
+    const s2 = world.session(await world.member())
+    const a = await world.connectSession(s1)
+    await (await world.connectSession(s2)).close()
+    await eventually(async () => world.leased(s2.identity.publicKey), { what: 's2 gone' })
+    let release!: () => void
+    hold = new Promise<void>((r) => (release = r))
+    const connecting = world.connectSession(s2)
+    await eventually(() => hold === undefined, { what: 'the attach held' })
+    const ack = a.sendEnvelope(world.dm(s1.identity, s2.identity, 'during the hello'))
+    await new Promise((r) => setTimeout(r, 200)) // the send reaches the coordinator meanwhile
+    release()
+    const b = await connecting
+    // No clock movement: a push sent before the hello_ack (dropped by a real peer) would wait it out.
+    await b.waitFor('push', undefined, { timeoutMs: 5_000 })
+    const log = b.frames().map((f) => f.t)
+    expect(log.indexOf('push')).toBeGreaterThan(log.indexOf('hello_ack'))
+    expect(await ack).toMatchObject({ state: expect.stringMatching(/^(queued|delivered)$/) })
+  })
+
   it('closing a connection releases its claims at once for the reattached one', async () => {
     const world = await start()
     const { s2 } = await queueFor(world, 3)
