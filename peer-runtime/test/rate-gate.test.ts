@@ -135,17 +135,19 @@ describe.each(storeLegs())('the rate gate against a real coordinator (%s)', (dri
     await Promise.all([peer.whenConnected(), bob.whenConnected()])
     const alone = rowsRetriedAlone(peer)
 
-    // "Another process": a raw session of the same member, spending the member's bucket unpaced.
+    // "Another process": a raw session of the same member, spending the member's bucket unpaced, all of
+    // it before the peer sends (its gate, which has spent nothing, still counts on a full burst).
     const other = await w.connectSession(w.session(alice))
-    const otherSends = Array.from({ length: 100 }, (_, i) =>
-      other
-        .sendEnvelope(w.dm(other.identity, bobMember.publicKey, i), { timeoutMs: 20_000 })
-        .catch(() => undefined),
+    await Promise.all(
+      Array.from({ length: 100 }, (_, i) =>
+        other
+          .sendEnvelope(w.dm(other.identity, bobMember.publicKey, i), { timeoutMs: 20_000 })
+          .catch(() => undefined),
+      ),
     )
     const ids = (
       await Promise.all(Array.from({ length: 200 }, (_, i) => peer.send(bob.identity.publicKey, { i })))
     ).map((r) => r.clientMessageId)
-    await Promise.all(otherSends)
     await receivedOnce(bob, ids)
 
     const stats = peer.stats()
