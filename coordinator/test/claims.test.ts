@@ -22,6 +22,44 @@ async function queueFor(world: World, n: number) {
 describe.each(storeLegs())('claims (%s)', (driver) => {
   const start = worldsPerTest(driver)
 
+  /**
+   * A world on a store whose next transaction, once `holdNext()` is called, waits until `release()`:
+   * `taken` resolves when that transaction has started waiting.
+   */
+  async function worldWithHeldStore() {
+    const base = await openTestStore(driver)
+    let next: { gate: Promise<void>; taken: () => void } | undefined
+    const store = new Proxy(base, {
+      get(target, prop, receiver) {
+        if (prop === 'transaction') {
+          return async (fn: Parameters<typeof base.transaction>[0]) => {
+            const held = next
+            next = undefined
+            if (held !== undefined) {
+              held.taken()
+              await held.gate
+            }
+            return target.transaction(fn)
+          }
+        }
+        const v: unknown = Reflect.get(target, prop, receiver)
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+      },
+    })
+    const world = await start({ store })
+    onTestFinished(() => base.close())
+    await world.createMesh(world.mesh, world.owner, 'owner')
+    const holdNext = () => {
+      let release!: () => void
+      let taken!: () => void
+      const gate = new Promise<void>((r) => (release = r))
+      const takenP = new Promise<void>((r) => (taken = r))
+      next = { gate, taken }
+      return { release, taken: takenP }
+    }
+    return { world, holdNext }
+  }
+
   it('pushes again after the claim lease when no client_ack came', async () => {
     const world = await start()
     const clock = world.clock
@@ -40,43 +78,22 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
 
   it('a fast push whose connection goes while it is being stored reaches the next connection at once', async () => {
     // The store holds the commit of the timed-out push until the recipient's connection has gone.
-    const base = await openTestStore(driver)
-    let hold: Promise<void> | undefined
-    const store = new Proxy(base, {
-      get(target, prop, receiver) {
-        if (prop === 'transaction') {
-          return async (fn: Parameters<typeof base.transaction>[0]) => {
-            // One transaction only: the first one after `hold` is armed (the push's commit).
-            const wait = hold
-            hold = undefined
-            if (wait !== undefined) await wait
-            return target.transaction(fn)
-          }
-        }
-        const v: unknown = Reflect.get(target, prop, receiver)
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
-      },
-    })
-    const world = await start({ store })
-    onTestFinished(() => base.close())
-    await world.createMesh(world.mesh, world.owner, 'owner')
+    const { world, holdNext } = await worldWithHeldStore()
     const s1 = world.session(await world.member())
     const s2 = world.session(await world.member())
     const a = await world.connectSession(s1)
     const b = await world.connectSession(s2, { autoAck: false })
     const env = world.dm(s1.identity, s2.identity)
-    let release!: () => void
-    const held = new Promise<void>((r) => (release = r))
     const ack = a.sendEnvelope(env)
     await b.waitFor('push')
-    hold = held
+    const commit = holdNext()
     await world.clock.advance(500) // the fast push times out: the coordinator stores it, claimed by b
-    await eventually(() => hold === undefined, { what: 'the commit held' })
+    await commit.taken
     await b.close()
     await eventually(async () => world.leased(s2.identity.publicKey), { what: 'b seen gone' })
     // The key is back before the row is: its hello finds no claim to take over.
     const again = await world.connectSession(s2)
-    release()
+    commit.release()
     expect(await ack).toMatchObject({ state: 'queued' })
     // No clock movement: only giving the claim back at once lets the reconnect have it.
     await again.waitFor('push', undefined, { timeoutMs: 5_000 })
@@ -86,37 +103,18 @@ describe.each(storeLegs())('claims (%s)', (driver) => {
   it('a DM sent while its recipient is still saying hello is pushed after the hello_ack, at once', async () => {
     // The store holds the recipient's attach (after the coordinator registered its connection, before the
     // hello_ack) while the DM comes in.
-    const base = await openTestStore(driver)
-    let hold: Promise<void> | undefined
-    const store = new Proxy(base, {
-      get(target, prop, receiver) {
-        if (prop === 'transaction') {
-          return async (fn: Parameters<typeof base.transaction>[0]) => {
-            const wait = hold
-            hold = undefined
-            if (wait !== undefined) await wait
-            return target.transaction(fn)
-          }
-        }
-        const v: unknown = Reflect.get(target, prop, receiver)
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
-      },
-    })
-    const world = await start({ store })
-    onTestFinished(() => base.close())
-    await world.createMesh(world.mesh, world.owner, 'owner')
+    const { world, holdNext } = await worldWithHeldStore()
     const s1 = world.session(await world.member())
     const s2 = world.session(await world.member())
     const a = await world.connectSession(s1)
     await (await world.connectSession(s2)).close()
     await eventually(async () => world.leased(s2.identity.publicKey), { what: 's2 gone' })
-    let release!: () => void
-    hold = new Promise<void>((r) => (release = r))
+    const attach = holdNext()
     const connecting = world.connectSession(s2)
-    await eventually(() => hold === undefined, { what: 'the attach held' })
+    await attach.taken
     const ack = a.sendEnvelope(world.dm(s1.identity, s2.identity, 'during the hello'))
     await new Promise((r) => setTimeout(r, 200)) // the send reaches the coordinator meanwhile
-    release()
+    attach.release()
     const b = await connecting
     // No clock movement: a push sent before the hello_ack (dropped by a real peer) would wait it out.
     await b.waitFor('push', undefined, { timeoutMs: 5_000 })
