@@ -6,6 +6,7 @@
  */
 import { toHex } from '../../protocol/index.js'
 import type { Sql } from '../store/types.js'
+import { TurnBatch, type Entry } from './turn-batch.js'
 
 /** What an acked row held: who to send the receipt to, and what to give back to the quota. */
 export interface AckedRow {
@@ -15,12 +16,10 @@ export interface AckedRow {
   [k: string]: unknown
 }
 
-interface Wanted {
+interface Wanted extends Entry<AckedRow | undefined> {
   id: string
   mesh: string
   recipient: Uint8Array
-  waiters: ((row: AckedRow | undefined) => void)[]
-  fail: ((err: unknown) => void)[]
 }
 
 /** At most this many ids per statement. */
@@ -34,11 +33,11 @@ const DELETE = `delete from delivery d
 
 export class StoredAcks {
   readonly #sql: Sql
-  #wanted = new Map<string, Wanted>()
-  #scheduled = false
+  readonly #batch: TurnBatch<Wanted, AckedRow | undefined>
 
   constructor(sql: Sql) {
     this.#sql = sql
+    this.#batch = new TurnBatch(MAX_IDS, (chunk) => this.#run(chunk))
   }
 
   /**
@@ -47,38 +46,18 @@ export class StoredAcks {
    * one turn: the first gets the row, the second undefined, as one after the other would.
    */
   delete(id: string, mesh: string, recipient: Uint8Array): Promise<AckedRow | undefined> {
-    return new Promise((resolve, reject) => {
-      const key = keyOf(id, mesh, recipient)
-      let w = this.#wanted.get(key)
-      if (w === undefined) this.#wanted.set(key, (w = { id, mesh, recipient, waiters: [], fail: [] }))
-      w.waiters.push(resolve)
-      w.fail.push(reject)
-      if (!this.#scheduled) {
-        this.#scheduled = true
-        setImmediate(() => void this.#run())
-      }
-    })
+    return this.#batch.add(keyOf(id, mesh, recipient), () => ({ id, mesh, recipient, waiters: [] }))
   }
 
-  async #run(): Promise<void> {
-    this.#scheduled = false
-    const batch = [...this.#wanted.values()]
-    this.#wanted = new Map()
-    for (let i = 0; i < batch.length; i += MAX_IDS) {
-      const chunk = batch.slice(i, i + MAX_IDS)
-      try {
-        const rows = await this.#sql.query<AckedRow & { id: string; mesh: string; recipient: Uint8Array }>(
-          DELETE,
-          [chunk.map((w) => w.id), chunk.map((w) => w.mesh), chunk.map((w) => w.recipient)],
-        )
-        const found = new Map(rows.map((r) => [keyOf(r.id, r.mesh, r.recipient), r]))
-        for (const w of chunk) {
-          const row = found.get(keyOf(w.id, w.mesh, w.recipient))
-          w.waiters.forEach((resolve, n) => resolve(n === 0 ? row : undefined))
-        }
-      } catch (err) {
-        for (const w of chunk) for (const reject of w.fail) reject(err)
-      }
+  async #run(chunk: Wanted[]): Promise<void> {
+    const rows = await this.#sql.query<AckedRow & { id: string; mesh: string; recipient: Uint8Array }>(
+      DELETE,
+      [chunk.map((w) => w.id), chunk.map((w) => w.mesh), chunk.map((w) => w.recipient)],
+    )
+    const found = new Map(rows.map((r) => [keyOf(r.id, r.mesh, r.recipient), r]))
+    for (const w of chunk) {
+      const row = found.get(keyOf(w.id, w.mesh, w.recipient))
+      w.waiters.forEach((waiter, n) => waiter.resolve(n === 0 ? row : undefined))
     }
   }
 }

@@ -5,6 +5,7 @@
  */
 import { toHex } from '../../protocol/index.js'
 import type { Sql } from '../store/types.js'
+import { TurnBatch, type Entry } from './turn-batch.js'
 
 /** A committed dedupe row. */
 export interface DedupeRecord {
@@ -13,13 +14,12 @@ export interface DedupeRecord {
   recipients: Uint8Array | null
 }
 
-interface Wanted {
+interface Wanted extends Entry<DedupeRecord | undefined> {
   mesh: string
   sender: Uint8Array
   /** `mesh|sender hex`: ids of one sender share it. */
   group: string
   clientMessageId: string
-  waiters: { resolve: (row: DedupeRecord | undefined) => void; reject: (err: unknown) => void }[]
 }
 
 type Found = DedupeRecord & {
@@ -44,11 +44,17 @@ const MANY_SENDERS = `select d.mesh, d.sender, d.client_message_id, d.envelope_h
 
 export class DedupeLookups {
   readonly #sql: Sql
-  #wanted = new Map<string, Wanted>()
-  #scheduled = false
+  readonly #batch: TurnBatch<Wanted, DedupeRecord | undefined>
 
   constructor(sql: Sql) {
     this.#sql = sql
+    this.#batch = new TurnBatch(MAX_KEYS, async (chunk) => {
+      const rows = await this.#query(chunk)
+      for (const w of chunk) {
+        const row = rows.get(`${w.group}|${w.clientMessageId}`)
+        for (const waiter of w.waiters) waiter.resolve(row)
+      }
+    })
   }
 
   /** The committed row of this id, if any (`senderHex`: the sender's key in hex). */
@@ -58,37 +64,14 @@ export class DedupeLookups {
     senderHex: string,
     clientMessageId: string,
   ): Promise<DedupeRecord | undefined> {
-    return new Promise((resolve, reject) => {
-      const group = `${mesh}|${senderHex}`
-      const key = `${group}|${clientMessageId}`
-      let w = this.#wanted.get(key)
-      if (w === undefined) {
-        this.#wanted.set(key, (w = { mesh, sender, group, clientMessageId, waiters: [] }))
-      }
-      w.waiters.push({ resolve, reject })
-      if (!this.#scheduled) {
-        this.#scheduled = true
-        setImmediate(() => void this.#run())
-      }
-    })
-  }
-
-  async #run(): Promise<void> {
-    this.#scheduled = false
-    const batch = [...this.#wanted.values()]
-    this.#wanted = new Map()
-    for (let i = 0; i < batch.length; i += MAX_KEYS) {
-      const chunk = batch.slice(i, i + MAX_KEYS)
-      try {
-        const rows = await this.#query(chunk)
-        for (const w of chunk) {
-          const row = rows.get(`${w.group}|${w.clientMessageId}`)
-          for (const waiter of w.waiters) waiter.resolve(row)
-        }
-      } catch (err) {
-        for (const w of chunk) for (const waiter of w.waiters) waiter.reject(err)
-      }
-    }
+    const group = `${mesh}|${senderHex}`
+    return this.#batch.add(`${group}|${clientMessageId}`, () => ({
+      mesh,
+      sender,
+      group,
+      clientMessageId,
+      waiters: [],
+    }))
   }
 
   async #query(chunk: Wanted[]): Promise<Map<string, DedupeRecord>> {

@@ -10,14 +10,14 @@
 import { decode, encode, toHex } from '../../protocol/index.js'
 import type { Store } from '../store/types.js'
 import type { Dedupe, RecipientState, SendOutcome } from './dedupe.js'
+import { TurnBatch, type Entry } from './turn-batch.js'
 
-interface Wanted {
+interface Wanted extends Entry<void> {
   mesh: string
   sender: Uint8Array
   clientMessageId: string
   /** Recipient hex → its final state, in the order they came. */
   states: Map<string, RecipientState>
-  waiters: { resolve: () => void; reject: (err: unknown) => void }[]
 }
 
 interface Row {
@@ -68,12 +68,12 @@ export function outcomeWith(
 export class OutcomeUpdates {
   readonly #store: Store
   readonly #dedupe: Dedupe
-  #wanted = new Map<string, Wanted>()
-  #scheduled = false
+  readonly #batch: TurnBatch<Wanted, void>
 
   constructor(store: Store, dedupe: Dedupe) {
     this.#store = store
     this.#dedupe = dedupe
+    this.#batch = new TurnBatch(MAX_KEYS, (chunk) => this.#run(chunk))
   }
 
   /**
@@ -87,61 +87,43 @@ export class OutcomeUpdates {
     recipientHex: string,
     state: RecipientState,
   ): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const key = `${mesh}|${toHex(sender)}|${clientMessageId}`
-      let w = this.#wanted.get(key)
-      if (w === undefined) {
-        this.#wanted.set(key, (w = { mesh, sender, clientMessageId, states: new Map(), waiters: [] }))
-      }
-      w.states.set(recipientHex, state)
-      w.waiters.push({ resolve, reject })
-      if (!this.#scheduled) {
-        this.#scheduled = true
-        setImmediate(() => void this.#run())
-      }
-    })
+    return this.#batch.add(
+      `${mesh}|${toHex(sender)}|${clientMessageId}`,
+      () => ({ mesh, sender, clientMessageId, states: new Map(), waiters: [] }),
+      (w) => w.states.set(recipientHex, state),
+    )
   }
 
-  async #run(): Promise<void> {
-    this.#scheduled = false
-    const batch = [...this.#wanted.values()]
-    this.#wanted = new Map()
-    for (let i = 0; i < batch.length; i += MAX_KEYS) {
-      const chunk = batch.slice(i, i + MAX_KEYS)
-      try {
-        const updated = await this.#store.transaction(async (tx) => {
-          const rows = await tx.query<Row>(SELECT, [
-            chunk.map((w) => w.mesh),
-            chunk.map((w) => w.sender),
-            chunk.map((w) => w.clientMessageId),
-          ])
-          const byKey = new Map(rows.map((r) => [`${r.mesh}|${toHex(r.sender)}|${r.client_message_id}`, r]))
-          const out: { row: Row; outcome: SendOutcome }[] = []
-          for (const w of chunk) {
-            const row = byKey.get(`${w.mesh}|${toHex(w.sender)}|${w.clientMessageId}`)
-            if (row === undefined) continue
-            const prior =
-              row.recipients === null ? undefined : (decode(row.recipients) as Record<string, RecipientState>)
-            out.push({ row, outcome: outcomeWith({ state: row.state, recipients: prior }, w.states) })
-          }
-          if (out.length > 0) {
-            await tx.query(UPDATE, [
-              out.map((o) => o.row.mesh),
-              out.map((o) => o.row.sender),
-              out.map((o) => o.row.client_message_id),
-              out.map((o) => o.outcome.state),
-              out.map((o) => encode(o.outcome.recipients)),
-            ])
-          }
-          return out
-        })
-        for (const { row, outcome } of updated) {
-          this.#dedupe.remember(row.mesh, row.sender, row.client_message_id, row.envelope_hash, outcome)
-        }
-        for (const w of chunk) for (const waiter of w.waiters) waiter.resolve()
-      } catch (err) {
-        for (const w of chunk) for (const waiter of w.waiters) waiter.reject(err)
+  async #run(chunk: Wanted[]): Promise<void> {
+    const updated = await this.#store.transaction(async (tx) => {
+      const rows = await tx.query<Row>(SELECT, [
+        chunk.map((w) => w.mesh),
+        chunk.map((w) => w.sender),
+        chunk.map((w) => w.clientMessageId),
+      ])
+      const byKey = new Map(rows.map((r) => [`${r.mesh}|${toHex(r.sender)}|${r.client_message_id}`, r]))
+      const out: { row: Row; outcome: SendOutcome }[] = []
+      for (const w of chunk) {
+        const row = byKey.get(`${w.mesh}|${toHex(w.sender)}|${w.clientMessageId}`)
+        if (row === undefined) continue
+        const prior =
+          row.recipients === null ? undefined : (decode(row.recipients) as Record<string, RecipientState>)
+        out.push({ row, outcome: outcomeWith({ state: row.state, recipients: prior }, w.states) })
       }
+      if (out.length > 0) {
+        await tx.query(UPDATE, [
+          out.map((o) => o.row.mesh),
+          out.map((o) => o.row.sender),
+          out.map((o) => o.row.client_message_id),
+          out.map((o) => o.outcome.state),
+          out.map((o) => encode(o.outcome.recipients)),
+        ])
+      }
+      return out
+    })
+    for (const { row, outcome } of updated) {
+      this.#dedupe.remember(row.mesh, row.sender, row.client_message_id, row.envelope_hash, outcome)
     }
+    for (const w of chunk) for (const waiter of w.waiters) waiter.resolve()
   }
 }
