@@ -69,6 +69,7 @@ export interface RunResult {
 
 /** Runs one schedule; never throws for a product failure (it lands in `problems`). */
 export async function runSchedule(o: RunOptions): Promise<RunResult> {
+  rawStates.clear() // one run's rows only
   const t0 = Date.now()
   const log = o.log ?? (() => {})
   const start = await instantiate(o.template)

@@ -1,6 +1,5 @@
 import { renameSync, writeFileSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { dirname } from 'node:path'
 import { Command, Option } from 'clipanion'
 import { toHex } from '../../../protocol/encoding.js'
 import { isMeshError, isMeshErrorCode, MeshError } from '../../../protocol/errors.js'
@@ -9,13 +8,14 @@ import type { DaemonClient } from '../../../peer-runtime/node/daemon/client.js'
 import { runningDaemonPid } from '../../../peer-runtime/node/daemon/files.js'
 import type { MessageJson } from '../../../peer-runtime/node/daemon/ipc-json.js'
 import type { RegisteredSession } from '../../../peer-runtime/node/daemon/types.js'
-import { makePrivateDir, meshDir } from '../../../peer-runtime/node/home.js'
+import { makePrivateDir } from '../../../peer-runtime/node/home.js'
 import { receiveFiles } from '../../../peer-runtime/node/file-receiver.js'
 import { openMeshPeer } from '../../../peer-runtime/node/home-peer.js'
 import type { Peer } from '../../../peer-runtime/peer.js'
 import { connectDaemon } from '../daemon/connect.js'
 import { parseDuration, parsePositiveInt } from '../duration.js'
 import { fileReceiveNotes } from '../file/receive-notes.js'
+import { readCursor, readCursorPath } from '../inbox/cursor.js'
 import { messageBody } from '../inbox/inbox-json.js'
 import { HomeCommand } from '../home-command.js'
 import { LongRunning } from '../long-running.js'
@@ -125,7 +125,7 @@ export class ListenCommand extends HomeCommand {
       this.note('no daemon runs on this home: listening as the member itself')
       // Shared with the path through the daemon (same store, same inbox positions): what either printed
       // is never printed again by the other.
-      const cursorPath = listenCursorPath(this.home, mesh)
+      const cursorPath = readCursorPath(this.home, mesh)
       await makePrivateDir(dirname(cursorPath))
       let cursor = await readCursor(cursorPath)
       await peer.start()
@@ -174,7 +174,7 @@ export class ListenCommand extends HomeCommand {
     this.note(
       `a daemon runs on this home (pid ${pid}): listening through it, so the member's presence stays the daemon's`,
     )
-    const cursorPath = listenCursorPath(this.home, mesh)
+    const cursorPath = readCursorPath(this.home, mesh)
     await makePrivateDir(dirname(cursorPath))
     let after = await readCursor(cursorPath)
     let token: string | undefined
@@ -332,25 +332,11 @@ class LinkNotes {
   }
 }
 
-/** The inbox position of the last message `listen` printed in `mesh`, by either path. */
-function listenCursorPath(home: string, mesh: string): string {
-  return join(meshDir(home, mesh), 'listen.cursor')
-}
-
 /** Replaces the cursor file (0600) synchronously: it must be on disk before the next line is printed. */
 function writeCursor(path: string, seq: number): void {
   const tmp = `${path}.${process.pid}.tmp`
   writeFileSync(tmp, `${seq}\n`, { mode: 0o600 })
   renameSync(tmp, path)
-}
-
-async function readCursor(path: string): Promise<number> {
-  try {
-    const n = Number((await readFile(path, 'utf8')).trim())
-    return Number.isSafeInteger(n) && n >= 0 ? n : 0
-  } catch {
-    return 0
-  }
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
